@@ -1,0 +1,1 @@
+//! wgcable-api (being written).

@@ -1,0 +1,1 @@
+//! wgcable-engine (being written).

@@ -1,0 +1,1 @@
+//! wgcable-keys (being written).

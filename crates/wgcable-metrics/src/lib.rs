@@ -1,0 +1,1 @@
+//! wgcable-metrics (being written).

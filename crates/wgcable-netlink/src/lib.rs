@@ -1,0 +1,1 @@
+//! wgcable-netlink (being written).

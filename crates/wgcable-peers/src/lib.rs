@@ -1,0 +1,1 @@
+//! wgcable-peers (being written).
