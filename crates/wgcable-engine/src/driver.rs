@@ -1,0 +1,721 @@
+//! The WireGuard cable driver: Submariner's driver contract, carried out by reconciliation.
+//!
+//! Every operation (connect, disconnect, periodic resync) ends in the same place:
+//! [`WireGuardDriver::reconcile`] computes what the device, the routes and the rule should be
+//! from the endpoints the driver was given, compares with what the kernel and the device
+//! have, and applies only the difference. That single path is why a restart adopts what is
+//! already right, why drift is repaired, and why a bad endpoint never leaves half-applied
+//! state: it is refused while planning, before anything is touched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use wgcable_api::{
+    Connection, ConnectionStatus, Endpoint, EndpointSpec, NatEndpointInfo, BACKEND_CONFIG_INTERFACE_NAME,
+    BACKEND_CONFIG_PUBLIC_KEY, BACKEND_CONFIG_UDP_PORT,
+};
+use wgcable_keys::{PrivateKey, PublicKey};
+use wgcable_metrics::{CableLabels, GatewayMetrics};
+use wgcable_netlink::{IpFamily, Netlink, RouteSpec, Rule};
+use wgcable_peers::{BackendKind, DesiredPeer, DeviceStatus, DeviceUpdate, LocalPeerConfig, PeerTrack, WgDevice};
+
+use crate::config::{DriverConfig, CABLE_DRIVER_NAME, WIREGUARD_OVERHEAD};
+use crate::Error;
+
+/// Submariner's cable driver contract (pkg/cable/driver.go), as a Rust trait.
+#[async_trait]
+pub trait CableDriver: Send + Sync {
+    /// Prepares the device: creates or adopts it and makes sure it carries our key and port.
+    async fn init(&self) -> Result<(), Error>;
+    /// Connects to a remote cluster's gateway; returns the IP used to reach it.
+    async fn connect_to_endpoint(&self, info: &NatEndpointInfo) -> Result<String, Error>;
+    /// Removes the connection to a remote cluster.
+    async fn disconnect_from_endpoint(&self, endpoint: &Endpoint) -> Result<(), Error>;
+    /// The status of every connection, judged now.
+    async fn connections(&self) -> Result<Vec<Connection>, Error>;
+    /// Connections the driver keeps active itself (WireGuard keeps none, as upstream).
+    async fn active_connections(&self) -> Result<Vec<Connection>, Error>;
+    /// The driver's name, `wireguard`.
+    fn name(&self) -> &'static str;
+    /// Uninstalls: removes the rule, the routes and the device.
+    async fn cleanup(&self) -> Result<(), Error>;
+}
+
+/// Why a reconcile runs: it decides whether differences found are drift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The desired state changed (connect, disconnect, start): differences are expected.
+    Intent,
+    /// A periodic resync: any difference is drift and is counted as a repair.
+    Resync,
+}
+
+/// What one reconcile did, for logs, metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// The device had to be created.
+    pub device_created: bool,
+    /// The device's key or listen port had to be set.
+    pub device_configured: bool,
+    /// Peers added, updated, removed.
+    pub peers_added: usize,
+    /// Peers whose endpoint, allowed IPs, keepalive or PSK changed.
+    pub peers_updated: usize,
+    /// Peers removed (disconnected clusters and unknown peers).
+    pub peers_removed: usize,
+    /// Routes added or replaced.
+    pub routes_added: usize,
+    /// Routes removed.
+    pub routes_removed: usize,
+    /// Rules added.
+    pub rules_added: usize,
+    /// Link attributes changed (MTU, up, addresses).
+    pub link_changes: usize,
+    /// Endpoints refused, with the reason.
+    pub refused: Vec<(String, String)>,
+}
+
+impl ReconcileReport {
+    /// True when nothing at all was changed on the host.
+    pub fn is_noop(&self) -> bool {
+        !self.device_created
+            && !self.device_configured
+            && self.peers_added + self.peers_updated + self.peers_removed == 0
+            && self.routes_added + self.routes_removed + self.rules_added + self.link_changes == 0
+    }
+}
+
+/// One remote cluster the driver was asked to connect to.
+#[derive(Clone, Debug)]
+struct Remote {
+    info: NatEndpointInfo,
+    use_ip: IpAddr,
+}
+
+/// Per-connection memory for status judgement and metrics.
+#[derive(Clone, Debug)]
+struct Tracked {
+    key: PublicKey,
+    track: PeerTrack,
+    labels: CableLabels,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Remote clusters in the order they were accepted: earlier ones win conflicts.
+    remotes: Vec<Remote>,
+    /// The peers of the last plan, by cluster id.
+    desired: BTreeMap<String, DesiredPeer>,
+    /// Clusters refused by the last plan, with the reason.
+    refused: BTreeMap<String, String>,
+    tracked: HashMap<String, Tracked>,
+    /// The connections of the last status poll, for `/connections`.
+    last_connections: Vec<Connection>,
+    /// At least one reconcile went through: later device/rule creations are repairs.
+    reconciled: bool,
+}
+
+/// The WireGuard cable driver.
+pub struct WireGuardDriver {
+    config: DriverConfig,
+    private_key: PrivateKey,
+    public_key: PublicKey,
+    netlink: Arc<dyn Netlink>,
+    device: Arc<dyn WgDevice>,
+    metrics: Arc<GatewayMetrics>,
+    state: tokio::sync::Mutex<State>,
+    /// Mirrors of state for the HTTP server, which must never wait on a reconcile.
+    snapshot: std::sync::Mutex<(Vec<Connection>, bool)>,
+}
+
+impl std::fmt::Debug for WireGuardDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireGuardDriver")
+            .field("cluster_id", &self.config.cluster_id)
+            .field("device", &self.config.device)
+            .field("public_key", &self.public_key)
+            .field("backend", &self.device.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WireGuardDriver {
+    /// Builds a driver; nothing is touched until [`CableDriver::init`] or a reconcile.
+    pub fn new(
+        config: DriverConfig,
+        private_key: PrivateKey,
+        netlink: Arc<dyn Netlink>,
+        device: Arc<dyn WgDevice>,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let public_key = private_key.public_key();
+        metrics.set_backend(&device.kind().to_string());
+        Ok(WireGuardDriver {
+            config,
+            private_key,
+            public_key,
+            netlink,
+            device,
+            metrics,
+            state: tokio::sync::Mutex::new(State::default()),
+            snapshot: std::sync::Mutex::new((Vec::new(), false)),
+        })
+    }
+
+    /// The driver's configuration.
+    pub fn config(&self) -> &DriverConfig {
+        &self.config
+    }
+
+    /// The public key published for this gateway.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    /// The backend the device lives in.
+    pub fn backend(&self) -> BackendKind {
+        self.device.kind()
+    }
+
+    /// The local cluster's Endpoint as Submariner would publish it.
+    pub fn local_endpoint(&self) -> Endpoint {
+        let c = &self.config;
+        let mut spec = EndpointSpec {
+            cluster_id: c.cluster_id.clone(),
+            cable_name: format!("submariner-cable-{}-{}", c.cluster_id, c.private_ip.to_string().replace(['.', ':'], "-")),
+            hostname: c.hostname.clone(),
+            subnets: c.local_subnets.iter().map(|n| n.to_string()).collect(),
+            private_ip: c.private_ip.to_string(),
+            public_ip: c.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            nat_enabled: c.nat,
+            backend: CABLE_DRIVER_NAME.to_string(),
+            health_check_ip: c.health_check_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            ..EndpointSpec::default()
+        };
+        spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, self.public_key.to_base64());
+        spec.set_backend_config(BACKEND_CONFIG_INTERFACE_NAME, c.device.clone());
+        spec.set_backend_config(BACKEND_CONFIG_UDP_PORT, c.listen_port.to_string());
+        Endpoint::new(spec)
+    }
+
+    /// Builds the `NatEndpointInfo` for a remote Endpoint as Submariner's engine does: the
+    /// remote private IP, or its public IP when either side is behind NAT.
+    pub fn nat_info(&self, endpoint: Endpoint) -> NatEndpointInfo {
+        let use_nat = self.config.nat || endpoint.spec.nat_enabled;
+        let use_ip = if use_nat && !endpoint.spec.public_ip.is_empty() {
+            endpoint.spec.public_ip.clone()
+        } else {
+            endpoint.spec.private_ip.clone()
+        };
+        NatEndpointInfo { endpoint, use_ip, use_nat }
+    }
+
+    /// Replaces the whole set of remote endpoints at once and reconciles once. Used at start
+    /// with the broker's snapshot: reconciling after each endpoint would remove the peers of
+    /// the endpoints not yet seen and cut their traffic.
+    pub async fn set_endpoints(&self, infos: Vec<NatEndpointInfo>) -> Result<ReconcileReport, Error> {
+        let mut st = self.state.lock().await;
+        let observed = self
+            .device
+            .read(&self.config.device)
+            .await
+            .map_err(Error::device(format!("reading device {}", self.config.device)))?;
+        // Clusters whose key is already on the device are incumbents: they go first, so a
+        // newcomer that claims their subnets cannot take their traffic across a restart.
+        let on_device: Vec<PublicKey> =
+            observed.iter().flat_map(|d| d.peers.iter().map(|p| p.config.public_key)).collect();
+        let mut remotes = Vec::new();
+        for info in infos {
+            match self.remote(info) {
+                Ok(r) => remotes.push(r),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "endpoint skipped");
+                    self.metrics.inc_endpoint_rejected("invalid");
+                }
+            }
+        }
+        remotes.sort_by_key(|r| {
+            let key = r.info.endpoint.spec.public_key().ok().flatten();
+            !key.is_some_and(|k| on_device.contains(&k))
+        });
+        st.remotes = remotes;
+        self.reconcile_locked(&mut st, Trigger::Intent).await
+    }
+
+    fn remote(&self, info: NatEndpointInfo) -> Result<Remote, Error> {
+        let cluster_id = info.endpoint.spec.cluster_id.clone();
+        info.endpoint
+            .spec
+            .validate()
+            .map_err(|source| Error::InvalidEndpoint { cluster_id: cluster_id.clone(), source })?;
+        let use_ip: IpAddr = info.use_ip.parse().map_err(|_| Error::Refused {
+            cluster_id: cluster_id.clone(),
+            source: wgcable_peers::PeerError::InvalidUseIp(info.use_ip.clone()),
+        })?;
+        Ok(Remote { info, use_ip })
+    }
+
+    fn local_peer_config(&self) -> LocalPeerConfig {
+        LocalPeerConfig {
+            cluster_id: self.config.cluster_id.clone(),
+            public_key: self.public_key,
+            listen_port: self.config.listen_port,
+            preshared_key: self.config.preshared_key.clone(),
+            local_subnets: self.config.local_subnets.clone(),
+            keepalive: wgcable_peers::KEEPALIVE.as_secs() as u16,
+        }
+    }
+
+    /// Makes the device, routes and rule match the endpoints the driver holds.
+    pub async fn reconcile(&self, trigger: Trigger) -> Result<ReconcileReport, Error> {
+        let mut st = self.state.lock().await;
+        self.reconcile_locked(&mut st, trigger).await
+    }
+
+    async fn reconcile_locked(&self, st: &mut State, trigger: Trigger) -> Result<ReconcileReport, Error> {
+        self.metrics.inc_reconcile();
+        let result = self.reconcile_inner(st, trigger).await;
+        match &result {
+            Ok(report) => {
+                if !report.is_noop() {
+                    tracing::info!(?trigger, ?report, "reconciled");
+                }
+                st.reconciled = true;
+                self.set_ready(true);
+            }
+            Err(e) => {
+                self.metrics.inc_reconcile_error();
+                tracing::warn!(error = %crate::error::chain(e), "reconcile failed; retrying at the next resync");
+            }
+        }
+        result
+    }
+
+    async fn reconcile_inner(&self, st: &mut State, trigger: Trigger) -> Result<ReconcileReport, Error> {
+        let c = &self.config;
+        let mut report = ReconcileReport::default();
+        let repair = |what: &str, happened: bool| {
+            if happened && trigger == Trigger::Resync {
+                tracing::warn!(what, "drift repaired");
+                self.metrics.inc_repair(what);
+            }
+        };
+
+        // 1. Plan the peers first: a refused endpoint is dropped here, before anything is
+        // touched, so it cannot leave half-applied state or disturb the others.
+        let infos: Vec<NatEndpointInfo> = st.remotes.iter().map(|r| r.info.clone()).collect();
+        let desired = wgcable_peers::desired_peers(&self.local_peer_config(), &infos);
+        let mut refused = BTreeMap::new();
+        for (cluster, err) in &desired.rejected {
+            let msg = crate::error::chain(err);
+            if st.refused.get(cluster) != Some(&msg) {
+                tracing::warn!(cluster = %cluster, reason = %msg, "endpoint refused");
+                self.metrics.inc_endpoint_rejected("refused");
+            }
+            report.refused.push((cluster.clone(), msg.clone()));
+            refused.insert(cluster.clone(), msg);
+        }
+        st.refused = refused;
+
+        // 2. The device exists and carries our key and port.
+        let created = self
+            .device
+            .ensure(&c.device)
+            .await
+            .map_err(Error::device(format!("creating WireGuard device {}", c.device)))?;
+        report.device_created = created;
+        repair("device", created && st.reconciled);
+        let observed = self
+            .device
+            .read(&c.device)
+            .await
+            .map_err(Error::device(format!("reading WireGuard device {}", c.device)))?;
+        let plan = wgcable_peers::plan(&desired.peers, observed.as_ref());
+        let mut update = plan.to_update();
+        if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
+            update.private_key = Some(self.private_key.clone());
+            update.listen_port = Some(c.listen_port);
+            report.device_configured = true;
+        }
+        report.peers_added = plan.add.len();
+        report.peers_updated = plan.update.len();
+        report.peers_removed = plan.remove.len();
+        if !is_empty_update(&update) {
+            self.device
+                .apply(&c.device, &update)
+                .await
+                .map_err(Error::device(format!("configuring {} peer change(s) on device {}", plan.len(), c.device)))?;
+        }
+        repair("peer", !plan.is_empty() && !created);
+
+        // 3. The link: up, MTU, the gateway's address.
+        let link = self
+            .netlink
+            .link_get(&c.device)
+            .await
+            .map_err(Error::netlink(format!("looking up link {}", c.device)))?
+            .ok_or_else(|| Error::Config {
+                message: format!("device {} was configured but its link is missing", c.device),
+            })?;
+        let mtu = match c.mtu {
+            Some(m) => m,
+            None => self.auto_mtu(&st.remotes).await?,
+        };
+        if link.mtu != mtu {
+            self.netlink
+                .link_set_mtu(link.index, mtu)
+                .await
+                .map_err(Error::netlink(format!("setting MTU {mtu} on {}", c.device)))?;
+            report.link_changes += 1;
+        }
+        if !link.up {
+            self.netlink
+                .link_set_up(link.index, true)
+                .await
+                .map_err(Error::netlink(format!("bringing {} up", c.device)))?;
+            report.link_changes += 1;
+        }
+        let current = self
+            .netlink
+            .addr_list(link.index)
+            .await
+            .map_err(Error::netlink(format!("listing addresses of {}", c.device)))?;
+        // Keep IPv6 link-local addresses the kernel may have added; everything else is ours.
+        let mut wanted: Vec<IpNet> = current
+            .iter()
+            .filter(|a| matches!(a, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80))
+            .copied()
+            .collect();
+        if let Some(hc) = c.health_check_ip {
+            wanted.push(IpNet::from(hc));
+        }
+        let addrs = wgcable_netlink::ensure_addrs(&*self.netlink, link.index, &wanted)
+            .await
+            .map_err(Error::netlink(format!("setting the addresses of {}", c.device)))?;
+        let addr_changes = addrs.to_add.len() + addrs.to_del.len();
+        report.link_changes += addr_changes;
+        repair("addr", addr_changes > 0 && !created);
+
+        // 4. Routes to every accepted remote subnet, in our table, through the device.
+        let mut routes = Vec::new();
+        for peer in &desired.peers {
+            for dst in &peer.config.allowed_ips {
+                routes.push(RouteSpec { dst: *dst, oif: link.index, table: c.table, pref_src: c.source_for(dst) });
+            }
+        }
+        let diff = wgcable_netlink::sync_routes(&*self.netlink, c.table, link.index, &routes)
+            .await
+            .map_err(Error::netlink(format!("syncing routes in table {} through {}", c.table, c.device)))?;
+        report.routes_added = diff.to_add.len();
+        report.routes_removed = diff.to_del.len();
+        repair("route", !diff.to_add.is_empty() && !created);
+
+        // 5. One rule per IP family in use, sending traffic to our table.
+        let mut families = vec![IpFamily::V4];
+        if c.local_subnets.iter().chain(routes.iter().map(|r| &r.dst)).any(|n| matches!(n, IpNet::V6(_))) {
+            families.push(IpFamily::V6);
+        }
+        for family in families {
+            let added = wgcable_netlink::ensure_rule(&*self.netlink, &self.rule(family))
+                .await
+                .map_err(Error::netlink(format!("adding the rule that looks up table {}", c.table)))?;
+            if added {
+                report.rules_added += 1;
+            }
+            repair("rule", added && st.reconciled);
+        }
+
+        // 6. Bookkeeping: forget what left, keep what stays.
+        let new_desired: BTreeMap<String, DesiredPeer> =
+            desired.peers.into_iter().map(|p| (p.cluster_id.clone(), p)).collect();
+        let gone: Vec<String> = st.tracked.keys().filter(|k| !new_desired.contains_key(*k)).cloned().collect();
+        for cluster in gone {
+            if let Some(t) = st.tracked.remove(&cluster) {
+                self.metrics.remove_cable(&t.labels);
+            }
+        }
+        // A cluster whose key changed is a new connection.
+        st.tracked.retain(|cluster, t| new_desired.get(cluster).is_some_and(|p| p.config.public_key == t.key));
+        st.desired = new_desired;
+        self.metrics.set_peers(st.desired.len());
+        Ok(report)
+    }
+
+    async fn auto_mtu(&self, remotes: &[Remote]) -> Result<u32, Error> {
+        // The underlay towards the peers; with none yet, towards our own underlay address's
+        // network (the route lookup of our own address would say `lo`).
+        let target = remotes.first().map(|r| r.use_ip);
+        let underlay = match target {
+            Some(ip) => wgcable_netlink::underlay_mtu(&*self.netlink, ip).await,
+            None => self.local_underlay_mtu().await,
+        };
+        match underlay {
+            Ok(mtu) if mtu > WIREGUARD_OVERHEAD + 576 => Ok(mtu - WIREGUARD_OVERHEAD),
+            Ok(_) | Err(_) => Ok(1420),
+        }
+    }
+
+    async fn local_underlay_mtu(&self) -> Result<u32, wgcable_netlink::Error> {
+        for link in self.netlink.link_list().await? {
+            if link.name == self.config.device {
+                continue;
+            }
+            let addrs = self.netlink.addr_list(link.index).await?;
+            if addrs.iter().any(|a| a.addr() == self.config.private_ip) {
+                return Ok(link.mtu);
+            }
+        }
+        Ok(1500)
+    }
+
+    fn rule(&self, family: IpFamily) -> Rule {
+        Rule {
+            family,
+            priority: Some(self.config.rule_priority),
+            table: self.config.table,
+            dst: None,
+            src: None,
+            fwmark: None,
+            fwmask: None,
+            invert: false,
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.1 = ready;
+        }
+    }
+
+    /// The last judged connections, without waiting for a reconcile (for the HTTP server).
+    pub fn last_connections(&self) -> Vec<Connection> {
+        self.snapshot.lock().map(|s| s.0.clone()).unwrap_or_default()
+    }
+
+    /// True once the device is configured and the first reconcile went through.
+    pub fn is_ready(&self) -> bool {
+        self.snapshot.lock().map(|s| s.1).unwrap_or(false)
+    }
+
+    fn judge_all(&self, st: &mut State, observed: Option<&DeviceStatus>, now: SystemTime) -> Vec<Connection> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        for remote in &st.remotes {
+            let spec = &remote.info.endpoint.spec;
+            let cluster = &spec.cluster_id;
+            let labels = CableLabels {
+                cable_driver: CABLE_DRIVER_NAME.to_string(),
+                local_cluster: c.cluster_id.clone(),
+                local_hostname: c.hostname.clone(),
+                local_endpoint_ip: c.private_ip.to_string(),
+                remote_cluster: cluster.clone(),
+                remote_hostname: spec.hostname.clone(),
+                remote_endpoint_ip: remote.use_ip.to_string(),
+            };
+            let mut conn = Connection {
+                status: ConnectionStatus::Error,
+                status_message: String::new(),
+                endpoint: spec.clone(),
+                using_ip: remote.use_ip.to_string(),
+                using_nat: remote.info.use_nat,
+                latency_rtt: None,
+            };
+            if let Some(reason) = st.refused.get(cluster) {
+                conn.status_message = format!("refused: {reason}");
+                out.push(conn);
+                continue;
+            }
+            let Some(peer) = st.desired.get(cluster) else { continue };
+            let key = peer.config.public_key;
+            let status = observed.and_then(|d| d.peers.iter().find(|p| p.config.public_key == key));
+            let Some(status) = status else {
+                conn.status = ConnectionStatus::Connecting;
+                conn.status_message = "peer not configured on the device yet".into();
+                out.push(conn);
+                continue;
+            };
+            let prev = st.tracked.get(cluster).filter(|t| t.key == key);
+            if let Some(p) = prev.filter(|p| p.labels != labels) {
+                // The endpoint IP or hostname changed: the old series would linger otherwise.
+                self.metrics.remove_cable(&p.labels);
+            }
+            let track = wgcable_peers::judge(prev.map(|t| &t.track), status, now);
+            self.metrics.set_connection_status(&labels, track.status);
+            self.metrics.set_traffic(&labels, status.rx_bytes, status.tx_bytes);
+            if let Some(est) = track.established.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+                self.metrics.set_established(&labels, est.as_secs_f64());
+            }
+            if let Some(age) = status.last_handshake.and_then(|t| now.duration_since(t).ok()) {
+                self.metrics.set_last_handshake_age(&labels, age.as_secs_f64());
+            }
+            conn.status = track.status;
+            conn.status_message = track.message.clone();
+            st.tracked.insert(cluster.clone(), Tracked { key, track, labels });
+            out.push(conn);
+        }
+        out
+    }
+}
+
+fn needs_identity(observed: Option<&DeviceStatus>, key: &PublicKey, port: u16) -> bool {
+    match observed {
+        None => true,
+        Some(d) => d.public_key.as_ref() != Some(key) || d.listen_port != Some(port),
+    }
+}
+
+fn is_empty_update(u: &DeviceUpdate) -> bool {
+    u.private_key.is_none() && u.listen_port.is_none() && u.peers.is_empty()
+}
+
+#[async_trait]
+impl CableDriver for WireGuardDriver {
+    async fn init(&self) -> Result<(), Error> {
+        let c = &self.config;
+        self.device
+            .ensure(&c.device)
+            .await
+            .map_err(Error::device(format!("creating WireGuard device {}", c.device)))?;
+        let observed = self
+            .device
+            .read(&c.device)
+            .await
+            .map_err(Error::device(format!("reading WireGuard device {}", c.device)))?;
+        // Only the identity is set here; peers are left alone until the first reconcile
+        // knows every endpoint, so adopting a running device cuts no traffic.
+        if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
+            let update = DeviceUpdate {
+                private_key: Some(self.private_key.clone()),
+                listen_port: Some(c.listen_port),
+                peers: Vec::new(),
+            };
+            self.device
+                .apply(&c.device, &update)
+                .await
+                .map_err(Error::device(format!("setting the key and port of device {}", c.device)))?;
+            tracing::info!(device = %c.device, public_key = %self.public_key, port = c.listen_port, "device identity set");
+        } else {
+            tracing::info!(device = %c.device, public_key = %self.public_key, "adopted existing device");
+        }
+        Ok(())
+    }
+
+    async fn connect_to_endpoint(&self, info: &NatEndpointInfo) -> Result<String, Error> {
+        let remote = self.remote(info.clone())?;
+        let cluster = remote.info.endpoint.spec.cluster_id.clone();
+        let used = remote.use_ip.to_string();
+        let mut st = self.state.lock().await;
+        let previous = st.remotes.iter().position(|r| r.info.endpoint.spec.cluster_id == cluster);
+        let old = match previous {
+            Some(i) => Some(std::mem::replace(&mut st.remotes[i], remote)),
+            None => {
+                st.remotes.push(remote);
+                None
+            }
+        };
+        // Plan before touching anything: a refused endpoint is forgotten and reported, and
+        // neither it nor the other clusters see any change.
+        let infos: Vec<NatEndpointInfo> = st.remotes.iter().map(|r| r.info.clone()).collect();
+        let planned = wgcable_peers::desired_peers(&self.local_peer_config(), &infos);
+        if let Some((_, source)) = planned.rejected.into_iter().find(|(c, _)| *c == cluster) {
+            match (previous, old) {
+                (Some(i), Some(old)) => st.remotes[i] = old,
+                _ => st.remotes.retain(|r| r.info.endpoint.spec.cluster_id != cluster),
+            }
+            self.metrics.inc_endpoint_rejected("refused");
+            return Err(Error::Refused { cluster_id: cluster, source });
+        }
+        self.reconcile_locked(&mut st, Trigger::Intent).await?;
+        tracing::info!(cluster = %cluster, using_ip = %used, "connected to endpoint");
+        Ok(used)
+    }
+
+    async fn disconnect_from_endpoint(&self, endpoint: &Endpoint) -> Result<(), Error> {
+        let cluster = &endpoint.spec.cluster_id;
+        let mut st = self.state.lock().await;
+        let before = st.remotes.len();
+        st.remotes.retain(|r| &r.info.endpoint.spec.cluster_id != cluster);
+        st.refused.remove(cluster);
+        if st.remotes.len() == before {
+            return Ok(());
+        }
+        self.reconcile_locked(&mut st, Trigger::Intent).await?;
+        tracing::info!(cluster = %cluster, "disconnected from endpoint");
+        Ok(())
+    }
+
+    async fn connections(&self) -> Result<Vec<Connection>, Error> {
+        let mut st = self.state.lock().await;
+        let observed = self
+            .device
+            .read(&self.config.device)
+            .await
+            .map_err(Error::device(format!("reading WireGuard device {}", self.config.device)))?;
+        let conns = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
+        st.last_connections = conns.clone();
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.0 = conns.clone();
+        }
+        Ok(conns)
+    }
+
+    async fn active_connections(&self) -> Result<Vec<Connection>, Error> {
+        // As upstream: WireGuard has no connections it keeps active on its own.
+        Ok(Vec::new())
+    }
+
+    fn name(&self) -> &'static str {
+        CABLE_DRIVER_NAME
+    }
+
+    async fn cleanup(&self) -> Result<(), Error> {
+        let mut st = self.state.lock().await;
+        cleanup_host(&*self.netlink, &*self.device, &self.config.device, self.config.table, self.config.rule_priority)
+            .await?;
+        for (_, t) in st.tracked.drain() {
+            self.metrics.remove_cable(&t.labels);
+        }
+        st.remotes.clear();
+        st.desired.clear();
+        self.set_ready(false);
+        Ok(())
+    }
+}
+
+/// Removes what a gateway installed: the rules looking up `table` at `priority`, the routes in
+/// `table` through the device, and the device (for userspace, its process too). Absent parts
+/// are fine, so it can run any number of times and after a crash.
+pub async fn cleanup_host(
+    netlink: &dyn Netlink,
+    device: &dyn WgDevice,
+    name: &str,
+    table: u32,
+    priority: u32,
+) -> Result<(), Error> {
+    let rules = netlink.rule_list().await.map_err(Error::netlink("listing rules"))?;
+    for rule in rules.iter().filter(|r| r.table == table && r.priority == Some(priority)) {
+        match netlink.rule_del(rule).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(Error::netlink(format!("removing the rule that looks up table {table}"))(e)),
+        }
+    }
+    if let Some(link) = netlink.link_get(name).await.map_err(Error::netlink(format!("looking up link {name}")))? {
+        let routes = netlink.route_list(table).await.map_err(Error::netlink(format!("listing table {table}")))?;
+        let ours: Vec<_> = routes.into_iter().filter(|r| r.oif == Some(link.index)).collect();
+        netlink
+            .route_del(&ours)
+            .await
+            .map_err(Error::netlink(format!("removing routes in table {table}")))?;
+    }
+    device
+        .delete(name)
+        .await
+        .map_err(Error::device(format!("deleting WireGuard device {name}")))?;
+    Ok(())
+}

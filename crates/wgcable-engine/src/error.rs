@@ -1,0 +1,114 @@
+//! The engine's error type.
+
+use wgcable_api::ValidationErrors;
+use wgcable_peers::PeerError;
+
+/// Everything the cable driver, the broker and the gateway loop can fail with.
+///
+/// Messages say what was being done; the cause is attached as the source, so
+/// `{:#}` (anyhow) or walking `source()` gives the whole story.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration handed to the engine is unusable; nothing was changed on the host.
+    #[error("invalid configuration: {message}")]
+    Config {
+        /// What is wrong and what to do about it.
+        message: String,
+    },
+
+    /// A netlink operation (links, addresses, routes, rules) failed.
+    #[error("{action}")]
+    Netlink {
+        /// What was being done.
+        action: String,
+        /// The netlink layer's error.
+        #[source]
+        source: wgcable_netlink::Error,
+    },
+
+    /// An operation on the WireGuard device failed.
+    #[error("{action}")]
+    Device {
+        /// What was being done.
+        action: String,
+        /// The device backend's error.
+        #[source]
+        source: wgcable_peers::Error,
+    },
+
+    /// The private key could not be loaded or created.
+    #[error("loading the gateway's private key")]
+    Keys(#[source] wgcable_keys::KeyError),
+
+    /// A remote endpoint does not validate.
+    #[error("endpoint {cluster_id} is invalid")]
+    InvalidEndpoint {
+        /// The cluster the endpoint claims to be (may be empty).
+        cluster_id: String,
+        /// Every problem found.
+        #[source]
+        source: ValidationErrors,
+    },
+
+    /// A remote endpoint is valid on its own but was refused (own cluster, key reuse, subnet overlap...).
+    #[error("endpoint {cluster_id} refused")]
+    Refused {
+        /// The refused cluster.
+        cluster_id: String,
+        /// Why it was refused.
+        #[source]
+        source: PeerError,
+    },
+
+    /// File-system work of the broker or the state directory failed.
+    #[error("{action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Setting up the metrics failed.
+    #[error("setting up metrics")]
+    Metrics(#[source] wgcable_metrics::Error),
+}
+
+impl Error {
+    pub(crate) fn netlink(action: impl Into<String>) -> impl FnOnce(wgcable_netlink::Error) -> Self {
+        let action = action.into();
+        move |source| Error::Netlink { action, source }
+    }
+
+    pub(crate) fn device(action: impl Into<String>) -> impl FnOnce(wgcable_peers::Error) -> Self {
+        let action = action.into();
+        move |source| Error::Device { action, source }
+    }
+
+    pub(crate) fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let action = action.into();
+        move |source| Error::Io { action, source }
+    }
+
+    /// True when the error is about one remote endpoint (invalid or refused) rather than the host.
+    pub fn is_endpoint_error(&self) -> bool {
+        matches!(self, Error::InvalidEndpoint { .. } | Error::Refused { .. })
+    }
+}
+
+/// Formats an error and all its causes on one line, for logs: `a: b: c`.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        // Some layers repeat their cause in their own message; do not print it twice.
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = e.source();
+    }
+    out
+}

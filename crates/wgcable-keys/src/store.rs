@@ -1,0 +1,231 @@
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use rand_core::{OsRng, RngCore as _};
+use zeroize::Zeroizing;
+
+use crate::error::{FormatProblem, KeyError};
+use crate::key::{private_key_file_content, private_key_from_base64_bytes, PrivateKey};
+
+/// Name of the private key file inside the state directory.
+pub const KEY_FILE_NAME: &str = "private.key";
+
+/// Prefix of the temporary file a new key is written to before it is linked into place.
+const TEMP_PREFIX: &str = ".private.key.tmp-";
+
+/// Any bigger file cannot be a key (44 characters plus a newline and maybe some whitespace).
+const MAX_KEY_FILE_LEN: u64 = 4096;
+
+/// The gateway's private key, persisted in a state directory.
+///
+/// Keeping the key across restarts keeps the gateway's identity (its public key in the published
+/// Endpoint), so a restart does not force every peer to reconnect.
+///
+/// The file format is exactly what `wg genkey > private.key` writes (base64 and a newline), so an
+/// operator can inspect it with `wg pubkey < private.key` or provision one with `wg genkey`.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl KeyStore {
+    /// A key store for `<dir>/private.key`. Touches nothing until [`KeyStore::load`] or
+    /// [`KeyStore::load_or_create`] is called.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        let path = dir.join(KEY_FILE_NAME);
+        KeyStore { dir, path }
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The key file, `<dir>/private.key`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads the key, `Ok(None)` if there is no key file yet.
+    ///
+    /// Refuses (with an error naming the path and the fix) a file that is group- or
+    /// world-accessible, that is not a regular file (symlinks included) or that does not hold a
+    /// valid key.
+    pub fn load(&self) -> Result<Option<PrivateKey>, KeyError> {
+        let path = &self.path;
+        // lstat first so a symlink is reported as such rather than as a confusing open error.
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(self.read_error(source)),
+        };
+        check_file_type(path, &meta.file_type())?;
+
+        // O_NOFOLLOW and the fstat below close the race where the file is swapped for a symlink
+        // after the lstat; O_NONBLOCK keeps a FIFO swapped in from blocking the open.
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(KeyError::NotRegularFile {
+                    path: path.clone(),
+                    found: "a symbolic link",
+                })
+            }
+            Err(source) => return Err(self.read_error(source)),
+        };
+        let meta = file.metadata().map_err(|source| self.read_error(source))?;
+        check_file_type(path, &meta.file_type())?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(KeyError::InsecurePermissions {
+                path: path.clone(),
+                mode: meta.mode(),
+            });
+        }
+        if meta.len() > MAX_KEY_FILE_LEN {
+            return Err(KeyError::Corrupt {
+                path: path.clone(),
+                problem: FormatProblem::FileTooLarge { bytes: meta.len() },
+            });
+        }
+
+        let mut content = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize + 1));
+        (&mut file)
+            .take(MAX_KEY_FILE_LEN + 1)
+            .read_to_end(&mut content)
+            .map_err(|source| self.read_error(source))?;
+        if content.len() as u64 > MAX_KEY_FILE_LEN {
+            // The file grew between the fstat and the read.
+            return Err(KeyError::Corrupt {
+                path: path.clone(),
+                problem: FormatProblem::FileTooLarge {
+                    bytes: content.len() as u64,
+                },
+            });
+        }
+        // `wg genkey > file` leaves a trailing newline; editors may add CRLF or spaces.
+        private_key_from_base64_bytes(content.trim_ascii())
+            .map(Some)
+            .map_err(|problem| KeyError::Corrupt {
+                path: path.clone(),
+                problem,
+            })
+    }
+
+    /// Loads the key, or generates and stores a new one if there is no key file. The flag is
+    /// `true` when a key was created (the caller should log the new public key).
+    ///
+    /// Never overwrites an existing key: if another process creates the file at the same moment,
+    /// its key wins and is returned.
+    pub fn load_or_create(&self) -> Result<(PrivateKey, bool), KeyError> {
+        if let Some(key) = self.load()? {
+            return Ok((key, false));
+        }
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|source| KeyError::CreateDir {
+                path: self.dir.clone(),
+                source,
+            })?;
+        let key = PrivateKey::try_generate()?;
+        match self.write_new(&key) {
+            Ok(()) => Ok((key, true)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Lost a race with another writer: use its key, never replace it.
+                match self.load()? {
+                    Some(key) => Ok((key, false)),
+                    None => Err(self.write_error(e)),
+                }
+            }
+            Err(source) => Err(self.write_error(source)),
+        }
+    }
+
+    /// Writes `key` to a fresh 0600 temp file in the same directory, fsyncs it, links it into
+    /// place (which fails rather than replaces if the key file exists) and fsyncs the directory
+    /// so the new name survives a crash. The temp file is always removed.
+    fn write_new(&self, key: &PrivateKey) -> io::Result<()> {
+        let temp = self.dir.join(format!(
+            "{TEMP_PREFIX}{}-{:016x}",
+            std::process::id(),
+            OsRng.next_u64()
+        ));
+        let result = write_and_link(&temp, &self.path, key);
+        // Best effort: the temp name is unique, and a leftover would hold a key nobody uses.
+        let _ = fs::remove_file(&temp);
+        result?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn read_error(&self, source: io::Error) -> KeyError {
+        KeyError::Read {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn write_error(&self, source: io::Error) -> KeyError {
+        KeyError::Write {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+fn write_and_link(temp: &Path, path: &Path, key: &PrivateKey) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(temp)?;
+    file.write_all(private_key_file_content(key).as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    // A hard link gives rename's atomicity (the key file appears complete or not at all) but,
+    // unlike rename, refuses to replace an existing file: a key that appeared meanwhile wins.
+    match fs::hard_link(temp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        // Some filesystems have no hard links. Fall back to rename after re-checking that no
+        // key exists; the window between the check and the rename is the only non-atomic part.
+        Err(link_error) => match fs::symlink_metadata(path) {
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "key file appeared while writing",
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(temp, path),
+            Err(_) => Err(link_error),
+        },
+    }
+}
+
+fn check_file_type(path: &Path, file_type: &fs::FileType) -> Result<(), KeyError> {
+    let found = if file_type.is_file() {
+        return Ok(());
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a named pipe"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a device or other special file"
+    };
+    Err(KeyError::NotRegularFile {
+        path: path.to_path_buf(),
+        found,
+    })
+}

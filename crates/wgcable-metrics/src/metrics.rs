@@ -1,0 +1,784 @@
+//! The gateway's metric families and the bookkeeping that keeps them consistent.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use prometheus::core::Collector;
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use wgcable_api::ConnectionStatus;
+
+use crate::Error;
+
+/// Metric names, public so the engine's tests, docs and dashboards can refer to them.
+pub mod names {
+    /// Submariner: 1 for a cable's current status (seven cable labels + `status`).
+    pub const CONNECTIONS: &str = "submariner_connections";
+    /// Submariner: number of cables per `cable_driver` and `status`.
+    pub const CONNECTIONS_SHORT: &str = "submariner_connections_short";
+    /// Submariner: unix seconds of the first handshake of the current connection.
+    pub const CONNECTION_ESTABLISHED_TIMESTAMP: &str = "submariner_connection_established_timestamp";
+    /// Submariner: bytes received over a cable.
+    pub const GATEWAY_RX_BYTES: &str = "submariner_gateway_rx_bytes";
+    /// Submariner: bytes transmitted over a cable.
+    pub const GATEWAY_TX_BYTES: &str = "submariner_gateway_tx_bytes";
+    /// Submariner: last round-trip time over a cable.
+    pub const CONNECTION_LATENCY_SECONDS: &str = "submariner_connection_latency_seconds";
+    /// Ours: seconds since the latest WireGuard handshake of a cable.
+    pub const CONNECTION_LAST_HANDSHAKE_AGE_SECONDS: &str =
+        "wgcable_connection_last_handshake_age_seconds";
+    /// Ours: reconcile runs.
+    pub const RECONCILES_TOTAL: &str = "wgcable_reconciles_total";
+    /// Ours: reconcile runs that failed.
+    pub const RECONCILE_ERRORS_TOTAL: &str = "wgcable_reconcile_errors_total";
+    /// Ours: drift repairs by kind (`what`).
+    pub const REPAIRS_TOTAL: &str = "wgcable_repairs_total";
+    /// Ours: endpoints refused, by `reason`.
+    pub const ENDPOINTS_REJECTED_TOTAL: &str = "wgcable_endpoints_rejected_total";
+    /// Ours: peers configured on the device.
+    pub const PEERS: &str = "wgcable_peers";
+    /// Ours: info metric, 1 for the WireGuard `backend` in use.
+    pub const BACKEND_INFO: &str = "wgcable_backend_info";
+}
+
+/// Label names shared by every per-cable series, in the order [`CableLabels::values`] returns.
+const CABLE_LABEL_NAMES: [&str; 7] = [
+    "cable_driver",
+    "local_cluster",
+    "local_hostname",
+    "local_endpoint_ip",
+    "remote_cluster",
+    "remote_hostname",
+    "remote_endpoint_ip",
+];
+
+const STATUS_LABEL: &str = "status";
+
+/// What is counted when a caller passes something that is not a short fixed word.
+const OTHER_WORD: &str = "other";
+
+/// Longest word accepted as a `what`, `reason` or `backend` label value.
+const MAX_WORD_LEN: usize = 32;
+
+/// The seven labels that identify a cable in Submariner's metrics.
+///
+/// The values are cluster ids, hostnames and endpoint IPs (Submariner uses the public IPs); they
+/// are exported verbatim, so never put key material in them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct CableLabels {
+    pub cable_driver: String,
+    pub local_cluster: String,
+    pub local_hostname: String,
+    pub local_endpoint_ip: String,
+    pub remote_cluster: String,
+    pub remote_hostname: String,
+    pub remote_endpoint_ip: String,
+}
+
+impl CableLabels {
+    fn values(&self) -> [&str; 7] {
+        [
+            &self.cable_driver,
+            &self.local_cluster,
+            &self.local_hostname,
+            &self.local_endpoint_ip,
+            &self.remote_cluster,
+            &self.remote_hostname,
+            &self.remote_endpoint_ip,
+        ]
+    }
+
+    fn values_with_status<'a>(&'a self, status: &'a str) -> [&'a str; 8] {
+        let [a, b, c, d, e, f, g] = self.values();
+        [a, b, c, d, e, f, g, status]
+    }
+}
+
+/// Which status each cable is reported in, and which `_short` series are published.
+///
+/// Kept under one lock with every multi-step update, and taken by [`GatewayMetrics::encode_text`]
+/// too, so a scrape never sees a cable with two statuses or none in the middle of a transition.
+#[derive(Debug, Default)]
+struct Book {
+    statuses: HashMap<CableLabels, &'static str>,
+    published_short: HashSet<(String, &'static str)>,
+}
+
+/// The gateway's metrics, in a registry of their own.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    registry: Registry,
+    connections: GaugeVec,
+    connections_short: GaugeVec,
+    established: GaugeVec,
+    rx_bytes: GaugeVec,
+    tx_bytes: GaugeVec,
+    latency: GaugeVec,
+    last_handshake_age: GaugeVec,
+    reconciles: IntCounter,
+    reconcile_errors: IntCounter,
+    repairs: IntCounterVec,
+    endpoints_rejected: IntCounterVec,
+    peers: IntGauge,
+    backend: IntGaugeVec,
+    book: Mutex<Book>,
+}
+
+impl GatewayMetrics {
+    /// Creates every metric family in a fresh registry.
+    pub fn new() -> Result<Self, Error> {
+        let registry = Registry::new();
+        let status_labels: Vec<&str> = CABLE_LABEL_NAMES
+            .iter()
+            .copied()
+            .chain([STATUS_LABEL])
+            .collect();
+        let cable_gauge = |name, help| gauge_vec(&registry, name, help, &CABLE_LABEL_NAMES);
+
+        Ok(Self {
+            connections: gauge_vec(
+                &registry,
+                names::CONNECTIONS,
+                "Number of connections and corresponding status (by cable driver and cable)",
+                &status_labels,
+            )?,
+            connections_short: gauge_vec(
+                &registry,
+                names::CONNECTIONS_SHORT,
+                "Summary of connections and corresponding status without cable information",
+                &["cable_driver", STATUS_LABEL],
+            )?,
+            established: cable_gauge(
+                names::CONNECTION_ESTABLISHED_TIMESTAMP,
+                "Timestamp of last successful connection established (by cable driver and cable)",
+            )?,
+            rx_bytes: cable_gauge(
+                names::GATEWAY_RX_BYTES,
+                "Count of bytes received (by cable driver and cable)",
+            )?,
+            tx_bytes: cable_gauge(
+                names::GATEWAY_TX_BYTES,
+                "Count of bytes transmitted (by cable driver and cable)",
+            )?,
+            latency: cable_gauge(
+                names::CONNECTION_LATENCY_SECONDS,
+                "Connection latency in seconds (last RTT, by cable driver and cable)",
+            )?,
+            last_handshake_age: cable_gauge(
+                names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS,
+                "Seconds since the latest WireGuard handshake (by cable driver and cable)",
+            )?,
+            reconciles: register(
+                &registry,
+                names::RECONCILES_TOTAL,
+                IntCounter::new(names::RECONCILES_TOTAL, "Number of reconcile runs"),
+            )?,
+            reconcile_errors: register(
+                &registry,
+                names::RECONCILE_ERRORS_TOTAL,
+                IntCounter::new(
+                    names::RECONCILE_ERRORS_TOTAL,
+                    "Number of reconcile runs that failed",
+                ),
+            )?,
+            repairs: register(
+                &registry,
+                names::REPAIRS_TOTAL,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::REPAIRS_TOTAL,
+                        "Number of drifted objects repaired, by kind (device, peer, route, rule, addr)",
+                    ),
+                    &["what"],
+                ),
+            )?,
+            endpoints_rejected: register(
+                &registry,
+                names::ENDPOINTS_REJECTED_TOTAL,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::ENDPOINTS_REJECTED_TOTAL,
+                        "Number of endpoints refused, by reason",
+                    ),
+                    &["reason"],
+                ),
+            )?,
+            peers: register(
+                &registry,
+                names::PEERS,
+                IntGauge::new(
+                    names::PEERS,
+                    "Number of WireGuard peers configured on the device",
+                ),
+            )?,
+            backend: register(
+                &registry,
+                names::BACKEND_INFO,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::BACKEND_INFO,
+                        "WireGuard backend in use (kernel or userspace); always 1",
+                    ),
+                    &["backend"],
+                ),
+            )?,
+            registry,
+            book: Mutex::new(Book::default()),
+        })
+    }
+
+    /// The registry holding every metric of this instance.
+    ///
+    /// Gathering through it directly skips the lock [`Self::encode_text`] takes, so such a scrape
+    /// may catch a status transition half-way; prefer `encode_text`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Records a cable's current status: exactly one `submariner_connections` series per cable,
+    /// and `submariner_connections_short` recounted.
+    pub fn set_connection_status(&self, cable: &CableLabels, status: ConnectionStatus) {
+        let status = status.as_str();
+        let mut book = self.book();
+        // The new series goes in before the old one goes out, and both under the book lock, so no
+        // scrape through `encode_text` sees the cable missing or doubled.
+        self.connections
+            .with_label_values(&cable.values_with_status(status))
+            .set(1.0);
+        let previous = book.statuses.insert(cable.clone(), status);
+        if previous == Some(status) {
+            return;
+        }
+        if let Some(previous) = previous {
+            // Cannot fail: the series was created when `previous` was recorded.
+            let _ = self
+                .connections
+                .remove_label_values(&cable.values_with_status(previous));
+        }
+        self.recount_short(&mut book);
+    }
+
+    /// Records the bytes received and transmitted over a cable (WireGuard's counters).
+    pub fn set_traffic(&self, cable: &CableLabels, rx_bytes: u64, tx_bytes: u64) {
+        let values = cable.values();
+        // Byte counts above 2^53 lose precision as f64; Prometheus stores every sample as f64.
+        self.rx_bytes
+            .with_label_values(&values)
+            .set(rx_bytes as f64);
+        self.tx_bytes
+            .with_label_values(&values)
+            .set(tx_bytes as f64);
+    }
+
+    /// Records the unix time (seconds) of the first handshake of the cable's current connection.
+    pub fn set_established(&self, cable: &CableLabels, unix_seconds: f64) {
+        self.established
+            .with_label_values(&cable.values())
+            .set(unix_seconds);
+    }
+
+    /// Records the latest round-trip time over the cable.
+    pub fn set_latency(&self, cable: &CableLabels, seconds: f64) {
+        self.latency.with_label_values(&cable.values()).set(seconds);
+    }
+
+    /// Records how long ago the cable's latest WireGuard handshake was.
+    pub fn set_last_handshake_age(&self, cable: &CableLabels, seconds: f64) {
+        self.last_handshake_age
+            .with_label_values(&cable.values())
+            .set(seconds);
+    }
+
+    /// Removes every series of a cable and recounts `submariner_connections_short`.
+    pub fn remove_cable(&self, cable: &CableLabels) {
+        let mut book = self.book();
+        let values = cable.values();
+        // Removal fails only for a series that does not exist, which is the goal anyway; every
+        // status is tried so that nothing is left behind whatever was recorded.
+        for status in ConnectionStatus::ALL {
+            let _ = self
+                .connections
+                .remove_label_values(&cable.values_with_status(status.as_str()));
+        }
+        for gauge in [
+            &self.established,
+            &self.rx_bytes,
+            &self.tx_bytes,
+            &self.latency,
+            &self.last_handshake_age,
+        ] {
+            let _ = gauge.remove_label_values(&values);
+        }
+        if book.statuses.remove(cable).is_some() {
+            self.recount_short(&mut book);
+        }
+    }
+
+    /// Counts a reconcile run.
+    pub fn inc_reconcile(&self) {
+        self.reconciles.inc();
+    }
+
+    /// Counts a failed reconcile run.
+    pub fn inc_reconcile_error(&self) {
+        self.reconcile_errors.inc();
+    }
+
+    /// Counts a drift repair of one kind: "device", "peer", "route", "rule", "addr".
+    ///
+    /// Anything that is not a short lowercase word is counted as "other".
+    pub fn inc_repair(&self, what: &str) {
+        self.repairs.with_label_values(&[fixed_word(what)]).inc();
+    }
+
+    /// Counts an endpoint refused for `reason`, a short fixed word such as "unparsable".
+    ///
+    /// Anything that is not a short lowercase word is counted as "other".
+    pub fn inc_endpoint_rejected(&self, reason: &str) {
+        self.endpoints_rejected
+            .with_label_values(&[fixed_word(reason)])
+            .inc();
+    }
+
+    /// Records the number of peers configured on the device.
+    pub fn set_peers(&self, n: usize) {
+        self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records the WireGuard backend in use ("kernel" or "userspace"); only the latest is exported.
+    pub fn set_backend(&self, backend: &str) {
+        let _book = self.book();
+        self.backend.reset();
+        self.backend.with_label_values(&[fixed_word(backend)]).set(1);
+    }
+
+    /// Gathers every metric and writes it in the Prometheus text format.
+    pub fn encode_text(&self) -> Result<String, Error> {
+        let families = {
+            let _book = self.book();
+            self.registry.gather()
+        };
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&families, &mut text)
+            .map_err(|source| Error::Encode { source })?;
+        Ok(text)
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // A panic while the lock was held cannot leave the book half-written in a way that matters
+        // more than losing metrics altogether, so carry on with what is there.
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Republishes `submariner_connections_short` from the book: a series per (driver, status)
+    /// with at least one cable, as Submariner does, and none for counts that dropped to zero.
+    fn recount_short(&self, book: &mut Book) {
+        let mut counts: HashMap<(String, &'static str), u32> = HashMap::new();
+        for (cable, status) in &book.statuses {
+            *counts
+                .entry((cable.cable_driver.clone(), *status))
+                .or_default() += 1;
+        }
+        for ((driver, status), count) in &counts {
+            self.connections_short
+                .with_label_values(&[driver.as_str(), status])
+                .set(f64::from(*count));
+        }
+        for key in &book.published_short {
+            if !counts.contains_key(key) {
+                let _ = self
+                    .connections_short
+                    .remove_label_values(&[key.0.as_str(), key.1]);
+            }
+        }
+        book.published_short = counts.into_keys().collect();
+    }
+}
+
+/// Keeps label values that are meant to be fixed words from carrying anything else: a path, an
+/// error message or a key passed by mistake would leak and multiply series.
+fn fixed_word(word: &str) -> &str {
+    let is_word = !word.is_empty()
+        && word.len() <= MAX_WORD_LEN
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if is_word {
+        word
+    } else {
+        OTHER_WORD
+    }
+}
+
+fn gauge_vec(
+    registry: &Registry,
+    name: &'static str,
+    help: &str,
+    labels: &[&str],
+) -> Result<GaugeVec, Error> {
+    register(registry, name, GaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn register<C>(
+    registry: &Registry,
+    name: &'static str,
+    created: prometheus::Result<C>,
+) -> Result<C, Error>
+where
+    C: Collector + Clone + 'static,
+{
+    let collector = created.map_err(|source| Error::CreateMetric { name, source })?;
+    registry
+        .register(Box::new(collector.clone()))
+        .map_err(|source| Error::RegisterMetric { name, source })?;
+    Ok(collector)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::prom_text::{self, Scrape};
+
+    const PER_CABLE: [&str; 5] = [
+        names::CONNECTION_ESTABLISHED_TIMESTAMP,
+        names::GATEWAY_RX_BYTES,
+        names::GATEWAY_TX_BYTES,
+        names::CONNECTION_LATENCY_SECONDS,
+        names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS,
+    ];
+
+    fn cable(remote_cluster: &str, remote_ip: &str) -> CableLabels {
+        CableLabels {
+            cable_driver: "wireguard".to_owned(),
+            local_cluster: "east".to_owned(),
+            local_hostname: "gw-east-1".to_owned(),
+            local_endpoint_ip: "198.51.100.1".to_owned(),
+            remote_cluster: remote_cluster.to_owned(),
+            remote_hostname: format!("gw-{remote_cluster}-1"),
+            remote_endpoint_ip: remote_ip.to_owned(),
+        }
+    }
+
+    fn labels(cable: &CableLabels) -> Vec<(&'static str, &str)> {
+        CABLE_LABEL_NAMES.into_iter().zip(cable.values()).collect()
+    }
+
+    fn with_status<'a>(cable: &'a CableLabels, status: &'a str) -> Vec<(&'static str, &'a str)> {
+        let mut labels = labels(cable);
+        labels.push((STATUS_LABEL, status));
+        labels
+    }
+
+    fn scrape(metrics: &GatewayMetrics) -> Scrape {
+        let text = metrics.encode_text().expect("metrics encode");
+        prom_text::parse(&text).expect("our own output parses")
+    }
+
+    /// The `status` of every `submariner_connections` series of `cable`.
+    fn statuses_of(scrape: &Scrape, cable: &CableLabels) -> Vec<String> {
+        scrape
+            .series(names::CONNECTIONS)
+            .into_iter()
+            .filter(|s| {
+                labels(cable)
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.labels[STATUS_LABEL].clone())
+            .collect()
+    }
+
+    /// `(cable_driver, status) -> count` of `submariner_connections_short`.
+    fn short_counts(scrape: &Scrape) -> BTreeMap<(String, String), f64> {
+        scrape
+            .series(names::CONNECTIONS_SHORT)
+            .into_iter()
+            .map(|s| {
+                assert_eq!(s.labels.len(), 2, "short series carry only two labels: {s:?}");
+                (
+                    (s.labels["cable_driver"].clone(), s.labels[STATUS_LABEL].clone()),
+                    s.value,
+                )
+            })
+            .collect()
+    }
+
+    fn short(entries: &[(&str, &str, f64)]) -> BTreeMap<(String, String), f64> {
+        entries
+            .iter()
+            .map(|(d, s, n)| (((*d).to_owned(), (*s).to_owned()), *n))
+            .collect()
+    }
+
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn records_a_connection_with_submariner_names_labels_and_help() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let c = cable("west", "203.0.113.7");
+        metrics.set_connection_status(&c, ConnectionStatus::Connected);
+        metrics.set_traffic(&c, 1_234, 5_678);
+        metrics.set_established(&c, 1_700_000_000.0);
+        metrics.set_latency(&c, 0.012);
+        metrics.set_last_handshake_age(&c, 17.0);
+
+        let scrape = scrape(&metrics);
+        assert_eq!(
+            scrape.value(names::CONNECTIONS, &with_status(&c, "connected")),
+            Some(1.0)
+        );
+        assert_eq!(scrape.series(names::CONNECTIONS).len(), 1);
+        assert_eq!(short_counts(&scrape), short(&[("wireguard", "connected", 1.0)]));
+        for (name, value) in [
+            (names::GATEWAY_RX_BYTES, 1_234.0),
+            (names::GATEWAY_TX_BYTES, 5_678.0),
+            (names::CONNECTION_ESTABLISHED_TIMESTAMP, 1_700_000_000.0),
+            (names::CONNECTION_LATENCY_SECONDS, 0.012),
+            (names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS, 17.0),
+        ] {
+            assert_eq!(scrape.value(name, &labels(&c)), Some(value), "{name}");
+            assert_eq!(scrape.series(name).len(), 1, "{name}");
+            assert_eq!(scrape.types[name], "gauge", "{name}");
+        }
+        // Submariner's help texts, so `# HELP` lines match what dashboards were built against.
+        for (name, help) in [
+            (names::CONNECTIONS, "Number of connections and corresponding status (by cable driver and cable)"),
+            (names::CONNECTIONS_SHORT, "Summary of connections and corresponding status without cable information"),
+            (names::GATEWAY_RX_BYTES, "Count of bytes received (by cable driver and cable)"),
+            (names::GATEWAY_TX_BYTES, "Count of bytes transmitted (by cable driver and cable)"),
+            (names::CONNECTION_ESTABLISHED_TIMESTAMP, "Timestamp of last successful connection established (by cable driver and cable)"),
+            (names::CONNECTION_LATENCY_SECONDS, "Connection latency in seconds (last RTT, by cable driver and cable)"),
+        ] {
+            assert_eq!(scrape.help[name], help, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_status_transition_leaves_exactly_one_series() {
+        use ConnectionStatus::{Connected, Connecting, Error as Failed, None as Unset};
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let c = cable("west", "203.0.113.7");
+        for status in [Connecting, Connecting, Connected, Failed, Connected, Unset, Connecting] {
+            metrics.set_connection_status(&c, status);
+            let scrape = scrape(&metrics);
+            assert_eq!(statuses_of(&scrape, &c), vec![status.as_str().to_owned()]);
+            assert_eq!(scrape.series(names::CONNECTIONS).len(), 1);
+            assert_eq!(
+                short_counts(&scrape),
+                short(&[("wireguard", status.as_str(), 1.0)]),
+                "after {}",
+                status.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn short_counts_follow_every_cable_per_driver_and_status() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let west = cable("west", "203.0.113.7");
+        let north = cable("north", "203.0.113.8");
+        let mut south = cable("south", "203.0.113.9");
+        south.cable_driver = "libreswan".to_owned();
+
+        metrics.set_connection_status(&west, ConnectionStatus::Connected);
+        metrics.set_connection_status(&north, ConnectionStatus::Error);
+        metrics.set_connection_status(&south, ConnectionStatus::Connected);
+        assert_eq!(
+            short_counts(&scrape(&metrics)),
+            short(&[
+                ("libreswan", "connected", 1.0),
+                ("wireguard", "connected", 1.0),
+                ("wireguard", "error", 1.0),
+            ])
+        );
+
+        // Recovering the failed cable folds the counts together and drops the `error` series.
+        metrics.set_connection_status(&north, ConnectionStatus::Connected);
+        assert_eq!(
+            short_counts(&scrape(&metrics)),
+            short(&[("libreswan", "connected", 1.0), ("wireguard", "connected", 2.0)])
+        );
+    }
+
+    #[test]
+    fn removing_a_cable_removes_every_series_and_fixes_the_short_counts() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let west = cable("west", "203.0.113.7");
+        let north = cable("north", "203.0.113.8");
+        for c in [&west, &north] {
+            metrics.set_connection_status(c, ConnectionStatus::Connected);
+            metrics.set_traffic(c, 10, 20);
+            metrics.set_established(c, 1_700_000_000.0);
+            metrics.set_latency(c, 0.01);
+            metrics.set_last_handshake_age(c, 3.0);
+        }
+
+        metrics.remove_cable(&west);
+        let scrape = scrape(&metrics);
+        assert!(statuses_of(&scrape, &west).is_empty());
+        assert_eq!(statuses_of(&scrape, &north), vec!["connected".to_owned()]);
+        for name in PER_CABLE {
+            assert_eq!(scrape.value(name, &labels(&west)), None, "{name}");
+            assert_eq!(scrape.series(name).len(), 1, "{name} keeps north's series");
+        }
+        assert_eq!(short_counts(&scrape), short(&[("wireguard", "connected", 1.0)]));
+
+        metrics.remove_cable(&north);
+        // Removing twice, or a cable never recorded, is harmless.
+        metrics.remove_cable(&north);
+        metrics.remove_cable(&cable("nowhere", "192.0.2.1"));
+        let scrape = scrape(&metrics);
+        for name in PER_CABLE.into_iter().chain([names::CONNECTIONS, names::CONNECTIONS_SHORT]) {
+            assert!(scrape.series(name).is_empty(), "{name}: {:?}", scrape.series(name));
+        }
+    }
+
+    #[test]
+    fn removing_a_cable_that_only_has_traffic_removes_it_too() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let c = cable("west", "203.0.113.7");
+        metrics.set_traffic(&c, 1, 2);
+        assert_eq!(scrape(&metrics).series(names::GATEWAY_RX_BYTES).len(), 1);
+        metrics.remove_cable(&c);
+        let scrape = scrape(&metrics);
+        assert!(scrape.series(names::GATEWAY_RX_BYTES).is_empty());
+        assert!(scrape.series(names::GATEWAY_TX_BYTES).is_empty());
+    }
+
+    #[test]
+    fn two_instances_do_not_interfere() {
+        let first = GatewayMetrics::new().expect("metrics register");
+        let second = GatewayMetrics::new().expect("a second instance registers too");
+        let c = cable("west", "203.0.113.7");
+        first.set_connection_status(&c, ConnectionStatus::Connected);
+        first.set_traffic(&c, 5, 6);
+        first.inc_reconcile();
+        first.set_backend("kernel");
+        second.set_connection_status(&c, ConnectionStatus::Error);
+        second.set_backend("userspace");
+
+        let (a, b) = (scrape(&first), scrape(&second));
+        assert_eq!(statuses_of(&a, &c), vec!["connected".to_owned()]);
+        assert_eq!(statuses_of(&b, &c), vec!["error".to_owned()]);
+        assert_eq!(a.value(names::GATEWAY_RX_BYTES, &labels(&c)), Some(5.0));
+        assert!(b.series(names::GATEWAY_RX_BYTES).is_empty());
+        assert_eq!(a.value(names::RECONCILES_TOTAL, &[]), Some(1.0));
+        assert_eq!(b.value(names::RECONCILES_TOTAL, &[]), Some(0.0));
+        assert_eq!(a.value(names::BACKEND_INFO, &[("backend", "kernel")]), Some(1.0));
+        assert_eq!(b.value(names::BACKEND_INFO, &[("backend", "userspace")]), Some(1.0));
+    }
+
+    #[test]
+    fn operator_metrics_count_and_keep_one_backend() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        for _ in 0..3 {
+            metrics.inc_reconcile();
+        }
+        metrics.inc_reconcile_error();
+        for what in ["peer", "route", "route", "rule", "addr", "device"] {
+            metrics.inc_repair(what);
+        }
+        metrics.inc_endpoint_rejected("unparsable");
+        metrics.inc_endpoint_rejected("unparsable");
+        metrics.inc_endpoint_rejected("bad_key");
+        metrics.set_peers(7);
+        metrics.set_backend("kernel");
+        metrics.set_backend("userspace");
+
+        let scrape = scrape(&metrics);
+        assert_eq!(scrape.value(names::RECONCILES_TOTAL, &[]), Some(3.0));
+        assert_eq!(scrape.value(names::RECONCILE_ERRORS_TOTAL, &[]), Some(1.0));
+        assert_eq!(scrape.types[names::RECONCILES_TOTAL], "counter");
+        for (what, n) in [("peer", 1.0), ("route", 2.0), ("rule", 1.0), ("addr", 1.0), ("device", 1.0)] {
+            assert_eq!(scrape.value(names::REPAIRS_TOTAL, &[("what", what)]), Some(n), "{what}");
+        }
+        assert_eq!(
+            scrape.value(names::ENDPOINTS_REJECTED_TOTAL, &[("reason", "unparsable")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            scrape.value(names::ENDPOINTS_REJECTED_TOTAL, &[("reason", "bad_key")]),
+            Some(1.0)
+        );
+        assert_eq!(scrape.value(names::PEERS, &[]), Some(7.0));
+        assert_eq!(
+            scrape.series(names::BACKEND_INFO),
+            vec![&prom_text::Sample {
+                name: names::BACKEND_INFO.to_owned(),
+                labels: [("backend".to_owned(), "userspace".to_owned())].into(),
+                value: 1.0,
+            }]
+        );
+    }
+
+    #[test]
+    fn labels_carry_only_the_values_set() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let c = cable("west", "2001:db8::7");
+        metrics.set_connection_status(&c, ConnectionStatus::Connecting);
+        metrics.set_traffic(&c, 1, 2);
+        metrics.set_established(&c, 1.0);
+        metrics.set_latency(&c, 1.0);
+        metrics.set_last_handshake_age(&c, 1.0);
+        metrics.inc_repair("peer");
+        metrics.inc_endpoint_rejected("unparsable");
+        metrics.set_backend("kernel");
+        // Free text where a fixed word belongs (a key pasted by mistake, a path, an error
+        // message) is counted as "other" instead of leaking into a label.
+        let key_like = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        metrics.inc_endpoint_rejected(key_like);
+        metrics.inc_repair("/etc/wgcable/endpoints/west.yaml");
+        metrics.set_backend("Kernel Module Missing: EOPNOTSUPP");
+
+        let text = metrics.encode_text().expect("metrics encode");
+        assert!(!text.contains(key_like));
+        let scrape = prom_text::parse(&text).expect("our own output parses");
+        let seen: BTreeSet<&str> = scrape
+            .samples
+            .iter()
+            .flat_map(|s| s.labels.values().map(String::as_str))
+            .collect();
+        let expected: BTreeSet<&str> = c
+            .values()
+            .into_iter()
+            .chain(["connecting", "peer", "unparsable", "other"])
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(
+            scrape.value(names::ENDPOINTS_REJECTED_TOTAL, &[("reason", "other")]),
+            Some(1.0)
+        );
+        assert_eq!(scrape.series(names::BACKEND_INFO).len(), 1);
+        assert_eq!(scrape.value(names::BACKEND_INFO, &[("backend", "other")]), Some(1.0));
+    }
+
+    #[test]
+    fn fixed_words_accept_short_lowercase_words_only() {
+        for (input, expected) in [
+            ("route", "route"),
+            ("bad_key", "bad_key"),
+            ("wrong-cluster", "wrong-cluster"),
+            ("ipv6", "ipv6"),
+            ("", OTHER_WORD),
+            ("Route", OTHER_WORD),
+            ("two words", OTHER_WORD),
+            ("a/b", OTHER_WORD),
+            ("x".repeat(MAX_WORD_LEN).as_str(), "x".repeat(MAX_WORD_LEN).as_str()),
+            ("x".repeat(MAX_WORD_LEN + 1).as_str(), OTHER_WORD),
+        ] {
+            assert_eq!(fixed_word(input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn label_values_with_quotes_and_newlines_survive_the_text_format() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let mut c = cable("west", "203.0.113.7");
+        c.remote_hostname = "odd\"host\\name\nx".to_owned();
+        metrics.set_connection_status(&c, ConnectionStatus::Connected);
+        let scrape = scrape(&metrics);
+        assert_eq!(statuses_of(&scrape, &c), vec!["connected".to_owned()]);
+    }
+}
