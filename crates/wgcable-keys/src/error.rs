@@ -129,7 +129,10 @@ pub enum KeyError {
          generate a new key (peers will need the new public key)",
         p = .path.display()
     )]
-    Corrupt { path: PathBuf, problem: FormatProblem },
+    Corrupt {
+        path: PathBuf,
+        problem: FormatProblem,
+    },
 }
 
 impl KeyError {

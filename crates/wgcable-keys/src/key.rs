@@ -32,12 +32,8 @@ fn decode_key(text: &[u8], out: &mut [u8; KEY_LEN]) -> Result<(), FormatProblem>
         43 if !text.contains(&b'=') => return Err(FormatProblem::MissingPadding),
         found => return Err(FormatProblem::WrongLength { found }),
     }
-    if text[KEY_BASE64_LEN - 1] != b'=' {
-        // 44 characters without padding would be 33 bytes.
-        return Err(FormatProblem::WrongDecodedLength { found: 33 });
-    }
-    // A 33-byte scratch buffer: base64 lets the final quad write up to 3 bytes, so the decoder
-    // wants room for more than 32 when the input does not decode to exactly 32.
+    // A 33-byte scratch buffer: 44 characters without padding decode to 33 bytes, which we want
+    // to report as a wrong length rather than as a buffer problem.
     let mut scratch = Zeroizing::new([0u8; KEY_LEN + 1]);
     let decoded = STANDARD
         .decode_slice(text, &mut scratch[..])

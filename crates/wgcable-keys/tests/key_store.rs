@@ -36,7 +36,10 @@ fn assert_safe_message(err: &KeyError, path: &Path, secret: &str) -> String {
     assert_eq!(err.path(), Some(path));
     for shown in [&msg, &debug] {
         assert!(!shown.contains(secret), "secret leaked: {shown}");
-        assert!(!shown.contains(&secret[..16]), "secret prefix leaked: {shown}");
+        assert!(
+            !shown.contains(&secret[..16]),
+            "secret prefix leaked: {shown}"
+        );
     }
     msg
 }
@@ -87,10 +90,7 @@ fn refuses_group_or_world_accessible_file() {
     let store = KeyStore::new(tmp.path());
     for bad_mode in [0o644, 0o640, 0o604, 0o660, 0o620] {
         write_key_file(store.path(), &format!("{WG_PRIVATE}\n"), bad_mode);
-        for result in [
-            store.load().map(|_| ()),
-            store.load_or_create().map(|_| ()),
-        ] {
+        for result in [store.load().map(|_| ()), store.load_or_create().map(|_| ())] {
             let err = result.expect_err("insecure mode must be refused");
             assert!(
                 matches!(err, KeyError::InsecurePermissions { mode, .. } if mode & 0o777 == bad_mode),
@@ -145,7 +145,9 @@ fn refuses_symlink_even_to_a_good_key() {
     fs::create_dir(&dangling_dir).expect("mkdir");
     let store = KeyStore::new(&dangling_dir);
     symlink(tmp.path().join("nowhere"), store.path()).expect("symlink");
-    let err = store.load_or_create().expect_err("dangling symlink refused");
+    let err = store
+        .load_or_create()
+        .expect_err("dangling symlink refused");
     assert!(matches!(err, KeyError::NotRegularFile { .. }), "{err:?}");
     assert!(!tmp.path().join("nowhere").exists());
 }
@@ -160,7 +162,9 @@ fn refuses_directory() {
         matches!(err, KeyError::NotRegularFile { found, .. } if found == "a directory"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("is a directory, not a regular file"));
+    assert!(err
+        .to_string()
+        .contains("is a directory, not a regular file"));
 }
 
 #[test]
@@ -171,7 +175,10 @@ fn refuses_corrupt_content_without_echoing_it() {
     let cases: Vec<(String, FormatProblem)> = vec![
         (String::new(), FormatProblem::Empty),
         ("\n".into(), FormatProblem::Empty),
-        (format!("{}\n", &WG_PRIVATE[..43]), FormatProblem::MissingPadding),
+        (
+            format!("{}\n", &WG_PRIVATE[..43]),
+            FormatProblem::MissingPadding,
+        ),
         (
             format!("{}#{}\n", &WG_PRIVATE[..7], &WG_PRIVATE[8..]),
             FormatProblem::InvalidCharacter { offset: 7 },
@@ -224,7 +231,9 @@ fn unreadable_state_dir_is_an_error_naming_the_path() {
     let not_a_dir = tmp.path().join("file");
     fs::write(&not_a_dir, "x").expect("write");
     let store = KeyStore::new(&not_a_dir);
-    let err = store.load_or_create().expect_err("cannot use a file as a dir");
+    let err = store
+        .load_or_create()
+        .expect_err("cannot use a file as a dir");
     assert!(err.path().is_some(), "{err:?}");
     assert!(
         err.to_string().contains(&not_a_dir.display().to_string()),

@@ -325,3 +325,353 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use wgcable_api::ConnectionStatus;
+
+    use super::*;
+    use crate::{names, prom_text, CableLabels};
+
+    /// Generous upper bound for anything that should happen promptly on a loaded machine.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    struct FakeState {
+        ready: AtomicBool,
+        connections: Mutex<Vec<Connection>>,
+    }
+
+    impl GatewayState for FakeState {
+        fn connections(&self) -> Vec<Connection> {
+            self.connections.lock().expect("not poisoned").clone()
+        }
+        fn ready(&self) -> bool {
+            self.ready.load(Ordering::SeqCst)
+        }
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        metrics: Arc<GatewayMetrics>,
+        state: Arc<FakeState>,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<Result<(), Error>>,
+    }
+
+    impl Server {
+        async fn start(config: HttpConfig) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+            let addr = listener.local_addr().expect("bound socket has an address");
+            let metrics = Arc::new(GatewayMetrics::new().expect("metrics register"));
+            let state = Arc::new(FakeState {
+                ready: AtomicBool::new(false),
+                connections: Mutex::new(Vec::new()),
+            });
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&state) as Arc<dyn GatewayState>,
+                config,
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            Self { addr, metrics, state, stop: Some(stop), task }
+        }
+
+        async fn shut_down(mut self) {
+            let _ = self.stop.take().expect("stopped once").send(());
+            tokio::time::timeout(DEADLINE, self.task)
+                .await
+                .expect("serve returns promptly after shutdown")
+                .expect("serve task did not panic")
+                .expect("serve ends without error");
+        }
+    }
+
+    #[derive(Debug)]
+    struct Reply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Reply {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    fn get(path: &str) -> Vec<u8> {
+        request("GET", path, "")
+    }
+
+    fn request(method: &str, path: &str, extra_headers: &str) -> Vec<u8> {
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra_headers}\r\n")
+            .into_bytes()
+    }
+
+    /// Sends one raw request on a fresh connection and reads the reply until the server closes.
+    async fn exchange(addr: SocketAddr, raw: &[u8]) -> Reply {
+        let received = tokio::time::timeout(DEADLINE, async {
+            let mut stream = TcpStream::connect(addr).await.expect("connect to the server");
+            stream.write_all(raw).await.expect("send the request");
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received).await.expect("read the reply");
+            received
+        })
+        .await
+        .expect("reply within the deadline");
+        let text = String::from_utf8(received).expect("replies are UTF-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a header ends the head");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().expect("a status line");
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("a status code");
+        let headers = lines
+            .map(|line| {
+                let (name, value) = line.split_once(':').expect("header lines have a colon");
+                (name.trim().to_owned(), value.trim().to_owned())
+            })
+            .collect();
+        Reply { status, headers, body: body.to_owned() }
+    }
+
+    /// Reads until the server closes the connection (EOF or reset), within the deadline.
+    async fn until_closed(stream: &mut TcpStream) {
+        tokio::time::timeout(DEADLINE, async {
+            let mut sink = [0_u8; 1024];
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("the server closes the connection within the deadline");
+    }
+
+    fn sample_connections() -> Vec<Connection> {
+        vec![
+            Connection { status: ConnectionStatus::Connected, status_message: "Rx=10 Bytes, Tx=20 Bytes".to_owned() },
+            Connection { status: ConnectionStatus::Error, status_message: "no initial handshake".to_owned() },
+        ]
+    }
+
+    fn test_cable() -> CableLabels {
+        CableLabels {
+            cable_driver: "wireguard".to_owned(),
+            local_cluster: "east".to_owned(),
+            local_hostname: "gw-east".to_owned(),
+            local_endpoint_ip: "198.51.100.1".to_owned(),
+            remote_cluster: "west".to_owned(),
+            remote_hostname: "gw-west".to_owned(),
+            remote_endpoint_ip: "203.0.113.7".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_every_route() {
+        let server = Server::start(HttpConfig::default()).await;
+        let cable = test_cable();
+        server.metrics.set_connection_status(&cable, ConnectionStatus::Connected);
+        server.metrics.set_traffic(&cable, 100, 200);
+        *server.state.connections.lock().expect("not poisoned") = sample_connections();
+
+        let metrics = exchange(server.addr, &get("/metrics")).await;
+        assert_eq!(metrics.status, 200);
+        assert_eq!(metrics.header("content-type"), Some(PROMETHEUS_TEXT_CONTENT_TYPE));
+        let scrape = prom_text::parse(&metrics.body).expect("the scrape parses");
+        assert_eq!(scrape.series(names::CONNECTIONS).len(), 1);
+        assert_eq!(scrape.series(names::GATEWAY_TX_BYTES)[0].value, 200.0);
+
+        let health = exchange(server.addr, &get("/healthz")).await;
+        assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+
+        let connections = exchange(server.addr, &get("/connections")).await;
+        assert_eq!(connections.status, 200);
+        assert_eq!(connections.header("content-type"), Some(JSON_CONTENT_TYPE));
+        let served: serde_json::Value =
+            serde_json::from_str(&connections.body).expect("/connections is JSON");
+        let expected = serde_json::to_value(sample_connections()).expect("connections serialize");
+        assert_eq!(served, expected);
+        assert_eq!(served.as_array().map(Vec::len), Some(2));
+
+        // A query string does not change the route, and HEAD gets the headers only.
+        let query = exchange(server.addr, &get("/healthz?verbose=1")).await;
+        assert_eq!(query.status, 200);
+        let head = exchange(server.addr, &request("HEAD", "/metrics", "")).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-type"), Some(PROMETHEUS_TEXT_CONTENT_TYPE));
+        assert_eq!(head.body, "");
+
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_get_404_and_wrong_methods_405() {
+        let server = Server::start(HttpConfig::default()).await;
+        for (method, path, status) in [
+            ("GET", "/", 404),
+            ("GET", "/metrics/", 404),
+            ("GET", "/debug/pprof", 404),
+            ("POST", "/nope", 404),
+            ("POST", "/metrics", 405),
+            ("PUT", "/healthz", 405),
+            ("DELETE", "/connections", 405),
+            ("OPTIONS", "/readyz", 405),
+        ] {
+            let reply = exchange(server.addr, &request(method, path, "Content-Length: 0\r\n")).await;
+            assert_eq!(reply.status, status, "{method} {path}");
+            if status == 405 {
+                assert_eq!(reply.header("allow"), Some("GET, HEAD"), "{method} {path}");
+            }
+        }
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_gateway_state() {
+        let server = Server::start(HttpConfig::default()).await;
+        assert_eq!(exchange(server.addr, &get("/readyz")).await.status, 503);
+        // Health is about the process being alive, not about readiness.
+        assert_eq!(exchange(server.addr, &get("/healthz")).await.status, 200);
+        server.state.ready.store(true, Ordering::SeqCst);
+        assert_eq!(exchange(server.addr, &get("/readyz")).await.status, 200);
+        server.state.ready.store(false, Ordering::SeqCst);
+        assert_eq!(exchange(server.addr, &get("/readyz")).await.status, 503);
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn oversized_request_bodies_get_413() {
+        let config = HttpConfig { max_request_bytes: 64, ..HttpConfig::default() };
+        let server = Server::start(config).await;
+
+        // Declared too large: refused without reading it.
+        let declared = exchange(server.addr, &request("POST", "/metrics", "Content-Length: 100000\r\n")).await;
+        assert_eq!(declared.status, 413);
+
+        // Chunked, so the size is only known while reading.
+        let mut chunked = request("GET", "/metrics", "Transfer-Encoding: chunked\r\n");
+        chunked.extend_from_slice(format!("41\r\n{}\r\n0\r\n\r\n", "x".repeat(65)).as_bytes());
+        assert_eq!(exchange(server.addr, &chunked).await.status, 413);
+
+        // A small body on a GET is tolerated.
+        let mut small = request("GET", "/healthz", "Content-Length: 5\r\n");
+        small.extend_from_slice(b"hello");
+        assert_eq!(exchange(server.addr, &small).await.status, 200);
+
+        // Huge headers are refused by hyper itself.
+        let huge = request("GET", "/healthz", &format!("X-Filler: {}\r\n", "y".repeat(2 * MAX_HEADER_BYTES)));
+        assert_eq!(exchange(server.addr, &huge).await.status, 431);
+
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn a_slowloris_client_neither_blocks_scrapes_nor_stays_connected() {
+        let header_timeout = Duration::from_secs(2);
+        let server = Server::start(HttpConfig { header_timeout, ..HttpConfig::default() }).await;
+
+        let started = Instant::now();
+        let mut loris = TcpStream::connect(server.addr).await.expect("connect");
+        loris
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: te")
+            .await
+            .expect("send half a header");
+
+        let scrape = exchange(server.addr, &get("/metrics")).await;
+        assert_eq!(scrape.status, 200);
+        assert!(
+            started.elapsed() < header_timeout,
+            "the scrape was served while the slow client was still connected"
+        );
+
+        until_closed(&mut loris).await;
+        assert!(
+            started.elapsed() >= header_timeout,
+            "closed only once the header timeout passed ({:?})",
+            started.elapsed()
+        );
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn the_connection_limit_holds_until_a_slot_frees() {
+        let header_timeout = Duration::from_millis(300);
+        let config = HttpConfig { header_timeout, max_connections: 1, ..HttpConfig::default() };
+        let server = Server::start(config).await;
+
+        let started = Instant::now();
+        let mut idle = TcpStream::connect(server.addr).await.expect("connect");
+        idle.write_all(b"GET /").await.expect("send a fragment");
+        // The only slot is taken, so the scrape waits until the idle client is timed out.
+        let scrape = exchange(server.addr, &get("/healthz")).await;
+        assert_eq!(scrape.status, 200);
+        assert!(started.elapsed() >= header_timeout, "served after {:?}", started.elapsed());
+        until_closed(&mut idle).await;
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn connections_are_closed_after_the_connection_timeout() {
+        let config = HttpConfig {
+            header_timeout: Duration::from_secs(60),
+            connection_timeout: Duration::from_millis(200),
+            ..HttpConfig::default()
+        };
+        let server = Server::start(config).await;
+        let mut idle = TcpStream::connect(server.addr).await.expect("connect");
+        // Closed by the connection timeout, long before the header timeout or DEADLINE.
+        until_closed(&mut idle).await;
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn a_hundred_sequential_scrapes_succeed() {
+        let server = Server::start(HttpConfig::default()).await;
+        let cable = test_cable();
+        for i in 0..100_u64 {
+            server.metrics.set_traffic(&cable, i, 2 * i);
+            let reply = exchange(server.addr, &get("/metrics")).await;
+            assert_eq!(reply.status, 200, "scrape {i}");
+            let scrape = prom_text::parse(&reply.body).expect("the scrape parses");
+            assert_eq!(scrape.series(names::GATEWAY_RX_BYTES)[0].value, i as f64);
+        }
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_and_the_listener() {
+        let config = HttpConfig {
+            header_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(60),
+            ..HttpConfig::default()
+        };
+        let server = Server::start(config).await;
+        let addr = server.addr;
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(exchange(addr, &get("/healthz")).await.status, 200);
+
+        // Returns within DEADLINE although the idle connection's own timeouts are a minute away.
+        server.shut_down().await;
+        until_closed(&mut idle).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+    }
+}

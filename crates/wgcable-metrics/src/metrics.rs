@@ -471,7 +471,7 @@ mod tests {
         labels
     }
 
-    fn scrape(metrics: &GatewayMetrics) -> Scrape {
+    fn scraped(metrics: &GatewayMetrics) -> Scrape {
         let text = metrics.encode_text().expect("metrics encode");
         prom_text::parse(&text).expect("our own output parses")
     }
@@ -524,7 +524,7 @@ mod tests {
         metrics.set_latency(&c, 0.012);
         metrics.set_last_handshake_age(&c, 17.0);
 
-        let scrape = scrape(&metrics);
+        let scrape = scraped(&metrics);
         assert_eq!(
             scrape.value(names::CONNECTIONS, &with_status(&c, "connected")),
             Some(1.0)
@@ -562,7 +562,7 @@ mod tests {
         let c = cable("west", "203.0.113.7");
         for status in [Connecting, Connecting, Connected, Failed, Connected, Unset, Connecting] {
             metrics.set_connection_status(&c, status);
-            let scrape = scrape(&metrics);
+            let scrape = scraped(&metrics);
             assert_eq!(statuses_of(&scrape, &c), vec![status.as_str().to_owned()]);
             assert_eq!(scrape.series(names::CONNECTIONS).len(), 1);
             assert_eq!(
@@ -586,7 +586,7 @@ mod tests {
         metrics.set_connection_status(&north, ConnectionStatus::Error);
         metrics.set_connection_status(&south, ConnectionStatus::Connected);
         assert_eq!(
-            short_counts(&scrape(&metrics)),
+            short_counts(&scraped(&metrics)),
             short(&[
                 ("libreswan", "connected", 1.0),
                 ("wireguard", "connected", 1.0),
@@ -597,7 +597,7 @@ mod tests {
         // Recovering the failed cable folds the counts together and drops the `error` series.
         metrics.set_connection_status(&north, ConnectionStatus::Connected);
         assert_eq!(
-            short_counts(&scrape(&metrics)),
+            short_counts(&scraped(&metrics)),
             short(&[("libreswan", "connected", 1.0), ("wireguard", "connected", 2.0)])
         );
     }
@@ -616,7 +616,7 @@ mod tests {
         }
 
         metrics.remove_cable(&west);
-        let scrape = scrape(&metrics);
+        let scrape = scraped(&metrics);
         assert!(statuses_of(&scrape, &west).is_empty());
         assert_eq!(statuses_of(&scrape, &north), vec!["connected".to_owned()]);
         for name in PER_CABLE {
@@ -629,7 +629,7 @@ mod tests {
         // Removing twice, or a cable never recorded, is harmless.
         metrics.remove_cable(&north);
         metrics.remove_cable(&cable("nowhere", "192.0.2.1"));
-        let scrape = scrape(&metrics);
+        let scrape = scraped(&metrics);
         for name in PER_CABLE.into_iter().chain([names::CONNECTIONS, names::CONNECTIONS_SHORT]) {
             assert!(scrape.series(name).is_empty(), "{name}: {:?}", scrape.series(name));
         }
@@ -640,9 +640,9 @@ mod tests {
         let metrics = GatewayMetrics::new().expect("metrics register");
         let c = cable("west", "203.0.113.7");
         metrics.set_traffic(&c, 1, 2);
-        assert_eq!(scrape(&metrics).series(names::GATEWAY_RX_BYTES).len(), 1);
+        assert_eq!(scraped(&metrics).series(names::GATEWAY_RX_BYTES).len(), 1);
         metrics.remove_cable(&c);
-        let scrape = scrape(&metrics);
+        let scrape = scraped(&metrics);
         assert!(scrape.series(names::GATEWAY_RX_BYTES).is_empty());
         assert!(scrape.series(names::GATEWAY_TX_BYTES).is_empty());
     }
@@ -659,7 +659,7 @@ mod tests {
         second.set_connection_status(&c, ConnectionStatus::Error);
         second.set_backend("userspace");
 
-        let (a, b) = (scrape(&first), scrape(&second));
+        let (a, b) = (scraped(&first), scraped(&second));
         assert_eq!(statuses_of(&a, &c), vec!["connected".to_owned()]);
         assert_eq!(statuses_of(&b, &c), vec!["error".to_owned()]);
         assert_eq!(a.value(names::GATEWAY_RX_BYTES, &labels(&c)), Some(5.0));
@@ -687,7 +687,7 @@ mod tests {
         metrics.set_backend("kernel");
         metrics.set_backend("userspace");
 
-        let scrape = scrape(&metrics);
+        let scrape = scraped(&metrics);
         assert_eq!(scrape.value(names::RECONCILES_TOTAL, &[]), Some(3.0));
         assert_eq!(scrape.value(names::RECONCILE_ERRORS_TOTAL, &[]), Some(1.0));
         assert_eq!(scrape.types[names::RECONCILES_TOTAL], "counter");
@@ -778,7 +778,7 @@ mod tests {
         let mut c = cable("west", "203.0.113.7");
         c.remote_hostname = "odd\"host\\name\nx".to_owned();
         metrics.set_connection_status(&c, ConnectionStatus::Connected);
-        let scrape = scrape(&metrics);
+        let scrape = scraped(&metrics);
         assert_eq!(statuses_of(&scrape, &c), vec!["connected".to_owned()]);
     }
 }
