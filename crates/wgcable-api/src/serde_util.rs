@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 /// Treats an explicit `null` like a missing field. Go marshals nil slices and maps as `null`,
@@ -76,10 +76,6 @@ impl<'de> Deserialize<'de> for LenientString {
 
             fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(LenientString(String::new()))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Self::Value, A::Error> {
-                Err(de::Error::invalid_type(de::Unexpected::Map, &self))
             }
         }
 

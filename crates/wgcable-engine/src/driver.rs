@@ -130,6 +130,8 @@ pub struct WireGuardDriver {
     state: tokio::sync::Mutex<State>,
     /// Mirrors of state for the HTTP server, which must never wait on a reconcile.
     snapshot: std::sync::Mutex<(Vec<Connection>, bool)>,
+    /// Remote subnets already warned about for source NAT (warn once, not every resync).
+    snat_warned: std::sync::Mutex<std::collections::BTreeSet<IpNet>>,
 }
 
 impl std::fmt::Debug for WireGuardDriver {
@@ -164,6 +166,7 @@ impl WireGuardDriver {
             metrics,
             state: tokio::sync::Mutex::new(State::default()),
             snapshot: std::sync::Mutex::new((Vec::new(), false)),
+            snat_warned: std::sync::Mutex::new(Default::default()),
         })
     }
 
@@ -484,6 +487,38 @@ impl WireGuardDriver {
             fwmask: None,
             invert: false,
         }
+    }
+
+    /// Looks for source NAT of traffic to remote subnets in the kernel's connection tracking
+    /// (see [`crate::snat`]) and warns once per remote subnet. Without conntrack (module not
+    /// loaded) there is nothing to look at and nothing is reported.
+    pub async fn check_snat(&self) -> Vec<crate::snat::SnatFinding> {
+        let remote: Vec<IpNet> = {
+            let st = self.state.lock().await;
+            st.desired.values().flat_map(|p| p.config.allowed_ips.iter().copied()).collect()
+        };
+        if remote.is_empty() {
+            return Vec::new();
+        }
+        let Ok(text) = tokio::fs::read_to_string("/proc/net/nf_conntrack").await else {
+            return Vec::new();
+        };
+        let found = crate::snat::find_snat(&text, &remote);
+        if let Ok(mut warned) = self.snat_warned.lock() {
+            for f in &found {
+                if warned.insert(f.remote_subnet) {
+                    tracing::warn!(
+                        remote_subnet = %f.remote_subnet,
+                        src = %f.original_src,
+                        rewritten_to = %f.translated_src,
+                        "traffic to a remote cluster is source-NATed before it reaches the WireGuard device; \
+                         the remote gateway will drop it. Exclude the remote subnets from the CNI's masquerading \
+                         (the known incompatibility of this driver with some CNIs, e.g. Calico)"
+                    );
+                }
+            }
+        }
+        found
     }
 
     fn set_ready(&self, ready: bool) {

@@ -160,6 +160,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
             _ = resync.tick() => {
                 // Errors are logged and counted inside; the next tick retries.
                 let _ = driver.reconcile(Trigger::Resync).await;
+                driver.check_snat().await;
             }
             _ = status.tick() => {
                 if let Err(e) = driver.connections().await {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod driver;
 mod error;
 pub mod gateway;
+pub mod snat;
 
 pub use broker::{EndpointEvent, EndpointSource, FileBroker};
 pub use config::DriverConfig;

@@ -279,7 +279,10 @@ impl App {
                 Ok(body) => with_type(StatusCode::OK, PROMETHEUS_TEXT_CONTENT_TYPE, body.into()),
                 Err(error) => {
                     tracing::warn!(error = %error_chain(&error), "serving /metrics");
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n")
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "encoding metrics failed\n",
+                    )
                 }
             },
             Route::Healthz => text(StatusCode::OK, "ok"),
@@ -294,7 +297,10 @@ impl App {
                 Ok(body) => with_type(StatusCode::OK, JSON_CONTENT_TYPE, body.into()),
                 Err(error) => {
                     tracing::warn!(%error, "serializing connections for /connections");
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "serializing connections failed\n")
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "serializing connections failed\n",
+                    )
                 }
             },
         }
@@ -302,7 +308,11 @@ impl App {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    with_type(status, TEXT_CONTENT_TYPE, Bytes::from_static(body.as_bytes()))
+    with_type(
+        status,
+        TEXT_CONTENT_TYPE,
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
 fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
@@ -367,7 +377,9 @@ mod tests {
 
     impl Server {
         async fn start(config: HttpConfig) -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind loopback");
             let addr = listener.local_addr().expect("bound socket has an address");
             let metrics = Arc::new(GatewayMetrics::new().expect("metrics register"));
             let state = Arc::new(FakeState {
@@ -384,7 +396,13 @@ mod tests {
                     let _ = stopped.await;
                 },
             ));
-            Self { addr, metrics, state, stop: Some(stop), task }
+            Self {
+                addr,
+                metrics,
+                state,
+                stop: Some(stop),
+                task,
+            }
         }
 
         async fn shut_down(mut self) {
@@ -418,17 +436,24 @@ mod tests {
     }
 
     fn request(method: &str, path: &str, extra_headers: &str) -> Vec<u8> {
-        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra_headers}\r\n")
-            .into_bytes()
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra_headers}\r\n"
+        )
+        .into_bytes()
     }
 
     /// Sends one raw request on a fresh connection and reads the reply until the server closes.
     async fn exchange(addr: SocketAddr, raw: &[u8]) -> Reply {
         let received = tokio::time::timeout(DEADLINE, async {
-            let mut stream = TcpStream::connect(addr).await.expect("connect to the server");
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .expect("connect to the server");
             stream.write_all(raw).await.expect("send the request");
             let mut received = Vec::new();
-            stream.read_to_end(&mut received).await.expect("read the reply");
+            stream
+                .read_to_end(&mut received)
+                .await
+                .expect("read the reply");
             received
         })
         .await
@@ -448,7 +473,11 @@ mod tests {
                 (name.trim().to_owned(), value.trim().to_owned())
             })
             .collect();
-        Reply { status, headers, body: body.to_owned() }
+        Reply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
     }
 
     /// Reads until the server closes the connection (EOF or reset), within the deadline.
@@ -468,8 +497,14 @@ mod tests {
 
     fn sample_connections() -> Vec<Connection> {
         vec![
-            Connection { status: ConnectionStatus::Connected, status_message: "Rx=10 Bytes, Tx=20 Bytes".to_owned() },
-            Connection { status: ConnectionStatus::Error, status_message: "no initial handshake".to_owned() },
+            Connection {
+                status: ConnectionStatus::Connected,
+                status_message: "Rx=10 Bytes, Tx=20 Bytes".to_owned(),
+            },
+            Connection {
+                status: ConnectionStatus::Error,
+                status_message: "no initial handshake".to_owned(),
+            },
         ]
     }
 
@@ -489,13 +524,18 @@ mod tests {
     async fn serves_every_route() {
         let server = Server::start(HttpConfig::default()).await;
         let cable = test_cable();
-        server.metrics.set_connection_status(&cable, ConnectionStatus::Connected);
+        server
+            .metrics
+            .set_connection_status(&cable, ConnectionStatus::Connected);
         server.metrics.set_traffic(&cable, 100, 200);
         *server.state.connections.lock().expect("not poisoned") = sample_connections();
 
         let metrics = exchange(server.addr, &get("/metrics")).await;
         assert_eq!(metrics.status, 200);
-        assert_eq!(metrics.header("content-type"), Some(PROMETHEUS_TEXT_CONTENT_TYPE));
+        assert_eq!(
+            metrics.header("content-type"),
+            Some(PROMETHEUS_TEXT_CONTENT_TYPE)
+        );
         let scrape = prom_text::parse(&metrics.body).expect("the scrape parses");
         assert_eq!(scrape.series(names::CONNECTIONS).len(), 1);
         assert_eq!(scrape.series(names::GATEWAY_TX_BYTES)[0].value, 200.0);
@@ -517,7 +557,10 @@ mod tests {
         assert_eq!(query.status, 200);
         let head = exchange(server.addr, &request("HEAD", "/metrics", "")).await;
         assert_eq!(head.status, 200);
-        assert_eq!(head.header("content-type"), Some(PROMETHEUS_TEXT_CONTENT_TYPE));
+        assert_eq!(
+            head.header("content-type"),
+            Some(PROMETHEUS_TEXT_CONTENT_TYPE)
+        );
         assert_eq!(head.body, "");
 
         server.shut_down().await;
@@ -536,7 +579,8 @@ mod tests {
             ("DELETE", "/connections", 405),
             ("OPTIONS", "/readyz", 405),
         ] {
-            let reply = exchange(server.addr, &request(method, path, "Content-Length: 0\r\n")).await;
+            let reply =
+                exchange(server.addr, &request(method, path, "Content-Length: 0\r\n")).await;
             assert_eq!(reply.status, status, "{method} {path}");
             if status == 405 {
                 assert_eq!(reply.header("allow"), Some("GET, HEAD"), "{method} {path}");
@@ -560,11 +604,18 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_request_bodies_get_413() {
-        let config = HttpConfig { max_request_bytes: 64, ..HttpConfig::default() };
+        let config = HttpConfig {
+            max_request_bytes: 64,
+            ..HttpConfig::default()
+        };
         let server = Server::start(config).await;
 
         // Declared too large: refused without reading it.
-        let declared = exchange(server.addr, &request("POST", "/metrics", "Content-Length: 100000\r\n")).await;
+        let declared = exchange(
+            server.addr,
+            &request("POST", "/metrics", "Content-Length: 100000\r\n"),
+        )
+        .await;
         assert_eq!(declared.status, 413);
 
         // Chunked, so the size is only known while reading.
@@ -578,7 +629,11 @@ mod tests {
         assert_eq!(exchange(server.addr, &small).await.status, 200);
 
         // Huge headers are refused by hyper itself.
-        let huge = request("GET", "/healthz", &format!("X-Filler: {}\r\n", "y".repeat(2 * MAX_HEADER_BYTES)));
+        let huge = request(
+            "GET",
+            "/healthz",
+            &format!("X-Filler: {}\r\n", "y".repeat(2 * MAX_HEADER_BYTES)),
+        );
         assert_eq!(exchange(server.addr, &huge).await.status, 431);
 
         server.shut_down().await;
@@ -587,7 +642,11 @@ mod tests {
     #[tokio::test]
     async fn a_slowloris_client_neither_blocks_scrapes_nor_stays_connected() {
         let header_timeout = Duration::from_secs(2);
-        let server = Server::start(HttpConfig { header_timeout, ..HttpConfig::default() }).await;
+        let server = Server::start(HttpConfig {
+            header_timeout,
+            ..HttpConfig::default()
+        })
+        .await;
 
         let started = Instant::now();
         let mut loris = TcpStream::connect(server.addr).await.expect("connect");
@@ -615,7 +674,11 @@ mod tests {
     #[tokio::test]
     async fn the_connection_limit_holds_until_a_slot_frees() {
         let header_timeout = Duration::from_millis(300);
-        let config = HttpConfig { header_timeout, max_connections: 1, ..HttpConfig::default() };
+        let config = HttpConfig {
+            header_timeout,
+            max_connections: 1,
+            ..HttpConfig::default()
+        };
         let server = Server::start(config).await;
 
         let started = Instant::now();
@@ -624,7 +687,11 @@ mod tests {
         // The only slot is taken, so the scrape waits until the idle client is timed out.
         let scrape = exchange(server.addr, &get("/healthz")).await;
         assert_eq!(scrape.status, 200);
-        assert!(started.elapsed() >= header_timeout, "served after {:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= header_timeout,
+            "served after {:?}",
+            started.elapsed()
+        );
         until_closed(&mut idle).await;
         server.shut_down().await;
     }
@@ -672,6 +739,9 @@ mod tests {
         // Returns within DEADLINE although the idle connection's own timeouts are a minute away.
         server.shut_down().await;
         until_closed(&mut idle).await;
-        assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
     }
 }

@@ -16,7 +16,8 @@ pub mod names {
     /// Submariner: number of cables per `cable_driver` and `status`.
     pub const CONNECTIONS_SHORT: &str = "submariner_connections_short";
     /// Submariner: unix seconds of the first handshake of the current connection.
-    pub const CONNECTION_ESTABLISHED_TIMESTAMP: &str = "submariner_connection_established_timestamp";
+    pub const CONNECTION_ESTABLISHED_TIMESTAMP: &str =
+        "submariner_connection_established_timestamp";
     /// Submariner: bytes received over a cable.
     pub const GATEWAY_RX_BYTES: &str = "submariner_gateway_rx_bytes";
     /// Submariner: bytes transmitted over a cable.
@@ -348,7 +349,9 @@ impl GatewayMetrics {
     pub fn set_backend(&self, backend: &str) {
         let _book = self.book();
         self.backend.reset();
-        self.backend.with_label_values(&[fixed_word(backend)]).set(1);
+        self.backend
+            .with_label_values(&[fixed_word(backend)])
+            .set(1);
     }
 
     /// Gathers every metric and writes it in the Prometheus text format.
@@ -496,9 +499,16 @@ mod tests {
             .series(names::CONNECTIONS_SHORT)
             .into_iter()
             .map(|s| {
-                assert_eq!(s.labels.len(), 2, "short series carry only two labels: {s:?}");
+                assert_eq!(
+                    s.labels.len(),
+                    2,
+                    "short series carry only two labels: {s:?}"
+                );
                 (
-                    (s.labels["cable_driver"].clone(), s.labels[STATUS_LABEL].clone()),
+                    (
+                        s.labels["cable_driver"].clone(),
+                        s.labels[STATUS_LABEL].clone(),
+                    ),
                     s.value,
                 )
             })
@@ -530,7 +540,10 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(scrape.series(names::CONNECTIONS).len(), 1);
-        assert_eq!(short_counts(&scrape), short(&[("wireguard", "connected", 1.0)]));
+        assert_eq!(
+            short_counts(&scrape),
+            short(&[("wireguard", "connected", 1.0)])
+        );
         for (name, value) in [
             (names::GATEWAY_RX_BYTES, 1_234.0),
             (names::GATEWAY_TX_BYTES, 5_678.0),
@@ -544,12 +557,30 @@ mod tests {
         }
         // Submariner's help texts, so `# HELP` lines match what dashboards were built against.
         for (name, help) in [
-            (names::CONNECTIONS, "Number of connections and corresponding status (by cable driver and cable)"),
-            (names::CONNECTIONS_SHORT, "Summary of connections and corresponding status without cable information"),
-            (names::GATEWAY_RX_BYTES, "Count of bytes received (by cable driver and cable)"),
-            (names::GATEWAY_TX_BYTES, "Count of bytes transmitted (by cable driver and cable)"),
-            (names::CONNECTION_ESTABLISHED_TIMESTAMP, "Timestamp of last successful connection established (by cable driver and cable)"),
-            (names::CONNECTION_LATENCY_SECONDS, "Connection latency in seconds (last RTT, by cable driver and cable)"),
+            (
+                names::CONNECTIONS,
+                "Number of connections and corresponding status (by cable driver and cable)",
+            ),
+            (
+                names::CONNECTIONS_SHORT,
+                "Summary of connections and corresponding status without cable information",
+            ),
+            (
+                names::GATEWAY_RX_BYTES,
+                "Count of bytes received (by cable driver and cable)",
+            ),
+            (
+                names::GATEWAY_TX_BYTES,
+                "Count of bytes transmitted (by cable driver and cable)",
+            ),
+            (
+                names::CONNECTION_ESTABLISHED_TIMESTAMP,
+                "Timestamp of last successful connection established (by cable driver and cable)",
+            ),
+            (
+                names::CONNECTION_LATENCY_SECONDS,
+                "Connection latency in seconds (last RTT, by cable driver and cable)",
+            ),
         ] {
             assert_eq!(scrape.help[name], help, "{name}");
         }
@@ -560,7 +591,9 @@ mod tests {
         use ConnectionStatus::{Connected, Connecting, Error as Failed, None as Unset};
         let metrics = GatewayMetrics::new().expect("metrics register");
         let c = cable("west", "203.0.113.7");
-        for status in [Connecting, Connecting, Connected, Failed, Connected, Unset, Connecting] {
+        for status in [
+            Connecting, Connecting, Connected, Failed, Connected, Unset, Connecting,
+        ] {
             metrics.set_connection_status(&c, status);
             let scrape = scraped(&metrics);
             assert_eq!(statuses_of(&scrape, &c), vec![status.as_str().to_owned()]);
@@ -572,6 +605,30 @@ mod tests {
                 status.as_str()
             );
         }
+    }
+
+    #[test]
+    fn a_scrape_during_transitions_never_sees_a_cable_missing_or_doubled() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let c = cable("west", "203.0.113.7");
+        metrics.set_connection_status(&c, ConnectionStatus::Connected);
+        std::thread::scope(|scope| {
+            let flipper = scope.spawn(|| {
+                for i in 0..2_000 {
+                    let status = if i % 2 == 0 {
+                        ConnectionStatus::Error
+                    } else {
+                        ConnectionStatus::Connected
+                    };
+                    metrics.set_connection_status(&c, status);
+                }
+            });
+            while !flipper.is_finished() {
+                let scrape = scraped(&metrics);
+                assert_eq!(scrape.series(names::CONNECTIONS).len(), 1);
+                assert_eq!(short_counts(&scrape).values().sum::<f64>(), 1.0);
+            }
+        });
     }
 
     #[test]
@@ -598,7 +655,10 @@ mod tests {
         metrics.set_connection_status(&north, ConnectionStatus::Connected);
         assert_eq!(
             short_counts(&scraped(&metrics)),
-            short(&[("libreswan", "connected", 1.0), ("wireguard", "connected", 2.0)])
+            short(&[
+                ("libreswan", "connected", 1.0),
+                ("wireguard", "connected", 2.0)
+            ])
         );
     }
 
@@ -623,15 +683,25 @@ mod tests {
             assert_eq!(scrape.value(name, &labels(&west)), None, "{name}");
             assert_eq!(scrape.series(name).len(), 1, "{name} keeps north's series");
         }
-        assert_eq!(short_counts(&scrape), short(&[("wireguard", "connected", 1.0)]));
+        assert_eq!(
+            short_counts(&scrape),
+            short(&[("wireguard", "connected", 1.0)])
+        );
 
         metrics.remove_cable(&north);
         // Removing twice, or a cable never recorded, is harmless.
         metrics.remove_cable(&north);
         metrics.remove_cable(&cable("nowhere", "192.0.2.1"));
         let scrape = scraped(&metrics);
-        for name in PER_CABLE.into_iter().chain([names::CONNECTIONS, names::CONNECTIONS_SHORT]) {
-            assert!(scrape.series(name).is_empty(), "{name}: {:?}", scrape.series(name));
+        for name in PER_CABLE
+            .into_iter()
+            .chain([names::CONNECTIONS, names::CONNECTIONS_SHORT])
+        {
+            assert!(
+                scrape.series(name).is_empty(),
+                "{name}: {:?}",
+                scrape.series(name)
+            );
         }
     }
 
@@ -666,8 +736,14 @@ mod tests {
         assert!(b.series(names::GATEWAY_RX_BYTES).is_empty());
         assert_eq!(a.value(names::RECONCILES_TOTAL, &[]), Some(1.0));
         assert_eq!(b.value(names::RECONCILES_TOTAL, &[]), Some(0.0));
-        assert_eq!(a.value(names::BACKEND_INFO, &[("backend", "kernel")]), Some(1.0));
-        assert_eq!(b.value(names::BACKEND_INFO, &[("backend", "userspace")]), Some(1.0));
+        assert_eq!(
+            a.value(names::BACKEND_INFO, &[("backend", "kernel")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            b.value(names::BACKEND_INFO, &[("backend", "userspace")]),
+            Some(1.0)
+        );
     }
 
     #[test]
@@ -691,8 +767,18 @@ mod tests {
         assert_eq!(scrape.value(names::RECONCILES_TOTAL, &[]), Some(3.0));
         assert_eq!(scrape.value(names::RECONCILE_ERRORS_TOTAL, &[]), Some(1.0));
         assert_eq!(scrape.types[names::RECONCILES_TOTAL], "counter");
-        for (what, n) in [("peer", 1.0), ("route", 2.0), ("rule", 1.0), ("addr", 1.0), ("device", 1.0)] {
-            assert_eq!(scrape.value(names::REPAIRS_TOTAL, &[("what", what)]), Some(n), "{what}");
+        for (what, n) in [
+            ("peer", 1.0),
+            ("route", 2.0),
+            ("rule", 1.0),
+            ("addr", 1.0),
+            ("device", 1.0),
+        ] {
+            assert_eq!(
+                scrape.value(names::REPAIRS_TOTAL, &[("what", what)]),
+                Some(n),
+                "{what}"
+            );
         }
         assert_eq!(
             scrape.value(names::ENDPOINTS_REJECTED_TOTAL, &[("reason", "unparsable")]),
@@ -751,7 +837,10 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(scrape.series(names::BACKEND_INFO).len(), 1);
-        assert_eq!(scrape.value(names::BACKEND_INFO, &[("backend", "other")]), Some(1.0));
+        assert_eq!(
+            scrape.value(names::BACKEND_INFO, &[("backend", "other")]),
+            Some(1.0)
+        );
     }
 
     #[test]
@@ -765,7 +854,10 @@ mod tests {
             ("Route", OTHER_WORD),
             ("two words", OTHER_WORD),
             ("a/b", OTHER_WORD),
-            ("x".repeat(MAX_WORD_LEN).as_str(), "x".repeat(MAX_WORD_LEN).as_str()),
+            (
+                "x".repeat(MAX_WORD_LEN).as_str(),
+                "x".repeat(MAX_WORD_LEN).as_str(),
+            ),
             ("x".repeat(MAX_WORD_LEN + 1).as_str(), OTHER_WORD),
         ] {
             assert_eq!(fixed_word(input), expected, "{input:?}");

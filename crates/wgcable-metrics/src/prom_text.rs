@@ -50,9 +50,10 @@ pub(crate) fn parse(text: &str) -> Result<Scrape, String> {
             let mut words = comment.trim_start().splitn(3, ' ');
             match (words.next(), words.next(), words.next()) {
                 (Some("HELP"), Some(name), rest) => {
-                    scrape
-                        .help
-                        .insert(name.to_owned(), unescape(rest.unwrap_or(""), false).map_err(context)?);
+                    scrape.help.insert(
+                        name.to_owned(),
+                        unescape(rest.unwrap_or(""), false).map_err(context)?,
+                    );
                 }
                 (Some("TYPE"), Some(name), Some(kind)) => {
                     scrape.types.insert(name.to_owned(), kind.to_owned());

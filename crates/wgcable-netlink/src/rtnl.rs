@@ -9,7 +9,8 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 
-use futures::stream::{self, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use ipnet::IpNet;
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -197,16 +198,31 @@ impl RtNetlink {
 
     /// Runs `one` for every item with up to [`MAX_IN_FLIGHT`] requests outstanding. Every
     /// request is carried out even if some fail; the first failure is returned.
-    async fn pipeline<'a, T, F, Fut>(&'a self, items: &'a [T], one: F) -> Result<(), Error>
-    where
-        F: Fn(&'a T) -> Fut,
-        Fut: Future<Output = Result<(), Error>> + 'a,
-    {
-        let mut results = stream::iter(items.iter().map(one)).buffer_unordered(MAX_IN_FLIGHT);
+    ///
+    /// `one` is a plain function returning a boxed future rather than a closure: the
+    /// `Send` check of `async_trait` futures cannot see through closures over borrowed
+    /// items.
+    async fn pipeline<T: Sync>(
+        &self,
+        items: &[T],
+        one: for<'a> fn(&'a RtNetlink, &'a T) -> BoxFuture<'a, Result<(), Error>>,
+    ) -> Result<(), Error> {
+        let mut in_flight = FuturesUnordered::new();
+        let mut pending = items.iter();
         let mut first_error = None;
-        while let Some(result) = results.next().await {
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
+        loop {
+            while in_flight.len() < MAX_IN_FLIGHT {
+                match pending.next() {
+                    Some(item) => in_flight.push(one(self, item)),
+                    None => break,
+                }
+            }
+            match in_flight.next().await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                None => break,
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -381,11 +397,11 @@ impl Netlink for RtNetlink {
     }
 
     async fn route_add(&self, routes: &[RouteSpec]) -> Result<(), Error> {
-        self.pipeline(routes, |spec| self.route_add_one(spec)).await
+        self.pipeline(routes, |nl, spec| Box::pin(nl.route_add_one(spec))).await
     }
 
     async fn route_del(&self, routes: &[Route]) -> Result<(), Error> {
-        self.pipeline(routes, |route| self.route_del_one(route)).await
+        self.pipeline(routes, |nl, route| Box::pin(nl.route_del_one(route))).await
     }
 
     async fn rule_list(&self) -> Result<Vec<Rule>, Error> {

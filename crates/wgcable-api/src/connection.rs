@@ -1,0 +1,170 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::{Endpoint, EndpointSpec};
+use crate::serde_util::null_as_default;
+
+/// The state of a cable to a remote endpoint, as Submariner reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionStatus {
+    Connected,
+    Connecting,
+    Error,
+    /// No status yet (Submariner's `ConnectionNone`).
+    #[default]
+    None,
+}
+
+impl ConnectionStatus {
+    /// Every status, e.g. to pre-create or clear metric series for each.
+    pub const ALL: &'static [ConnectionStatus] = &[
+        ConnectionStatus::Connected,
+        ConnectionStatus::Connecting,
+        ConnectionStatus::Error,
+        ConnectionStatus::None,
+    ];
+
+    /// The wire (and metric label) form: `connected`, `connecting`, `error` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::Connected => "connected",
+            ConnectionStatus::Connecting => "connecting",
+            ConnectionStatus::Error => "error",
+            ConnectionStatus::None => "none",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectionStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "connected" => Ok(ConnectionStatus::Connected),
+            "connecting" => Ok(ConnectionStatus::Connecting),
+            "error" => Ok(ConnectionStatus::Error),
+            // Go leaves the status "" until the first check (NewConnection does not set it).
+            "none" | "" => Ok(ConnectionStatus::None),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["connected", "connecting", "error", "none"],
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ConnectionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Round-trip time statistics of a connection's health check, as Go duration strings
+/// (e.g. `"1.234ms"`), like Submariner's `LatencyRTTSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyRtt {
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub last: String,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub min: String,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub average: String,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub max: String,
+    #[serde(
+        rename = "stdDev",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub std_dev: String,
+}
+
+/// The observed state of the cable to one remote endpoint (Submariner's `Connection`, as found
+/// in a Gateway's `status.connections`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub status: ConnectionStatus,
+
+    #[serde(rename = "statusMessage", default, deserialize_with = "null_as_default")]
+    pub status_message: String,
+
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub endpoint: EndpointSpec,
+
+    #[serde(
+        rename = "usingIP",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub using_ip: String,
+
+    #[serde(
+        rename = "usingNAT",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub using_nat: bool,
+
+    #[serde(rename = "latencyRTT", default, skip_serializing_if = "Option::is_none")]
+    pub latency_rtt: Option<LatencyRtt>,
+}
+
+impl Connection {
+    /// A connection with no status yet, like Submariner's `NewConnection`.
+    pub fn new(endpoint: EndpointSpec, using_ip: impl Into<String>, using_nat: bool) -> Self {
+        Connection {
+            endpoint,
+            using_ip: using_ip.into(),
+            using_nat,
+            ..Connection::default()
+        }
+    }
+
+    /// Sets the status and its message together, so they never disagree.
+    pub fn set_status(&mut self, status: ConnectionStatus, message: impl Into<String>) {
+        self.status = status;
+        self.status_message = message.into();
+    }
+}
+
+/// What the engine hands a cable driver to connect to a remote endpoint: the endpoint plus
+/// the IP to reach it on and whether NAT is in the way (Submariner's `NATEndpointInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatEndpointInfo {
+    pub endpoint: Endpoint,
+    pub use_ip: String,
+    pub use_nat: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_strings() {
+        for status in ConnectionStatus::ALL {
+            let json = serde_json::to_string(status).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(status.to_string(), status.as_str());
+            let back: ConnectionStatus = serde_json::from_str(&json).expect("parses");
+            assert_eq!(back, *status);
+        }
+        assert_eq!(
+            ConnectionStatus::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
+            ["connected", "connecting", "error", "none"]
+        );
+        assert!(serde_json::from_str::<ConnectionStatus>("\"Connected\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<ConnectionStatus>("\"\"").expect("Go's unset status"),
+            ConnectionStatus::None
+        );
+    }
+}
