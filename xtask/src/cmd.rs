@@ -31,7 +31,9 @@ pub fn show(c: &Command) -> String {
         .chain(c.get_args())
         .map(|a| {
             let a = a.to_string_lossy();
-            if a.is_empty() || a.contains(|ch: char| ch.is_whitespace() || "'\"$\\;&|<>*?(){}".contains(ch)) {
+            if a.is_empty()
+                || a.contains(|ch: char| ch.is_whitespace() || "'\"$\\;&|<>*?(){}".contains(ch))
+            {
                 format!("'{}'", a.replace('\'', r"'\''"))
             } else {
                 a.into_owned()
@@ -50,7 +52,9 @@ fn echo(c: &Command) {
 /// Runs with inherited stdio; fails unless it exits 0.
 pub fn run(c: &mut Command) -> Result<()> {
     echo(c);
-    let status = c.status().with_context(|| format!("starting `{}`", show(c)))?;
+    let status = c
+        .status()
+        .with_context(|| format!("starting `{}`", show(c)))?;
     if !status.success() {
         bail!("`{}` failed: {status}", show(c));
     }
@@ -123,7 +127,10 @@ fn poll_every<T>(
         match result {
             Ok(value) => return Ok(value),
             Err(e) if start.elapsed() >= timeout => {
-                return Err(e.context(format!("timed out after {:.1?} waiting for {what}", timeout)));
+                return Err(e.context(format!(
+                    "timed out after {:.1?} waiting for {what}",
+                    timeout
+                )));
             }
             Err(_) => std::thread::sleep(interval),
         }
@@ -138,8 +145,18 @@ mod tests {
     fn show_quotes_only_what_a_shell_would_split() {
         let c = cmd("ip", ["-n", "ns-a", "route", "show", "table", "150"]);
         assert_eq!(show(&c), "ip -n ns-a route show table 150");
-        let c = cmd("sh", ["-c", "mount -t tmpfs tmpfs /run/wireguard && exec sleep infinity", ""]);
-        assert_eq!(show(&c), "sh -c 'mount -t tmpfs tmpfs /run/wireguard && exec sleep infinity' ''");
+        let c = cmd(
+            "sh",
+            [
+                "-c",
+                "mount -t tmpfs tmpfs /run/wireguard && exec sleep infinity",
+                "",
+            ],
+        );
+        assert_eq!(
+            show(&c),
+            "sh -c 'mount -t tmpfs tmpfs /run/wireguard && exec sleep infinity' ''"
+        );
         let c = cmd("echo", ["it's"]);
         assert_eq!(show(&c), r"echo 'it'\''s'");
     }
@@ -147,18 +164,25 @@ mod tests {
     #[test]
     fn poll_returns_the_first_success_and_reports_the_last_failure() {
         let mut n = 0;
-        let got = poll_every("n to reach 3", Duration::from_secs(5), Duration::ZERO, || {
-            n += 1;
-            if n >= 3 {
-                Ok(n)
-            } else {
-                bail!("n is {n}")
-            }
-        });
+        let got = poll_every(
+            "n to reach 3",
+            Duration::from_secs(5),
+            Duration::ZERO,
+            || {
+                n += 1;
+                if n >= 3 {
+                    Ok(n)
+                } else {
+                    bail!("n is {n}")
+                }
+            },
+        );
         assert_eq!(got.expect("reaches 3"), 3);
 
-        let err = poll("never", Duration::ZERO, || -> Result<()> { bail!("still false") })
-            .expect_err("times out");
+        let err = poll("never", Duration::ZERO, || -> Result<()> {
+            bail!("still false")
+        })
+        .expect_err("times out");
         let text = format!("{err:#}");
         assert!(text.contains("waiting for never"), "{text}");
         assert!(text.contains("still false"), "{text}");

@@ -27,7 +27,11 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         ["tcp-recv", port] => tcp_recv(port.parse().context("PORT")?, Duration::from_secs(30)),
         ["tcp-send", host, port, bytes] => {
-            let (n, sum) = tcp_send(host, port.parse().context("PORT")?, bytes.parse().context("BYTES")?)?;
+            let (n, sum) = tcp_send(
+                host,
+                port.parse().context("PORT")?,
+                bytes.parse().context("BYTES")?,
+            )?;
             println!("bytes={n} sha256={sum}");
             Ok(())
         }
@@ -54,20 +58,27 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<String> {
         .with_context(|| format!("resolving {authority}"))?
         .next()
         .with_context(|| format!("{authority} resolves to nothing"))?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     // HTTP/1.0 with Connection: close: the server answers with a plain body and closes,
     // so reading to the end is the whole response.
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
-        .with_context(|| format!("sending a request to {addr}"))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("sending a request to {addr}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
         .with_context(|| format!("reading the response from {addr}"))?;
     let (status, body) = parse_response(&raw)?;
-    ensure!(status == 200, "GET {url}: HTTP status {status}: {}", body.trim());
+    ensure!(
+        status == 200,
+        "GET {url}: HTTP status {status}: {}",
+        body.trim()
+    );
     Ok(body)
 }
 
@@ -86,10 +97,15 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
         .with_context(|| format!("bad HTTP status line {status_line:?}"))?;
     let chunked = lines.any(|l| {
         l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
         })
     });
-    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 
@@ -105,7 +121,9 @@ fn dechunk(mut rest: &str) -> Result<String> {
         }
         ensure!(after.len() >= size, "truncated chunk");
         out.push_str(&after[..size]);
-        rest = after[size..].strip_prefix("\r\n").context("chunk without its CRLF")?;
+        rest = after[size..]
+            .strip_prefix("\r\n")
+            .context("chunk without its CRLF")?;
     }
 }
 
@@ -131,7 +149,8 @@ fn hex(digest: &[u8]) -> String {
 }
 
 fn tcp_recv(port: u16, timeout: Duration) -> Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("listening on port {port}"))?;
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .with_context(|| format!("listening on port {port}"))?;
     println!("listening");
     std::io::stdout().flush()?;
     listener.set_nonblocking(true)?;
@@ -178,7 +197,9 @@ fn tcp_send(host: &str, port: u16, bytes: u64) -> Result<(u64, String)> {
     while left > 0 {
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
         source.fill(&mut buf[..n]);
-        stream.write_all(&buf[..n]).with_context(|| format!("sending to {addr}"))?;
+        stream
+            .write_all(&buf[..n])
+            .with_context(|| format!("sending to {addr}"))?;
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
@@ -195,14 +216,21 @@ mod tests {
 
     #[test]
     fn urls_split_into_authority_and_path() {
-        assert_eq!(parse_url("http://127.0.0.1:32780/metrics").expect("ok"), ("127.0.0.1:32780", "/metrics"));
-        assert_eq!(parse_url("http://127.0.0.1:32780").expect("ok"), ("127.0.0.1:32780", "/"));
+        assert_eq!(
+            parse_url("http://127.0.0.1:32780/metrics").expect("ok"),
+            ("127.0.0.1:32780", "/metrics")
+        );
+        assert_eq!(
+            parse_url("http://127.0.0.1:32780").expect("ok"),
+            ("127.0.0.1:32780", "/")
+        );
         assert!(parse_url("https://x/").is_err());
     }
 
     #[test]
     fn responses_parse_plain_and_chunked() {
-        let (status, body) = parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").expect("ok");
+        let (status, body) =
+            parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").expect("ok");
         assert_eq!((status, body.as_str()), (200, "ok"));
         let raw = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnot \r\n5\r\nready\r\n0\r\n\r\n";
         let (status, body) = parse_response(raw).expect("ok");

@@ -13,24 +13,28 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Installs the SIGINT handler; later Ctrl-Cs only set the flag again.
 pub fn install() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
     // Registered here, before returning, so that no Ctrl-C can slip in with the default
     // disposition (which would kill xtask and leave the namespaces behind).
     let mut sigint = {
         let _context = runtime.enter();
         signal(SignalKind::interrupt())?
     };
-    std::thread::Builder::new().name("ctrl-c".into()).spawn(move || {
-        runtime.block_on(async {
-            while sigint.recv().await.is_some() {
-                if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                    eprintln!("xtask: Ctrl-C again; still tearing down");
-                } else {
-                    eprintln!("xtask: interrupted; tearing down");
+    std::thread::Builder::new()
+        .name("ctrl-c".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                while sigint.recv().await.is_some() {
+                    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                        eprintln!("xtask: Ctrl-C again; still tearing down");
+                    } else {
+                        eprintln!("xtask: interrupted; tearing down");
+                    }
                 }
-            }
-        })
-    })?;
+            })
+        })?;
     Ok(())
 }
 

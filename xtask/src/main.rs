@@ -1,1 +1,47 @@
-fn main() -> anyhow::Result<()> { Ok(()) }
+//! xtask: the developer task runner of the wgcable workspace (`cargo xtask <task>`).
+//!
+//! - `test`: every test (fmt, clippy, unit/integration tests, doctests, e2e when root).
+//! - `e2e [--cleanup] [--keep]`: real gateways in network namespaces, the scenarios of issue 7.
+//! - `demo [--clusters 2|3]`: the multi-cluster demo.
+//! - `internal ...`: helpers that the tasks above run inside the namespaces.
+//!
+//! It drives the `wgcable` binary from the outside only (its CLI, its HTTP endpoints, and the
+//! kernel state it leaves): it links none of the workspace's crates, so it tests what users
+//! run. Every external command is printed before it runs.
+
+mod cmd;
+mod demo;
+mod e2e;
+mod internal;
+mod interrupt;
+mod state;
+mod test;
+mod topology;
+
+use anyhow::{bail, Result};
+
+const USAGE: &str = "usage: cargo xtask <task>
+tasks:
+  test                  fmt check, clippy -D warnings, all tests, then e2e when root
+  e2e [--keep]          multi-cluster scenarios in network namespaces (root)
+  e2e --cleanup         remove leftovers of crashed e2e/demo runs
+  demo [--clusters N]   start 2 or 3 connected clusters and show them (root)";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    match task.as_str() {
+        "test" => test::run(rest),
+        "e2e" => e2e::run(rest),
+        "demo" => demo::run(rest),
+        "internal" => internal::run(rest),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}\n{USAGE}"),
+    }
+}

@@ -47,7 +47,11 @@ fn parse_sample(line: &str) -> Option<Sample> {
     };
     let value = rest.split_whitespace().next()?.parse().ok()?;
     labels.retain(|k, _| !k.is_empty());
-    Some(Sample { name: name.trim().to_string(), labels, value })
+    Some(Sample {
+        name: name.trim().to_string(),
+        labels,
+        value,
+    })
 }
 
 /// Parses `k="v",k2="v2"}` and returns the labels and what follows the `}`.
@@ -72,7 +76,10 @@ fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
             }
         };
         labels.insert(key.trim().trim_start_matches(',').trim().to_string(), value);
-        rest = after[1 + end + 1..].trim_start().trim_start_matches(',').trim_start();
+        rest = after[1 + end + 1..]
+            .trim_start()
+            .trim_start_matches(',')
+            .trim_start();
     }
 }
 
@@ -96,9 +103,15 @@ pub fn parse_wg_dump(text: &str) -> Result<Vec<Peer>> {
         .map(|line| {
             let f: Vec<&str> = line.split('\t').collect();
             if f.len() < 8 {
-                bail!("a peer line of `wg show dump` has {} fields, not 8", f.len());
+                bail!(
+                    "a peer line of `wg show dump` has {} fields, not 8",
+                    f.len()
+                );
             }
-            let num = |i: usize| f[i].parse::<u64>().with_context(|| format!("field {i} of a wg dump line"));
+            let num = |i: usize| {
+                f[i].parse::<u64>()
+                    .with_context(|| format!("field {i} of a wg dump line"))
+            };
             Ok(Peer {
                 public_key: f[0].to_string(),
                 endpoint: f[2].to_string(),
@@ -137,7 +150,8 @@ pub fn parse_rules(json: &str, table: u32) -> Result<Vec<u64>> {
 
 /// (remote cluster_id, status) of each entry of a JSON array of Submariner Connections.
 pub fn parse_connections(json: &str) -> Result<Vec<(String, String)>> {
-    let conns: Vec<Value> = serde_json::from_str(json).context("parsing a JSON array of Connections")?;
+    let conns: Vec<Value> =
+        serde_json::from_str(json).context("parsing a JSON array of Connections")?;
     let mut out: Vec<(String, String)> = conns
         .iter()
         .map(|c| {
@@ -145,7 +159,10 @@ pub fn parse_connections(json: &str) -> Result<Vec<(String, String)>> {
                 .pointer("/endpoint/cluster_id")
                 .and_then(Value::as_str)
                 .context("a Connection without endpoint.cluster_id")?;
-            let status = c.get("status").and_then(Value::as_str).context("a Connection without status")?;
+            let status = c
+                .get("status")
+                .and_then(Value::as_str)
+                .context("a Connection without status")?;
             Ok((cluster.to_string(), status.to_string()))
         })
         .collect::<Result<_>>()?;
@@ -180,7 +197,11 @@ pub fn routes(topo: &Topology, i: usize) -> Result<Vec<String>> {
         if stderr.contains("does not exist") {
             return Ok(Vec::new());
         }
-        bail!("listing routes of table {TABLE} in {}: {}", topo.clusters[i].gw_ns, stderr.trim());
+        bail!(
+            "listing routes of table {TABLE} in {}: {}",
+            topo.clusters[i].gw_ns,
+            stderr.trim()
+        );
     }
     parse_routes(&String::from_utf8_lossy(&out.stdout))
 }
@@ -226,7 +247,11 @@ pub fn public_key(topo: &Topology, i: usize) -> Result<String> {
 /// GETs a path of the gateway's HTTP server from inside its namespace.
 pub fn http(topo: &Topology, i: usize, path: &str) -> Result<String> {
     let url = format!("{METRICS_URL}{path}");
-    read(&mut topo.gw(i, crate::topology::xtask_exe()?, ["internal", "http-get", &url]))
+    read(&mut topo.gw(
+        i,
+        crate::topology::xtask_exe()?,
+        ["internal", "http-get", &url],
+    ))
 }
 
 pub fn metrics(topo: &Topology, i: usize) -> Result<Vec<Sample>> {
@@ -238,23 +263,37 @@ pub fn connections(topo: &Topology, i: usize) -> Result<Vec<(String, String)>> {
 }
 
 /// Waits until cluster `i` reports every other cluster in `remotes` connected, and no other.
-pub fn wait_connected(topo: &Topology, i: usize, remotes: &[&str], timeout: Duration) -> Result<()> {
-    let want: Vec<(String, String)> = remotes.iter().map(|r| (r.to_string(), "connected".to_string())).collect();
+pub fn wait_connected(
+    topo: &Topology,
+    i: usize,
+    remotes: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    let want: Vec<(String, String)> = remotes
+        .iter()
+        .map(|r| (r.to_string(), "connected".to_string()))
+        .collect();
     let id = topo.clusters[i].id.clone();
-    crate::cmd::poll(&format!("gateway {id} to report {remotes:?} connected"), timeout, || {
-        let got = connections(topo, i)?;
-        if got != want {
-            bail!("gateway {id} reports {got:?}");
-        }
-        Ok(())
-    })
+    crate::cmd::poll(
+        &format!("gateway {id} to report {remotes:?} connected"),
+        timeout,
+        || {
+            let got = connections(topo, i)?;
+            if got != want {
+                bail!("gateway {id} reports {got:?}");
+            }
+            Ok(())
+        },
+    )
 }
 
 /// One ping from pod `from` to `dst` with a one-second wait; true if it was answered.
 pub fn ping_once(topo: &Topology, from: usize, dst: &str) -> Result<bool> {
-    Ok(output(&mut topo.pod(from, "ping", ["-n", "-q", "-c", "1", "-W", "1", dst]))?
-        .status
-        .success())
+    Ok(
+        output(&mut topo.pod(from, "ping", ["-n", "-q", "-c", "1", "-W", "1", dst]))?
+            .status
+            .success(),
+    )
 }
 
 /// `count` pings 50 ms apart; returns (sent, received).
@@ -262,7 +301,17 @@ pub fn ping_many(topo: &Topology, from: usize, dst: &str, count: u32) -> Result<
     let out = output(&mut topo.pod(
         from,
         "ping",
-        ["-n", "-q", "-i", "0.05", "-W", "1", "-c", &count.to_string(), dst],
+        [
+            "-n",
+            "-q",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            dst,
+        ],
     ))?;
     parse_ping(&String::from_utf8_lossy(&out.stdout))
 }
@@ -304,7 +353,11 @@ fn processes_where(pred: impl Fn(i32) -> bool) -> Vec<(i32, String)> {
 /// Whether a cluster's pod can reach another cluster's pod, as a printable command (for the
 /// demo's "look around" hints and error messages).
 pub fn ping_hint(topo: &Topology, from: usize, to: usize) -> String {
-    crate::cmd::show(&topo.pod(from, "ping", ["-c", "3", &topo.clusters[to].pod_ip.to_string()]))
+    crate::cmd::show(&topo.pod(
+        from,
+        "ping",
+        ["-c", "3", &topo.clusters[to].pod_ip.to_string()],
+    ))
 }
 
 #[cfg(test)]
@@ -328,7 +381,10 @@ up 1
         assert_eq!(samples[1].label("odd"), Some(r#"a "quoted", value"#));
         assert_eq!(samples[1].label("remote_cluster"), Some("c"));
         assert_eq!(samples[1].value, 1234.0);
-        assert_eq!((samples[2].name.as_str(), samples[2].labels.len()), ("up", 0));
+        assert_eq!(
+            (samples[2].name.as_str(), samples[2].labels.len()),
+            ("up", 0)
+        );
     }
 
     #[test]
@@ -340,7 +396,10 @@ up 1
         assert_eq!(peers.len(), 2);
         assert_eq!(peers[0].public_key, "pub-b");
         assert_eq!(peers[0].allowed_ips, ["10.202.0.0/16", "10.212.0.0/16"]);
-        assert_eq!((peers[0].rx, peers[0].tx, peers[0].latest_handshake), (348, 404, 1_700_000_000));
+        assert_eq!(
+            (peers[0].rx, peers[0].tx, peers[0].latest_handshake),
+            (348, 404, 1_700_000_000)
+        );
         assert!(peers[1].allowed_ips.is_empty());
         assert!(parse_wg_dump("iface\nshort\tline\n").is_err());
     }
@@ -348,7 +407,10 @@ up 1
     #[test]
     fn routes_and_rules_parse_from_ip_json() {
         let routes = r#"[{"dst":"10.202.0.0/16","dev":"submariner","scope":"link","flags":[]},{"dst":"10.203.0.0/16","dev":"submariner","flags":[]}]"#;
-        assert_eq!(parse_routes(routes).expect("ok"), ["10.202.0.0/16", "10.203.0.0/16"]);
+        assert_eq!(
+            parse_routes(routes).expect("ok"),
+            ["10.202.0.0/16", "10.203.0.0/16"]
+        );
         let rules = r#"[{"priority":0,"src":"all","table":"local"},{"priority":100,"src":"all","table":"150"},{"priority":32766,"src":"all","table":"main"}]"#;
         assert_eq!(parse_rules(rules, 150).expect("ok"), [100]);
         assert!(parse_rules(rules, 220).expect("ok").is_empty());
@@ -359,7 +421,10 @@ up 1
         let json = r#"[{"status":"connecting","endpoint":{"cluster_id":"c"}},{"status":"connected","statusMessage":"Rx=1","endpoint":{"cluster_id":"b"},"usingIP":"192.168.77.12"}]"#;
         assert_eq!(
             parse_connections(json).expect("ok"),
-            [("b".to_string(), "connected".to_string()), ("c".to_string(), "connecting".to_string())]
+            [
+                ("b".to_string(), "connected".to_string()),
+                ("c".to_string(), "connecting".to_string())
+            ]
         );
         assert!(parse_connections(r#"[{"status":"connected"}]"#).is_err());
     }

@@ -103,10 +103,15 @@ impl Topology {
             CLUSTER_IDS.len()
         );
         let prefix = unique_prefix()?;
-        let run_dir = std::env::temp_dir().join(format!("{RUN_DIR_ROOT}{}", prefix.trim_end_matches('-')));
+        let run_dir =
+            std::env::temp_dir().join(format!("{RUN_DIR_ROOT}{}", prefix.trim_end_matches('-')));
         let broker_dir = run_dir.join("broker");
-        std::fs::create_dir_all(&broker_dir).with_context(|| format!("creating {}", broker_dir.display()))?;
-        eprintln!("xtask: building topology {prefix}* (files in {})", run_dir.display());
+        std::fs::create_dir_all(&broker_dir)
+            .with_context(|| format!("creating {}", broker_dir.display()))?;
+        eprintln!(
+            "xtask: building topology {prefix}* (files in {})",
+            run_dir.display()
+        );
 
         // From here on, Drop cleans up whatever part was built.
         let mut topo = Topology {
@@ -123,7 +128,10 @@ impl Topology {
             torn_down: false,
         };
         let ul = topo.add_netns("ul")?;
-        cmd::run(&mut cmd("ip", ["-n", &ul, "link", "add", "br0", "type", "bridge"]))?;
+        cmd::run(&mut cmd(
+            "ip",
+            ["-n", &ul, "link", "add", "br0", "type", "bridge"],
+        ))?;
         cmd::run(&mut cmd("ip", ["-n", &ul, "link", "set", "br0", "up"]))?;
         for (i, id) in CLUSTER_IDS.iter().take(opts.clusters).enumerate() {
             let cluster = topo.add_cluster(&ul, i, id)?;
@@ -152,19 +160,65 @@ impl Topology {
 
         // Underlay: a veth from the bridge namespace straight into the gateway namespace.
         let ul_link = format!("ul-{id}");
-        ip(&["-n", ul, "link", "add", &ul_link, "type", "veth", "peer", "name", "eth0", "netns", &gw])?;
+        ip(&[
+            "-n", ul, "link", "add", &ul_link, "type", "veth", "peer", "name", "eth0", "netns", &gw,
+        ])?;
         ip(&["-n", ul, "link", "set", &ul_link, "master", "br0", "up"])?;
-        ip(&["-n", &gw, "addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &gw,
+            "addr",
+            "add",
+            &format!("{underlay_ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &gw, "link", "set", "eth0", "up"])?;
 
         // The pod behind its gateway.
-        ip(&["-n", &gw, "link", "add", "pods", "type", "veth", "peer", "name", "eth0", "netns", &pod])?;
-        ip(&["-n", &gw, "addr", "add", &format!("{gw_pod_ip}/24"), "dev", "pods"])?;
+        ip(&[
+            "-n", &gw, "link", "add", "pods", "type", "veth", "peer", "name", "eth0", "netns", &pod,
+        ])?;
+        ip(&[
+            "-n",
+            &gw,
+            "addr",
+            "add",
+            &format!("{gw_pod_ip}/24"),
+            "dev",
+            "pods",
+        ])?;
         ip(&["-n", &gw, "link", "set", "pods", "up"])?;
-        ip(&["-n", &pod, "addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &pod,
+            "addr",
+            "add",
+            &format!("{pod_ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &pod, "route", "add", "default", "via", &gw_pod_ip.to_string()])?;
-        cmd::run(&mut cmd("ip", ["netns", "exec", &gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        ip(&[
+            "-n",
+            &pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw_pod_ip.to_string(),
+        ])?;
+        cmd::run(&mut cmd(
+            "ip",
+            [
+                "netns",
+                "exec",
+                &gw,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        ))?;
 
         // The holder: a private mount namespace with its own /run/wireguard.
         let holder = spawn(
@@ -189,13 +243,22 @@ impl Topology {
         self.holders.push(holder);
         // `ip netns exec`, `unshare` and `sh -c 'exec'` all exec in place, so the pid is the
         // sleep's once the mount is done: wait for that, not for a fixed time.
-        let my_mnt = std::fs::read_link("/proc/self/ns/mnt").context("reading /proc/self/ns/mnt")?;
-        let mnt = poll(&format!("the holder of {gw} to mount /run/wireguard"), Duration::from_secs(10), || {
-            let comm = std::fs::read_to_string(format!("/proc/{holder_pid}/comm"))?;
-            let mnt = std::fs::read_link(format!("/proc/{holder_pid}/ns/mnt"))?;
-            ensure!(comm.trim() == "sleep" && mnt != my_mnt, "holder {holder_pid} is still {}", comm.trim());
-            Ok(mnt.to_string_lossy().into_owned())
-        })?;
+        let my_mnt =
+            std::fs::read_link("/proc/self/ns/mnt").context("reading /proc/self/ns/mnt")?;
+        let mnt = poll(
+            &format!("the holder of {gw} to mount /run/wireguard"),
+            Duration::from_secs(10),
+            || {
+                let comm = std::fs::read_to_string(format!("/proc/{holder_pid}/comm"))?;
+                let mnt = std::fs::read_link(format!("/proc/{holder_pid}/ns/mnt"))?;
+                ensure!(
+                    comm.trim() == "sleep" && mnt != my_mnt,
+                    "holder {holder_pid} is still {}",
+                    comm.trim()
+                );
+                Ok(mnt.to_string_lossy().into_owned())
+            },
+        )?;
         self.mount_namespaces.push(mnt);
 
         Ok(Cluster {
@@ -219,7 +282,16 @@ impl Topology {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut c = cmd("nsenter", ["-t", &self.clusters[i].holder_pid.to_string(), "-m", "-n", "--"]);
+        let mut c = cmd(
+            "nsenter",
+            [
+                "-t",
+                &self.clusters[i].holder_pid.to_string(),
+                "-m",
+                "-n",
+                "--",
+            ],
+        );
         c.arg(program).args(args);
         c
     }
@@ -258,15 +330,25 @@ impl Topology {
 
     /// Starts `wgcable gateway` for cluster `i` in its holder; output is appended to its log.
     pub fn start_gateway(&mut self, i: usize) -> Result<()> {
-        ensure!(!self.gateway_running(i), "gateway {} is already running", self.clusters[i].id);
+        ensure!(
+            !self.gateway_running(i),
+            "gateway {} is already running",
+            self.clusters[i].id
+        );
         let c = &self.clusters[i];
-        std::fs::create_dir_all(&c.state_dir).with_context(|| format!("creating {}", c.state_dir.display()))?;
+        std::fs::create_dir_all(&c.state_dir)
+            .with_context(|| format!("creating {}", c.state_dir.display()))?;
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&c.log)
             .with_context(|| format!("opening {}", c.log.display()))?;
-        writeln!(log, "==== xtask: starting gateway {} (state dir {}) ====", c.id, c.state_dir.display())?;
+        writeln!(
+            log,
+            "==== xtask: starting gateway {} (state dir {}) ====",
+            c.id,
+            c.state_dir.display()
+        )?;
         let mut args: Vec<String> = [
             "gateway",
             "--cluster-id",
@@ -289,7 +371,10 @@ impl Topology {
         .collect();
         args.extend(self.gateway_args.iter().cloned());
         let mut command = self.gw(i, &self.gateway_bin, &args);
-        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         let child = spawn(&mut command)?;
         self.clusters[i].gateway = Some(child);
         Ok(())
@@ -314,13 +399,18 @@ impl Topology {
         eprintln!("$ kill -TERM {pid}   # gateway {id}");
         // It may have exited already; wait() below tells.
         let _ = kill(pid, Signal::SIGTERM);
-        let status = poll(&format!("gateway {id} to exit after SIGTERM"), Duration::from_secs(15), || {
-            child.try_wait()?.context("still running")
-        });
+        let status = poll(
+            &format!("gateway {id} to exit after SIGTERM"),
+            Duration::from_secs(15),
+            || child.try_wait()?.context("still running"),
+        );
         match status {
             Ok(status) => {
                 // SIGTERM is the normal way to stop it: 0 or "killed by SIGTERM" are both fine.
-                eprintln!("xtask: gateway {id} exited ({status}) after {:.2?}", start.elapsed());
+                eprintln!(
+                    "xtask: gateway {id} exited ({status}) after {:.2?}",
+                    start.elapsed()
+                );
                 Ok(start.elapsed())
             }
             Err(e) => {
@@ -340,20 +430,28 @@ impl Topology {
 
     /// The size of cluster `i`'s gateway log, to read only what is logged after a point.
     pub fn log_len(&self, i: usize) -> u64 {
-        std::fs::metadata(&self.clusters[i].log).map(|m| m.len()).unwrap_or(0)
+        std::fs::metadata(&self.clusters[i].log)
+            .map(|m| m.len())
+            .unwrap_or(0)
     }
 
     /// What cluster `i`'s gateway logged after `offset`.
     pub fn log_since(&self, i: usize, offset: u64) -> String {
         let text = std::fs::read(&self.clusters[i].log).unwrap_or_default();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(text.len());
         String::from_utf8_lossy(&text[start..]).into_owned()
     }
 
     /// Prints the tail of every gateway log (after a failure).
     pub fn print_log_tails(&self, n: usize) {
         for (i, c) in self.clusters.iter().enumerate() {
-            println!("---- last {n} lines of gateway {} log ({}) ----", c.id, c.log.display());
+            println!(
+                "---- last {n} lines of gateway {} log ({}) ----",
+                c.id,
+                c.log.display()
+            );
             println!("{}", self.log_tail(i, n));
         }
         println!("----");
@@ -366,7 +464,11 @@ impl Topology {
             return;
         }
         if self.keep {
-            println!("xtask: --keep: leaving namespaces {}* and {} in place", self.prefix, self.run_dir.display());
+            println!(
+                "xtask: --keep: leaving namespaces {}* and {} in place",
+                self.prefix,
+                self.run_dir.display()
+            );
             println!("xtask: remove them with `cargo xtask e2e --cleanup`");
             return;
         }
@@ -415,7 +517,10 @@ fn kill_all(pids: &[(i32, String)]) {
     let gone = |pid: i32| {
         // A zombie is gone for our purposes: it holds no namespace any more.
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+            .map(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            })
             .unwrap_or(true)
     };
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -471,9 +576,13 @@ pub fn cleanup_leftovers() -> Result<()> {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.strip_prefix(RUN_DIR_ROOT).is_some_and(|rest| is_ours(&format!("{rest}-x"))) {
+            if name
+                .strip_prefix(RUN_DIR_ROOT)
+                .is_some_and(|rest| is_ours(&format!("{rest}-x")))
+            {
                 eprintln!("$ rm -rf {}", e.path().display());
-                std::fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                std::fs::remove_dir_all(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
                 dirs += 1;
             }
         }
@@ -516,21 +625,28 @@ pub fn build_gateway() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     let bin = target.join("debug").join("wgcable");
-    ensure!(bin.is_file(), "cargo built wgcable but {} is not there", bin.display());
+    ensure!(
+        bin.is_file(),
+        "cargo built wgcable but {} is not there",
+        bin.display()
+    );
     Ok(bin)
 }
 
 /// Whether this kernel can create WireGuard links (else the gateway needs wireguard-go).
 pub fn kernel_has_wireguard() -> bool {
     Path::new("/sys/module/wireguard").exists()
-        || output(&mut cmd("modprobe", ["--dry-run", "--quiet", "wireguard"])).is_ok_and(|o| o.status.success())
+        || output(&mut cmd("modprobe", ["--dry-run", "--quiet", "wireguard"]))
+            .is_ok_and(|o| o.status.success())
 }
 
 /// Fails, naming what to install, unless everything the topology needs is there.
 pub fn check_prerequisites() -> Result<()> {
     let mut problems = Vec::new();
     if !nix::unistd::geteuid().is_root() {
-        problems.push("run as root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)".to_string());
+        problems.push(
+            "run as root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)".to_string(),
+        );
     }
     let mut wireguard_go = false;
     let mut packages = Vec::new();
@@ -556,13 +672,17 @@ pub fn check_prerequisites() -> Result<()> {
         }
     }
     if !packages.is_empty() {
-        problems.push(format!("install with: apt-get install -y {}", packages.join(" ")));
+        problems.push(format!(
+            "install with: apt-get install -y {}",
+            packages.join(" ")
+        ));
     }
     if problems.is_empty() {
         return Ok(());
     }
     if wireguard_go {
-        problems.push("(this kernel has no WireGuard module, so the gateways use wireguard-go)".into());
+        problems
+            .push("(this kernel has no WireGuard module, so the gateways use wireguard-go)".into());
     }
     bail!("missing prerequisites:\n  {}", problems.join("\n  "))
 }
@@ -576,7 +696,9 @@ mod tests {
         for name in ["wgc123-ul", "wgc123-gw-a", "wgc4194304b-pod-c"] {
             assert!(is_ours(name), "{name}");
         }
-        for name in ["wgc-ul", "wgc123", "wgc123-", "ns1", "wgcable", "wgc 1-x", "xwgc1-ul"] {
+        for name in [
+            "wgc-ul", "wgc123", "wgc123-", "ns1", "wgcable", "wgc 1-x", "xwgc1-ul",
+        ] {
             assert!(!is_ours(name), "{name}");
         }
     }

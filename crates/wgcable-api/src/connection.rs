@@ -64,13 +64,29 @@ impl fmt::Display for ConnectionStatus {
 /// (e.g. `"1.234ms"`), like Submariner's `LatencyRTTSpec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LatencyRtt {
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub last: String,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub min: String,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub average: String,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub max: String,
     #[serde(
         rename = "stdDev",
@@ -88,7 +104,11 @@ pub struct Connection {
     #[serde(default, deserialize_with = "null_as_default")]
     pub status: ConnectionStatus,
 
-    #[serde(rename = "statusMessage", default, deserialize_with = "null_as_default")]
+    #[serde(
+        rename = "statusMessage",
+        default,
+        deserialize_with = "null_as_default"
+    )]
     pub status_message: String,
 
     #[serde(default, deserialize_with = "null_as_default")]
@@ -110,7 +130,11 @@ pub struct Connection {
     )]
     pub using_nat: bool,
 
-    #[serde(rename = "latencyRTT", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "latencyRTT",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub latency_rtt: Option<LatencyRtt>,
 }
 

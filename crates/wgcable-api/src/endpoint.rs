@@ -325,8 +325,8 @@ impl Endpoint {
                     }
                 };
                 for (i, item) in items.into_iter().enumerate() {
+                    let mut endpoint = endpoint_from_value(item, text, index, true)?;
                     let what = format!("{what}, items[{i}]");
-                    let mut endpoint = endpoint_from_value(item, &what)?;
                     // The API server leaves apiVersion/kind out of a typed list's items.
                     if kind == KIND_ENDPOINT_LIST
                         && endpoint.api_version.is_empty()
@@ -339,7 +339,7 @@ impl Endpoint {
                     endpoints.push(endpoint);
                 }
             } else {
-                let endpoint = endpoint_from_value(value, &what)?;
+                let endpoint = endpoint_from_value(value, text, index, false)?;
                 endpoint.check_type(&what)?;
                 endpoints.push(endpoint);
             }
@@ -362,10 +362,39 @@ impl Endpoint {
     }
 }
 
-fn endpoint_from_value(value: serde_yaml_ng::Value, what: &str) -> Result<Endpoint, ApiError> {
-    serde_yaml_ng::from_value(value).map_err(|source| ApiError::ParseYaml {
-        what: what.to_owned(),
-        source,
+/// Converts one already-parsed document (or list item) into an Endpoint.
+///
+/// Errors from a `Value` have lost their line numbers and field paths, so on failure the
+/// document is parsed again straight from the text, which reports both
+/// (`items[1].spec.subnets: invalid type ... at line 12 column 12`).
+fn endpoint_from_value(
+    value: serde_yaml_ng::Value,
+    text: &str,
+    document: usize,
+    in_list: bool,
+) -> Result<Endpoint, ApiError> {
+    serde_yaml_ng::from_value(value).map_err(|plain| {
+        #[derive(Deserialize)]
+        struct ListDocument {
+            #[allow(dead_code)] // Only deserialized for its error message.
+            items: Vec<Endpoint>,
+        }
+        let reparsed = serde_yaml_ng::Deserializer::from_str(text)
+            .nth(document)
+            .map(|doc| {
+                if in_list {
+                    ListDocument::deserialize(doc).map(drop)
+                } else {
+                    Endpoint::deserialize(doc).map(drop)
+                }
+            });
+        ApiError::ParseYaml {
+            what: format!("YAML document {}", document + 1),
+            source: match reparsed {
+                Some(Err(detailed)) => detailed,
+                _ => plain,
+            },
+        }
     })
 }
 

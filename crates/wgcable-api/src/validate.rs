@@ -284,7 +284,10 @@ fn check_subnets(subnets: &[String], errors: &mut ValidationErrors) -> Vec<IpNet
         match seen.iter().find(|(other, _)| *other == normalized) {
             Some((_, first)) => errors.push(
                 field,
-                format!("{text} duplicates spec.subnets[{first}] ({})", subnets[*first]),
+                format!(
+                    "{text} duplicates spec.subnets[{first}] ({})",
+                    subnets[*first]
+                ),
             ),
             None => seen.push((normalized, i)),
         }
@@ -375,7 +378,10 @@ mod tests {
                 "fc00:f853:ccd:e793::4".parse().expect("ip")
             ]
         );
-        assert_eq!(v.public_ips, vec!["203.0.113.7".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(
+            v.public_ips,
+            vec!["203.0.113.7".parse::<IpAddr>().expect("ip")]
+        );
         assert!(v.health_check_ips.is_empty());
         assert_eq!(v.subnets.len(), 2);
         assert_eq!(v.udp_port, Some(4500));
@@ -389,7 +395,10 @@ mod tests {
         spec.private_ip.clear();
         spec.private_ips = vec!["fd00::4".into()];
         let v = spec.validate().expect("valid");
-        assert_eq!(v.private_ips, vec!["fd00::4".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(
+            v.private_ips,
+            vec!["fd00::4".parse::<IpAddr>().expect("ip")]
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use wgcable_api::{ApiError, Endpoint, ValidationErrors};
 
 fn testdata(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(dir);
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|entry| entry.expect("dir entry").path())
@@ -61,7 +63,8 @@ fn expectations(text: &str) -> Expectations {
             let (field, fragment) = rest
                 .split_once(" | ")
                 .unwrap_or_else(|| panic!("malformed expect line {line:?}"));
-            want.validation.push((field.to_owned(), fragment.to_owned()));
+            want.validation
+                .push((field.to_owned(), fragment.to_owned()));
         } else if let Some(rest) = line
             .strip_prefix("# expect-error: ")
             .or_else(|| line.strip_prefix("# expect-error-source: "))
@@ -112,14 +115,24 @@ fn bad_corpus_reports_every_expected_problem() {
 
         match parse_all(&text) {
             Err(err) => {
-                assert!(!want.parse.is_empty(), "{name}: unexpected parse error {err:?}");
+                assert!(
+                    !want.parse.is_empty(),
+                    "{name}: unexpected parse error {err:?}"
+                );
                 let chain = chain(&err);
                 for fragment in &want.parse {
-                    assert!(chain.contains(fragment.as_str()), "{name}: {chain:?} lacks {fragment:?}");
+                    assert!(
+                        chain.contains(fragment.as_str()),
+                        "{name}: {chain:?} lacks {fragment:?}"
+                    );
                 }
             }
             Ok(endpoints) => {
-                assert!(want.parse.is_empty(), "{name}: parsed but expected {:?}", want.parse);
+                assert!(
+                    want.parse.is_empty(),
+                    "{name}: parsed but expected {:?}",
+                    want.parse
+                );
                 assert_eq!(endpoints.len(), 1, "{name}");
                 let errors = endpoints[0]
                     .spec
@@ -146,11 +159,22 @@ fn good_files_parse_validate_and_round_trip() {
                 panic!("{name}: {}: {errors}", endpoint.name());
             }
             let yaml = endpoint.to_yaml().expect("to yaml");
-            assert_eq!(&Endpoint::from_yaml(&yaml).expect("yaml back"), endpoint, "{name}");
+            assert_eq!(
+                &Endpoint::from_yaml(&yaml).expect("yaml back"),
+                endpoint,
+                "{name}"
+            );
             let json = endpoint.to_json().expect("to json");
-            assert_eq!(&Endpoint::from_json(&json).expect("json back"), endpoint, "{name}");
+            assert_eq!(
+                &Endpoint::from_json(&json).expect("json back"),
+                endpoint,
+                "{name}"
+            );
             // A single document is also a one-element list.
-            assert_eq!(Endpoint::list_from_yaml(&yaml).expect("as list"), vec![endpoint.clone()]);
+            assert_eq!(
+                Endpoint::list_from_yaml(&yaml).expect("as list"),
+                vec![endpoint.clone()]
+            );
         }
     }
 }

@@ -69,7 +69,10 @@ fn endpoint_spec_uses_submariner_field_names() {
             "healthCheckIPs",
         ])
     );
-    assert_eq!(value["healthCheckIPs"], json!(["10.131.0.1", "fd00:131::1"]));
+    assert_eq!(
+        value["healthCheckIPs"],
+        json!(["10.131.0.1", "fd00:131::1"])
+    );
     assert_eq!(value["backend_config"]["udp-port"], json!("4500"));
 
     // What Submariner writes for an empty spec: optional lists/maps left out, required
@@ -106,7 +109,14 @@ fn connection_uses_submariner_field_names() {
     let value = serde_json::to_value(&connection).expect("serializes");
     assert_eq!(
         keys(&value),
-        set(&["status", "statusMessage", "endpoint", "usingIP", "usingNAT", "latencyRTT"])
+        set(&[
+            "status",
+            "statusMessage",
+            "endpoint",
+            "usingIP",
+            "usingNAT",
+            "latencyRTT"
+        ])
     );
     assert_eq!(value["status"], json!("connected"));
     assert_eq!(value["usingNAT"], json!(true));
@@ -159,11 +169,11 @@ fn parses_submariner_gateway_connection_json() {
     assert_eq!(connection.endpoint.udp_port().expect("port"), Some(4500));
     // Everything except Go's explicit `"usingNAT": false` (omitempty) comes back as it was.
     let mut original: Value = serde_json::from_str(go_json).expect("json");
-    original
-        .as_object_mut()
-        .expect("object")
-        .remove("usingNAT");
-    assert_eq!(serde_json::to_value(&connection).expect("serializes"), original);
+    original.as_object_mut().expect("object").remove("usingNAT");
+    assert_eq!(
+        serde_json::to_value(&connection).expect("serializes"),
+        original
+    );
 }
 
 #[test]
@@ -180,8 +190,8 @@ fn go_nulls_and_missing_fields_default() {
     assert_eq!(endpoint.spec.hostname, "");
     assert!(endpoint.metadata.labels.is_empty());
     // Missing spec altogether.
-    let endpoint = Endpoint::from_yaml("apiVersion: submariner.io/v1\nkind: Endpoint\n")
-        .expect("parses");
+    let endpoint =
+        Endpoint::from_yaml("apiVersion: submariner.io/v1\nkind: Endpoint\n").expect("parses");
     assert_eq!(endpoint.spec, EndpointSpec::default());
     assert_eq!(endpoint.metadata, ObjectMeta::default());
 }
@@ -195,7 +205,10 @@ fn new_endpoint_round_trips_through_yaml_and_json() {
         "cluster-b-submariner-cable-cluster-b-172-18-0-9"
     );
     let yaml = endpoint.to_yaml().expect("yaml");
-    assert!(yaml.starts_with("apiVersion: submariner.io/v1\nkind: Endpoint\n"), "{yaml}");
+    assert!(
+        yaml.starts_with("apiVersion: submariner.io/v1\nkind: Endpoint\n"),
+        "{yaml}"
+    );
     assert_eq!(Endpoint::from_yaml(&yaml).expect("back"), endpoint);
     let json = endpoint.to_json().expect("json");
     assert_eq!(Endpoint::from_json(&json).expect("back"), endpoint);
@@ -211,14 +224,22 @@ fn wrong_type_errors_are_clear() {
          \"submariner.io/v1\" and kind \"Gateway\""
     );
     let err = Endpoint::from_yaml("apiVersion: v1\nkind: List\nitems: []\n").expect_err("a list");
-    assert!(err.to_string().contains("Endpoint::list_from_yaml"), "{err}");
+    assert!(
+        err.to_string().contains("Endpoint::list_from_yaml"),
+        "{err}"
+    );
     let err = Endpoint::from_yaml("spec: [").expect_err("broken yaml");
-    assert!(err.to_string().starts_with("parsing Endpoint from YAML"), "{err}");
+    assert!(
+        err.to_string().starts_with("parsing Endpoint from YAML"),
+        "{err}"
+    );
     // Empty input and empty lists are no endpoints, not an error.
     assert!(Endpoint::list_from_yaml("").expect("empty").is_empty());
-    assert!(Endpoint::list_from_yaml("apiVersion: v1\nkind: List\nitems: []\n")
-        .expect("empty list")
-        .is_empty());
+    assert!(
+        Endpoint::list_from_yaml("apiVersion: v1\nkind: List\nitems: []\n")
+            .expect("empty list")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -230,13 +251,26 @@ fn realistic_files_have_the_expected_values() {
         Endpoint::list_from_yaml(&read("kubectl-get-endpoints-wireguard.yaml")).expect("list");
     assert_eq!(endpoints.len(), 2);
     let remote = &endpoints[1];
-    assert_eq!(remote.name(), "cluster2-submariner-cable-cluster2-172-18-0-11");
-    assert_eq!(remote.metadata.namespace.as_deref(), Some("submariner-operator"));
     assert_eq!(
-        remote.metadata.labels.get("submariner-io/clusterID").map(String::as_str),
+        remote.name(),
+        "cluster2-submariner-cable-cluster2-172-18-0-11"
+    );
+    assert_eq!(
+        remote.metadata.namespace.as_deref(),
+        Some("submariner-operator")
+    );
+    assert_eq!(
+        remote
+            .metadata
+            .labels
+            .get("submariner-io/clusterID")
+            .map(String::as_str),
         Some("cluster2")
     );
-    assert_eq!(remote.metadata.other["uid"], json!("7d1e4c52-93b1-4f0e-b8a6-1c9c2e0d8f42"));
+    assert_eq!(
+        remote.metadata.other["uid"],
+        json!("7d1e4c52-93b1-4f0e-b8a6-1c9c2e0d8f42")
+    );
     assert_eq!(remote.metadata.other["resourceVersion"], json!("2210"));
     assert_eq!(remote.metadata.other["generation"], json!(2));
     let v = remote.spec.validate().expect("valid");
@@ -246,7 +280,10 @@ fn realistic_files_have_the_expected_values() {
     assert_eq!(v.public_ips, vec![ip("198.51.100.34")]);
     assert_eq!(v.health_check_ips, vec![ip("10.131.0.1")]);
     assert_eq!(
-        v.subnets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        v.subnets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["100.2.0.0/16", "10.2.0.0/16"]
     );
     assert_eq!(v.udp_port, Some(4500));
@@ -260,19 +297,31 @@ fn realistic_files_have_the_expected_values() {
 
     let dual = Endpoint::from_yaml(&read("dual-stack-endpoint.yaml")).expect("endpoint");
     let v = dual.spec.validate().expect("valid");
-    assert_eq!(v.private_ips, vec![ip("172.18.0.5"), ip("fc00:f853:ccd:e793::5")]);
+    assert_eq!(
+        v.private_ips,
+        vec![ip("172.18.0.5"), ip("fc00:f853:ccd:e793::5")]
+    );
     assert_eq!(v.public_ips, vec![ip("203.0.113.50"), ip("2001:db8:50::5")]);
     // healthCheckIP repeats healthCheckIPs[0]: listed once.
-    assert_eq!(v.health_check_ips, vec![ip("10.132.0.1"), ip("fd00:10:132::1")]);
-    assert_eq!(v.subnets.iter().filter(|n| matches!(n, ipnet::IpNet::V6(_))).count(), 2);
-    assert!(dual
-        .metadata
-        .other
-        .contains_key("annotations"));
+    assert_eq!(
+        v.health_check_ips,
+        vec![ip("10.132.0.1"), ip("fd00:10:132::1")]
+    );
+    assert_eq!(
+        v.subnets
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V6(_)))
+            .count(),
+        2
+    );
+    assert!(dual.metadata.other.contains_key("annotations"));
 
     let v6 = Endpoint::list_from_yaml(&read("endpointlist-ipv6-only.yaml")).expect("list");
     assert_eq!(v6.len(), 1);
-    assert_eq!(v6[0].api_version, API_VERSION, "filled in from the typed list");
+    assert_eq!(
+        v6[0].api_version, API_VERSION,
+        "filled in from the typed list"
+    );
     let v = v6[0].spec.validate().expect("valid");
     assert_eq!(v.private_ips, vec![ip("fd00:18::7")]);
     assert!(v.public_ips.is_empty());

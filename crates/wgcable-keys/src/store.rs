@@ -231,3 +231,50 @@ fn check_file_type(path: &Path, file_type: &fs::FileType) -> Result<(), KeyError
         found,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race where another process creates the key between our `load` and our write: the
+    /// link step must fail instead of replacing that key, and leave no temp file behind.
+    #[test]
+    fn write_new_never_replaces_an_existing_key() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = KeyStore::new(tmp.path());
+        let theirs = PrivateKey::generate();
+        fs::write(store.path(), private_key_file_content(&theirs).as_bytes()).expect("write");
+        fs::set_permissions(
+            store.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
+
+        let ours = PrivateKey::generate();
+        let err = store.write_new(&ours).expect_err("must not replace");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(store.load().expect("load"), Some(theirs));
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(KEY_FILE_NAME)]);
+    }
+
+    /// A named pipe must be refused, not opened (which would block forever).
+    #[test]
+    fn refuses_fifo_without_blocking() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = KeyStore::new(tmp.path());
+        let status = std::process::Command::new("mkfifo")
+            .arg(store.path())
+            .status()
+            .expect("run mkfifo (coreutils)");
+        assert!(status.success());
+        let err = store.load_or_create().expect_err("fifo refused");
+        assert!(
+            matches!(err, KeyError::NotRegularFile { found, .. } if found == "a named pipe"),
+            "{err:?}"
+        );
+    }
+}

@@ -345,7 +345,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
-    use wgcable_api::ConnectionStatus;
+    use wgcable_api::{ConnectionStatus, EndpointSpec};
 
     use super::*;
     use crate::{names, prom_text, CableLabels};
@@ -496,14 +496,22 @@ mod tests {
     }
 
     fn sample_connections() -> Vec<Connection> {
+        let endpoint = EndpointSpec {
+            cluster_id: "west".to_owned(),
+            hostname: "gw-west".to_owned(),
+            public_ip: "203.0.113.7".to_owned(),
+            ..EndpointSpec::default()
+        };
         vec![
             Connection {
                 status: ConnectionStatus::Connected,
                 status_message: "Rx=10 Bytes, Tx=20 Bytes".to_owned(),
+                ..Connection::new(endpoint.clone(), "203.0.113.7", false)
             },
             Connection {
                 status: ConnectionStatus::Error,
                 status_message: "no initial handshake".to_owned(),
+                ..Connection::new(endpoint, "203.0.113.7", true)
             },
         ]
     }
@@ -551,6 +559,12 @@ mod tests {
         let expected = serde_json::to_value(sample_connections()).expect("connections serialize");
         assert_eq!(served, expected);
         assert_eq!(served.as_array().map(Vec::len), Some(2));
+        // Submariner's field names, as `subctl` and the Gateway CR expect them.
+        assert_eq!(served[0]["status"], "connected");
+        assert_eq!(served[0]["statusMessage"], "Rx=10 Bytes, Tx=20 Bytes");
+        assert_eq!(served[1]["usingNAT"], true);
+        assert_eq!(served[1]["usingIP"], "203.0.113.7");
+        assert_eq!(served[1]["endpoint"]["cluster_id"], "west");
 
         // A query string does not change the route, and HEAD gets the headers only.
         let query = exchange(server.addr, &get("/healthz?verbose=1")).await;

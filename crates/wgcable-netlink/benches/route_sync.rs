@@ -16,8 +16,11 @@ const TABLE: u32 = 150;
 fn specs(oif: u32, second_octet: u8) -> Vec<RouteSpec> {
     (0..ROUTES)
         .map(|i| RouteSpec {
-            dst: IpNet::new(IpAddr::from([10, second_octet + (i / 256) as u8, (i % 256) as u8, 0]), 24)
-                .expect("a /24 is a valid prefix"),
+            dst: IpNet::new(
+                IpAddr::from([10, second_octet + (i / 256) as u8, (i % 256) as u8, 0]),
+                24,
+            )
+            .expect("a /24 is a valid prefix"),
             oif,
             table: TABLE,
             pref_src: None,
@@ -30,7 +33,12 @@ async fn run() {
     tokio::spawn(conn);
     // A veth end works on every kernel (some lack the dummy driver).
     let link = nl
-        .link_add("bench0", &LinkKind::Veth { peer: "bench0-p".to_owned() })
+        .link_add(
+            "bench0",
+            &LinkKind::Veth {
+                peer: "bench0-p".to_owned(),
+            },
+        )
         .await
         .expect("create veth");
     nl.link_set_up(link.index, true).await.expect("set link up");
@@ -44,7 +52,9 @@ async fn run() {
         ("delete 1000 routes", &Vec::new()),
     ] {
         let start = Instant::now();
-        let applied = sync_routes(&nl, TABLE, link.index, desired).await.expect("sync");
+        let applied = sync_routes(&nl, TABLE, link.index, desired)
+            .await
+            .expect("sync");
         println!(
             "{what:<40} {:>8.2} ms  (added {}, deleted {})",
             start.elapsed().as_secs_f64() * 1000.0,
@@ -57,7 +67,9 @@ async fn run() {
 fn main() {
     let outcome = std::thread::spawn(|| {
         if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
-            return Err(format!("cannot create a network namespace ({e}): run as root"));
+            return Err(format!(
+                "cannot create a network namespace ({e}): run as root"
+            ));
         }
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

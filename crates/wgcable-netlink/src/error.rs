@@ -72,7 +72,10 @@ impl fmt::Display for Op {
             }
             Op::RouteList { table } => write!(f, "listing routes of table {table}"),
             Op::RouteAdd { dst, table, oif } => {
-                write!(f, "adding route {dst} via link with index {oif} to table {table}")
+                write!(
+                    f,
+                    "adding route {dst} via link with index {oif} to table {table}"
+                )
             }
             Op::RouteDel { dst, table } => write!(f, "deleting route {dst} from table {table}"),
             Op::RuleList => write!(f, "listing rules"),
@@ -109,7 +112,11 @@ pub enum Error {
         "link {name} exists with kind {found} where kind {wanted} is wanted; \
          delete or rename it (it is never deleted silently)"
     )]
-    WrongKind { name: String, wanted: String, found: String },
+    WrongKind {
+        name: String,
+        wanted: String,
+        found: String,
+    },
     /// The caller asked for something the kernel can never accept.
     #[error("{op}: {reason}")]
     InvalidInput { op: Op, reason: String },
@@ -173,9 +180,9 @@ impl Error {
     /// What was being done, when the error is tied to one operation.
     pub fn op(&self) -> Option<&Op> {
         match self {
-            Error::Kernel { op, .. } | Error::Protocol { op, .. } | Error::InvalidInput { op, .. } => {
-                Some(op)
-            }
+            Error::Kernel { op, .. }
+            | Error::Protocol { op, .. }
+            | Error::InvalidInput { op, .. } => Some(op),
             Error::Connect(_) | Error::WrongKind { .. } => None,
         }
     }

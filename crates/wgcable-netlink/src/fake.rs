@@ -142,7 +142,9 @@ pub struct FakeNetlink {
 
 impl fmt::Debug for FakeNetlink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FakeNetlink").field("state", &*self.lock()).finish()
+        f.debug_struct("FakeNetlink")
+            .field("state", &*self.lock())
+            .finish()
     }
 }
 
@@ -197,7 +199,9 @@ impl FakeNetlink {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking test thread must not hide the state from the others' assertions.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// When `false`, creating a WireGuard link fails with `EOPNOTSUPP`, like a kernel
@@ -209,7 +213,11 @@ impl FakeNetlink {
     /// Makes the next call of `method` fail with `errno`, changing nothing. Several calls
     /// queue up failures for successive calls.
     pub fn fail_next(&self, method: Method, errno: i32) {
-        self.lock().failures.entry(method).or_default().push_back(errno);
+        self.lock()
+            .failures
+            .entry(method)
+            .or_default()
+            .push_back(errno);
     }
 
     /// All links, by index.
@@ -272,7 +280,12 @@ impl FakeNetlink {
     }
 
     /// Records a call and takes an injected failure for it, if one is queued.
-    fn begin(&self, method: Method, args: String, op: impl FnOnce() -> Op) -> Result<MutexGuard<'_, State>, Error> {
+    fn begin(
+        &self,
+        method: Method,
+        args: String,
+        op: impl FnOnce() -> Op,
+    ) -> Result<MutexGuard<'_, State>, Error> {
         let mut state = self.lock();
         let entry = if args.is_empty() {
             method.as_str().to_owned()
@@ -280,7 +293,11 @@ impl FakeNetlink {
             format!("{method} {args}")
         };
         state.ops.push((method, entry));
-        if let Some(errno) = state.failures.get_mut(&method).and_then(VecDeque::pop_front) {
+        if let Some(errno) = state
+            .failures
+            .get_mut(&method)
+            .and_then(VecDeque::pop_front)
+        {
             return Err(Error::from_errno(op(), errno));
         }
         Ok(state)
@@ -299,7 +316,9 @@ impl State {
     }
 
     fn is_local(&self, addr: IpAddr) -> bool {
-        self.links.values().any(|l| l.addrs.iter().any(|a| a.addr() == addr))
+        self.links
+            .values()
+            .any(|l| l.addrs.iter().any(|a| a.addr() == addr))
     }
 
     fn drop_routes_of(&mut self, index: u32) {
@@ -319,7 +338,14 @@ impl State {
             up: false,
             flags,
         };
-        self.links.insert(index, FakeLink { link, addrs: Vec::new(), peer });
+        self.links.insert(
+            index,
+            FakeLink {
+                link,
+                addrs: Vec::new(),
+                peer,
+            },
+        );
         index
     }
 
@@ -336,7 +362,12 @@ impl State {
     }
 
     fn source_on(&self, index: u32, family: IpFamily) -> Option<IpAddr> {
-        self.links.get(&index)?.addrs.iter().map(|a| a.addr()).find(|a| IpFamily::of(*a) == family)
+        self.links
+            .get(&index)?
+            .addrs
+            .iter()
+            .map(|a| a.addr())
+            .find(|a| IpFamily::of(*a) == family)
     }
 }
 
@@ -360,16 +391,23 @@ fn describe_route(route: &Route) -> String {
 #[async_trait::async_trait]
 impl Netlink for FakeNetlink {
     async fn link_get(&self, name: &str) -> Result<Option<Link>, Error> {
-        let op = || Op::LinkGet { name: name.to_owned() };
+        let op = || Op::LinkGet {
+            name: name.to_owned(),
+        };
         let state = self.begin(Method::LinkGet, name.to_owned(), op)?;
         if let Some(reason) = link_name_problem(name) {
-            return Err(Error::InvalidInput { op: op(), reason: reason.to_owned() });
+            return Err(Error::InvalidInput {
+                op: op(),
+                reason: reason.to_owned(),
+            });
         }
         Ok(state.by_name(name).map(|l| l.link.clone()))
     }
 
     async fn link_get_by_index(&self, index: u32) -> Result<Option<Link>, Error> {
-        let state = self.begin(Method::LinkGetByIndex, index.to_string(), || Op::LinkGetByIndex { index })?;
+        let state = self.begin(Method::LinkGetByIndex, index.to_string(), || {
+            Op::LinkGetByIndex { index }
+        })?;
         Ok(state.links.get(&index).map(|l| l.link.clone()))
     }
 
@@ -385,7 +423,10 @@ impl Netlink for FakeNetlink {
         };
         let mut state = self.begin(Method::LinkAdd, format!("{name} {kind}"), op)?;
         if let Some(reason) = link_name_problem(name) {
-            return Err(Error::InvalidInput { op: op(), reason: reason.to_owned() });
+            return Err(Error::InvalidInput {
+                op: op(),
+                reason: reason.to_owned(),
+            });
         }
         if state.by_name(name).is_some() {
             return Err(Error::from_errno(op(), libc::EEXIST));
@@ -428,7 +469,10 @@ impl Netlink for FakeNetlink {
     async fn link_del(&self, index: u32) -> Result<(), Error> {
         let op = || Op::LinkDel { index };
         let mut state = self.begin(Method::LinkDel, index.to_string(), op)?;
-        let link = state.links.remove(&index).ok_or_else(|| Error::from_errno(op(), libc::ENODEV))?;
+        let link = state
+            .links
+            .remove(&index)
+            .ok_or_else(|| Error::from_errno(op(), libc::ENODEV))?;
         state.drop_routes_of(index);
         if let Some(peer) = link.peer {
             state.links.remove(&peer);
@@ -472,9 +516,13 @@ impl Netlink for FakeNetlink {
 
     async fn addr_list(&self, index: u32) -> Result<Vec<IpNet>, Error> {
         let op = || Op::AddrList { index };
-        let mut state = self.begin(Method::AddrList, index.to_string(), op)?;
+        let state = self.begin(Method::AddrList, index.to_string(), op)?;
         // The kernel answers a dump for a missing link with nothing, not an error.
-        Ok(state.links.get_mut(&index).map(|l| l.addrs.clone()).unwrap_or_default())
+        Ok(state
+            .links
+            .get(&index)
+            .map(|l| l.addrs.clone())
+            .unwrap_or_default())
     }
 
     async fn addr_add(&self, index: u32, addr: IpNet) -> Result<(), Error> {
@@ -506,12 +554,18 @@ impl Netlink for FakeNetlink {
     }
 
     async fn route_list(&self, table: u32) -> Result<Vec<Route>, Error> {
-        let state = self.begin(Method::RouteList, table.to_string(), || Op::RouteList { table })?;
+        let state = self.begin(Method::RouteList, table.to_string(), || Op::RouteList {
+            table,
+        })?;
         Ok(state.routes.get(&table).cloned().unwrap_or_default())
     }
 
     async fn route_add(&self, routes: &[RouteSpec]) -> Result<(), Error> {
-        let args = routes.iter().map(describe_spec).collect::<Vec<_>>().join("; ");
+        let args = routes
+            .iter()
+            .map(describe_spec)
+            .collect::<Vec<_>>()
+            .join("; ");
         let first = routes.first();
         let mut state = self.begin(Method::RouteAdd, args, || Op::RouteAdd {
             dst: first.map_or_else(|| IpFamily::V4.any(), |s| s.dst),
@@ -521,10 +575,17 @@ impl Netlink for FakeNetlink {
         // Like the pipelined kernel version: every route is tried, the first error wins.
         let mut first_error = None;
         for spec in routes {
-            let op = || Op::RouteAdd { dst: spec.dst, table: spec.table, oif: spec.oif };
+            let op = || Op::RouteAdd {
+                dst: spec.dst,
+                table: spec.table,
+                oif: spec.oif,
+            };
             let family = IpFamily::of_net(&spec.dst);
             let result = (|| {
-                let link = state.links.get(&spec.oif).ok_or_else(|| Error::from_errno(op(), libc::ENODEV))?;
+                let link = state
+                    .links
+                    .get(&spec.oif)
+                    .ok_or_else(|| Error::from_errno(op(), libc::ENODEV))?;
                 if family == IpFamily::V4 && !link.link.up {
                     return Err(Error::from_errno(op(), libc::ENETDOWN));
                 }
@@ -532,14 +593,20 @@ impl Netlink for FakeNetlink {
                     if IpFamily::of(src) != family {
                         return Err(Error::InvalidInput {
                             op: op(),
-                            reason: format!("the source {src} is not of the family of the destination"),
+                            reason: format!(
+                                "the source {src} is not of the family of the destination"
+                            ),
                         });
                     }
                     if !state.is_local(src) {
                         return Err(Error::from_errno(op(), libc::EINVAL));
                     }
                 }
-                let table = if spec.table == 0 { TABLE_MAIN } else { spec.table };
+                let table = if spec.table == 0 {
+                    TABLE_MAIN
+                } else {
+                    spec.table
+                };
                 let route = Route {
                     dst: spec.dst.trunc(),
                     table,
@@ -547,7 +614,11 @@ impl Netlink for FakeNetlink {
                     gateway: None,
                     pref_src: spec.pref_src,
                     protocol: RTPROT_STATIC,
-                    scope: if family == IpFamily::V4 { RT_SCOPE_LINK } else { 0 },
+                    scope: if family == IpFamily::V4 {
+                        RT_SCOPE_LINK
+                    } else {
+                        0
+                    },
                 };
                 let routes = state.routes.entry(table).or_default();
                 // NLM_F_REPLACE: the first route to the same prefix is replaced in place.
@@ -565,7 +636,11 @@ impl Netlink for FakeNetlink {
     }
 
     async fn route_del(&self, routes: &[Route]) -> Result<(), Error> {
-        let args = routes.iter().map(describe_route).collect::<Vec<_>>().join("; ");
+        let args = routes
+            .iter()
+            .map(describe_route)
+            .collect::<Vec<_>>()
+            .join("; ");
         let first = routes.first();
         let mut state = self.begin(Method::RouteDel, args, || Op::RouteDel {
             dst: first.map_or_else(|| IpFamily::V4.any(), |r| r.dst),
@@ -601,7 +676,7 @@ impl Netlink for FakeNetlink {
         if stored.priority.is_none() {
             stored.priority = Some(state.default_priority(rule.family));
         }
-        if state.rules.iter().any(|r| *r == stored) {
+        if state.rules.contains(&stored) {
             return Err(Error::from_errno(op(), libc::EEXIST));
         }
         let priority = stored.priority;
@@ -636,7 +711,10 @@ impl Netlink for FakeNetlink {
         // (prefix length, is a subnet, lookup): the longest prefix wins, a subnet a tie.
         let mut best: Option<(u8, bool, RouteLookup)> = None;
         let mut consider = |len: u8, subnet: bool, lookup: RouteLookup| {
-            if best.as_ref().is_none_or(|(l, s, _)| (len, subnet) > (*l, *s)) {
+            if best
+                .as_ref()
+                .is_none_or(|(l, s, _)| (len, subnet) > (*l, *s))
+            {
                 best = Some((len, subnet, lookup));
             }
         };
@@ -645,7 +723,11 @@ impl Netlink for FakeNetlink {
                 consider(
                     addr.prefix_len(),
                     true,
-                    RouteLookup { oif: link.link.index, pref_src: Some(addr.addr()), gateway: None },
+                    RouteLookup {
+                        oif: link.link.index,
+                        pref_src: Some(addr.addr()),
+                        gateway: None,
+                    },
                 );
             }
         }
@@ -683,7 +765,10 @@ mod tests {
     }
 
     async fn dummy_up(nl: &FakeNetlink, name: &str) -> Link {
-        let link = nl.link_add(name, &LinkKind::Dummy).await.expect("add dummy");
+        let link = nl
+            .link_add(name, &LinkKind::Dummy)
+            .await
+            .expect("add dummy");
         nl.link_set_up(link.index, true).await.expect("set up");
         link
     }
@@ -702,28 +787,51 @@ mod tests {
     async fn links_lifecycle() {
         let nl = FakeNetlink::new();
         let veth = nl
-            .link_add("veth-a", &LinkKind::Veth { peer: "veth-b".to_owned() })
+            .link_add(
+                "veth-a",
+                &LinkKind::Veth {
+                    peer: "veth-b".to_owned(),
+                },
+            )
             .await
             .expect("add veth");
         assert_eq!(veth.kind.as_deref(), Some("veth"));
         assert!(!veth.up);
-        let peer = nl.link_get("veth-b").await.expect("get").expect("peer exists");
+        let peer = nl
+            .link_get("veth-b")
+            .await
+            .expect("get")
+            .expect("peer exists");
         assert_ne!(peer.index, veth.index);
 
-        let dup = nl.link_add("veth-b", &LinkKind::Dummy).await.expect_err("duplicate name");
+        let dup = nl
+            .link_add("veth-b", &LinkKind::Dummy)
+            .await
+            .expect_err("duplicate name");
         assert!(dup.is_exists(), "{dup}");
 
         nl.link_set_mtu(veth.index, 1400).await.expect("mtu");
         nl.link_set_up(veth.index, true).await.expect("up");
-        let got = nl.link_get_by_index(veth.index).await.expect("get").expect("exists");
+        let got = nl
+            .link_get_by_index(veth.index)
+            .await
+            .expect("get")
+            .expect("exists");
         assert_eq!((got.mtu, got.up, got.flags & IFF_UP), (1400, true, IFF_UP));
         assert!(nl.link_set_mtu(veth.index, 10).await.is_err());
 
         nl.link_del(veth.index).await.expect("del");
-        assert_eq!(nl.link_get("veth-b").await.expect("get"), None, "peer goes too");
+        assert_eq!(
+            nl.link_get("veth-b").await.expect("get"),
+            None,
+            "peer goes too"
+        );
         let gone = nl.link_del(veth.index).await.expect_err("already gone");
         assert!(gone.is_not_found(), "{gone}");
-        let bad = nl.link_add("a-name-that-is-too-long", &LinkKind::Dummy).await.expect_err("too long");
+        let bad = nl
+            .link_add("a-name-that-is-too-long", &LinkKind::Dummy)
+            .await
+            .expect_err("too long");
         assert!(matches!(bad, Error::InvalidInput { .. }), "{bad}");
     }
 
@@ -731,23 +839,41 @@ mod tests {
     async fn wireguard_support_can_be_switched_off() {
         let nl = FakeNetlink::new();
         nl.set_wireguard_supported(false);
-        let err = nl.link_add("wg0", &LinkKind::Wireguard).await.expect_err("unsupported");
+        let err = nl
+            .link_add("wg0", &LinkKind::Wireguard)
+            .await
+            .expect_err("unsupported");
         assert!(err.is_unsupported(), "{err}");
-        assert_eq!(err.to_string().split(" (").next(), Some("creating link wg0 of kind wireguard"));
+        assert_eq!(
+            err.to_string().split(" (").next(),
+            Some("creating link wg0 of kind wireguard")
+        );
         nl.set_wireguard_supported(true);
-        let link = nl.link_add("wg0", &LinkKind::Wireguard).await.expect("supported");
+        let link = nl
+            .link_add("wg0", &LinkKind::Wireguard)
+            .await
+            .expect("supported");
         assert_eq!(link.kind.as_deref(), Some("wireguard"));
     }
 
     #[tokio::test]
     async fn ensure_link_reuses_and_refuses_wrong_kind() {
         let nl = FakeNetlink::new();
-        let (first, created) = ensure_link(&nl, "d0", &LinkKind::Dummy).await.expect("create");
+        let (first, created) = ensure_link(&nl, "d0", &LinkKind::Dummy)
+            .await
+            .expect("create");
         assert!(created);
-        let (again, created) = ensure_link(&nl, "d0", &LinkKind::Dummy).await.expect("reuse");
+        let (again, created) = ensure_link(&nl, "d0", &LinkKind::Dummy)
+            .await
+            .expect("reuse");
         assert_eq!((again.index, created), (first.index, false));
-        let err = ensure_link(&nl, "d0", &LinkKind::Wireguard).await.expect_err("wrong kind");
-        assert!(matches!(&err, Error::WrongKind { found, .. } if found == "dummy"), "{err}");
+        let err = ensure_link(&nl, "d0", &LinkKind::Wireguard)
+            .await
+            .expect_err("wrong kind");
+        assert!(
+            matches!(&err, Error::WrongKind { found, .. } if found == "dummy"),
+            "{err}"
+        );
         assert!(err.to_string().contains("d0"));
         assert!(nl.link("d0").is_some(), "never deleted silently");
     }
@@ -756,19 +882,38 @@ mod tests {
     async fn addrs_exist_and_missing_errors_and_ensure() {
         let nl = FakeNetlink::new();
         let link = dummy_up(&nl, "d0").await;
-        nl.addr_add(link.index, net("10.0.0.1/24")).await.expect("add");
-        assert!(nl.addr_add(link.index, net("10.0.0.1/24")).await.expect_err("dup").is_exists());
-        assert!(nl.addr_del(link.index, net("10.9.9.9/32")).await.expect_err("missing").is_not_found());
-        assert!(nl.addr_add(99, net("10.0.0.2/24")).await.expect_err("no link").is_not_found());
+        nl.addr_add(link.index, net("10.0.0.1/24"))
+            .await
+            .expect("add");
+        assert!(nl
+            .addr_add(link.index, net("10.0.0.1/24"))
+            .await
+            .expect_err("dup")
+            .is_exists());
+        assert!(nl
+            .addr_del(link.index, net("10.9.9.9/32"))
+            .await
+            .expect_err("missing")
+            .is_not_found());
+        assert!(nl
+            .addr_add(99, net("10.0.0.2/24"))
+            .await
+            .expect_err("no link")
+            .is_not_found());
 
         let desired = [net("10.0.0.1/32"), net("fd00::1/64")];
-        let diff = ensure_addrs(&nl, link.index, &desired).await.expect("ensure");
+        let diff = ensure_addrs(&nl, link.index, &desired)
+            .await
+            .expect("ensure");
         assert_eq!(diff.to_del, vec![net("10.0.0.1/24")]);
         assert_eq!(diff.to_add, desired.to_vec());
         assert_eq!(nl.addrs(link.index), desired.to_vec());
 
         nl.clear_ops();
-        assert!(ensure_addrs(&nl, link.index, &desired).await.expect("again").is_empty());
+        assert!(ensure_addrs(&nl, link.index, &desired)
+            .await
+            .expect("again")
+            .is_empty());
         assert!(nl.writes().is_empty(), "{:?}", nl.writes());
 
         // Going down drops the IPv6 address, like Linux.
@@ -781,9 +926,18 @@ mod tests {
         let nl = FakeNetlink::new();
         let a = dummy_up(&nl, "a").await;
         let b = dummy_up(&nl, "b").await;
-        nl.addr_add(a.index, net("10.0.0.1/32")).await.expect("addr");
-        let other = RouteSpec { dst: net("172.16.0.0/16"), oif: b.index, table: 150, pref_src: None };
-        nl.route_add(std::slice::from_ref(&other)).await.expect("other link's route");
+        nl.addr_add(a.index, net("10.0.0.1/32"))
+            .await
+            .expect("addr");
+        let other = RouteSpec {
+            dst: net("172.16.0.0/16"),
+            oif: b.index,
+            table: 150,
+            pref_src: None,
+        };
+        nl.route_add(std::slice::from_ref(&other))
+            .await
+            .expect("other link's route");
 
         let spec = |dst: &str| RouteSpec {
             dst: net(dst),
@@ -792,23 +946,41 @@ mod tests {
             pref_src: Some(ip("10.0.0.1")),
         };
         let desired: Vec<RouteSpec> = (0..100).map(|i| spec(&format!("10.{i}.0.0/16"))).collect();
-        let diff = sync_routes(&nl, 150, a.index, &desired).await.expect("sync");
+        let diff = sync_routes(&nl, 150, a.index, &desired)
+            .await
+            .expect("sync");
         assert_eq!(diff.to_add.len(), 100);
-        assert_eq!(nl.calls(Method::RouteAdd), 2, "one batch for the 100 routes");
+        assert_eq!(
+            nl.calls(Method::RouteAdd),
+            2,
+            "one batch for the 100 routes"
+        );
 
         nl.clear_ops();
-        let diff = sync_routes(&nl, 150, a.index, &desired).await.expect("resync");
+        let diff = sync_routes(&nl, 150, a.index, &desired)
+            .await
+            .expect("resync");
         assert!(diff.is_empty());
         assert!(nl.writes().is_empty(), "{:?}", nl.writes());
 
-        let diff = sync_routes(&nl, 150, a.index, &desired[..10]).await.expect("shrink");
+        let diff = sync_routes(&nl, 150, a.index, &desired[..10])
+            .await
+            .expect("shrink");
         assert_eq!((diff.to_add.len(), diff.to_del.len()), (0, 90));
         let left = nl.routes(150);
         assert_eq!(left.len(), 11);
-        assert!(left.iter().any(|r| r.oif == Some(b.index)), "other link untouched");
+        assert!(
+            left.iter().any(|r| r.oif == Some(b.index)),
+            "other link untouched"
+        );
 
-        let stray = RouteSpec { table: 151, ..spec("10.1.0.0/16") };
-        let err = sync_routes(&nl, 150, a.index, &[stray]).await.expect_err("stray");
+        let stray = RouteSpec {
+            table: 151,
+            ..spec("10.1.0.0/16")
+        };
+        let err = sync_routes(&nl, 150, a.index, &[stray])
+            .await
+            .expect_err("stray");
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     }
 
@@ -816,12 +988,33 @@ mod tests {
     async fn route_add_checks_like_the_kernel() {
         let nl = FakeNetlink::new();
         let down = nl.link_add("down0", &LinkKind::Dummy).await.expect("add");
-        let v4 = RouteSpec { dst: net("10.1.0.0/16"), oif: down.index, table: 150, pref_src: None };
-        assert_eq!(nl.route_add(&[v4]).await.expect_err("down").errno(), Some(libc::ENETDOWN));
-        let v6 = RouteSpec { dst: net("fd00::/64"), oif: down.index, table: 150, pref_src: None };
-        nl.route_add(std::slice::from_ref(&v6)).await.expect("IPv6 accepts a down link");
-        let bad_src = RouteSpec { pref_src: Some(ip("fd00::99")), ..v6 };
-        assert_eq!(nl.route_add(&[bad_src]).await.expect_err("src").errno(), Some(libc::EINVAL));
+        let v4 = RouteSpec {
+            dst: net("10.1.0.0/16"),
+            oif: down.index,
+            table: 150,
+            pref_src: None,
+        };
+        assert_eq!(
+            nl.route_add(&[v4]).await.expect_err("down").errno(),
+            Some(libc::ENETDOWN)
+        );
+        let v6 = RouteSpec {
+            dst: net("fd00::/64"),
+            oif: down.index,
+            table: 150,
+            pref_src: None,
+        };
+        nl.route_add(std::slice::from_ref(&v6))
+            .await
+            .expect("IPv6 accepts a down link");
+        let bad_src = RouteSpec {
+            pref_src: Some(ip("fd00::99")),
+            ..v6
+        };
+        assert_eq!(
+            nl.route_add(&[bad_src]).await.expect_err("src").errno(),
+            Some(libc::EINVAL)
+        );
         nl.route_del(&nl.routes(150)).await.expect("del");
         nl.route_del(&[Route {
             dst: net("fd00::/64"),
@@ -840,21 +1033,38 @@ mod tests {
     #[tokio::test]
     async fn rules_behave_like_the_kernel() {
         let nl = FakeNetlink::new();
-        let rule = Rule { fwmark: Some(5871), invert: true, ..Rule::lookup(IpFamily::V4, 150) };
+        let rule = Rule {
+            fwmark: Some(5871),
+            invert: true,
+            ..Rule::lookup(IpFamily::V4, 150)
+        };
         assert!(ensure_rule(&nl, &rule).await.expect("add"));
         assert!(!ensure_rule(&nl, &rule).await.expect("idempotent"));
-        let stored = nl.rules().into_iter().find(|r| r.table == 150).expect("stored");
+        let stored = nl
+            .rules()
+            .into_iter()
+            .find(|r| r.table == 150)
+            .expect("stored");
         assert_eq!(stored.priority, Some(32765));
         assert_eq!(stored.fwmask, Some(u32::MAX));
 
-        let pinned = Rule { priority: Some(100), ..Rule::lookup(IpFamily::V6, 150) };
+        let pinned = Rule {
+            priority: Some(100),
+            ..Rule::lookup(IpFamily::V6, 150)
+        };
         nl.rule_add(&pinned).await.expect("add v6");
         assert!(nl.rule_add(&pinned).await.expect_err("dup").is_exists());
         nl.rule_del(&pinned).await.expect("del");
         assert!(nl.rule_del(&pinned).await.expect_err("gone").is_not_found());
 
-        let bad = Rule { dst: Some(net("fd00::/64")), ..Rule::lookup(IpFamily::V4, 150) };
-        assert!(matches!(nl.rule_add(&bad).await, Err(Error::InvalidInput { .. })));
+        let bad = Rule {
+            dst: Some(net("fd00::/64")),
+            ..Rule::lookup(IpFamily::V4, 150)
+        };
+        assert!(matches!(
+            nl.rule_add(&bad).await,
+            Err(Error::InvalidInput { .. })
+        ));
     }
 
     #[tokio::test]
@@ -863,16 +1073,41 @@ mod tests {
         let eth = dummy_up(&nl, "eth0").await;
         let wg = dummy_up(&nl, "wg0").await;
         nl.link_set_mtu(eth.index, 9000).await.expect("mtu");
-        nl.addr_add(eth.index, net("192.168.1.10/24")).await.expect("addr");
-        nl.addr_add(wg.index, net("10.0.0.1/32")).await.expect("addr");
-        let via_wg = RouteSpec { dst: net("172.16.0.0/12"), oif: wg.index, table: TABLE_MAIN, pref_src: None };
+        nl.addr_add(eth.index, net("192.168.1.10/24"))
+            .await
+            .expect("addr");
+        nl.addr_add(wg.index, net("10.0.0.1/32"))
+            .await
+            .expect("addr");
+        let via_wg = RouteSpec {
+            dst: net("172.16.0.0/12"),
+            oif: wg.index,
+            table: TABLE_MAIN,
+            pref_src: None,
+        };
         nl.route_add(&[via_wg]).await.expect("route");
 
         let lookup = nl.route_get(ip("192.168.1.77")).await.expect("on-link");
-        assert_eq!(lookup, RouteLookup { oif: eth.index, pref_src: Some(ip("192.168.1.10")), gateway: None });
-        assert_eq!(underlay_mtu(&nl, ip("192.168.1.77")).await.expect("mtu"), 9000);
-        assert_eq!(source_for(&nl, ip("172.20.0.1")).await.expect("src"), Some(ip("10.0.0.1")));
-        let err = nl.route_get(ip("8.8.8.8")).await.expect_err("no default route");
+        assert_eq!(
+            lookup,
+            RouteLookup {
+                oif: eth.index,
+                pref_src: Some(ip("192.168.1.10")),
+                gateway: None
+            }
+        );
+        assert_eq!(
+            underlay_mtu(&nl, ip("192.168.1.77")).await.expect("mtu"),
+            9000
+        );
+        assert_eq!(
+            source_for(&nl, ip("172.20.0.1")).await.expect("src"),
+            Some(ip("10.0.0.1"))
+        );
+        let err = nl
+            .route_get(ip("8.8.8.8"))
+            .await
+            .expect_err("no default route");
         assert_eq!(err.errno(), Some(libc::ENETUNREACH));
     }
 
@@ -880,11 +1115,22 @@ mod tests {
     async fn injected_failures_hit_the_next_call_only() {
         let nl = FakeNetlink::new();
         nl.fail_next(Method::LinkAdd, libc::EPERM);
-        let err = nl.link_add("d0", &LinkKind::Dummy).await.expect_err("injected");
+        let err = nl
+            .link_add("d0", &LinkKind::Dummy)
+            .await
+            .expect_err("injected");
         assert!(err.is_permission(), "{err}");
         assert!(nl.link("d0").is_none(), "a failed call changes nothing");
-        nl.link_add("d0", &LinkKind::Dummy).await.expect("next call works");
+        nl.link_add("d0", &LinkKind::Dummy)
+            .await
+            .expect("next call works");
         assert_eq!(nl.calls(Method::LinkAdd), 2);
-        assert_eq!(nl.ops(), vec!["link_add d0 dummy".to_owned(), "link_add d0 dummy".to_owned()]);
+        assert_eq!(
+            nl.ops(),
+            vec![
+                "link_add d0 dummy".to_owned(),
+                "link_add d0 dummy".to_owned()
+            ]
+        );
     }
 }

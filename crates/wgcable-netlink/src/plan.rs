@@ -107,6 +107,23 @@ mod tests {
     use super::*;
     use std::net::IpAddr;
 
+    /// (name, current, desired, expected to_add, expected to_del)
+    type RouteCase = (
+        &'static str,
+        Vec<Route>,
+        Vec<RouteSpec>,
+        Vec<RouteSpec>,
+        Vec<Route>,
+    );
+    /// (name, current, desired, expected to_add, expected to_del), addresses as text.
+    type AddrCase = (
+        &'static str,
+        Vec<&'static str>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+    );
+
     fn net(s: &str) -> IpNet {
         s.parse().expect("test prefix")
     }
@@ -143,13 +160,19 @@ mod tests {
             ..route("10.9.0.0/16", 150, 7, None)
         };
         // (name, current, desired, expected to_add, expected to_del)
-        let cases: Vec<(&str, Vec<Route>, Vec<RouteSpec>, Vec<RouteSpec>, Vec<Route>)> = vec![
+        let cases: Vec<RouteCase> = vec![
             ("empty", vec![], vec![], vec![], vec![]),
             (
                 "all new",
                 vec![],
-                vec![spec("10.1.0.0/16", 150, 7, None), spec("fd00::/64", 150, 7, None)],
-                vec![spec("10.1.0.0/16", 150, 7, None), spec("fd00::/64", 150, 7, None)],
+                vec![
+                    spec("10.1.0.0/16", 150, 7, None),
+                    spec("fd00::/64", 150, 7, None),
+                ],
+                vec![
+                    spec("10.1.0.0/16", 150, 7, None),
+                    spec("fd00::/64", 150, 7, None),
+                ],
                 vec![],
             ),
             (
@@ -168,7 +191,10 @@ mod tests {
             ),
             (
                 "stale route is deleted",
-                vec![route("10.1.0.0/16", 150, 7, None), route("10.2.0.0/16", 150, 7, None)],
+                vec![
+                    route("10.1.0.0/16", 150, 7, None),
+                    route("10.2.0.0/16", 150, 7, None),
+                ],
                 vec![spec("10.1.0.0/16", 150, 7, None)],
                 vec![],
                 vec![route("10.2.0.0/16", 150, 7, None)],
@@ -189,7 +215,10 @@ mod tests {
             ),
             (
                 "other links and tables are never deleted",
-                vec![route("10.3.0.0/16", 150, 8, None), route("10.4.0.0/16", 254, 7, None)],
+                vec![
+                    route("10.3.0.0/16", 150, 8, None),
+                    route("10.4.0.0/16", 254, 7, None),
+                ],
                 vec![],
                 vec![],
                 vec![],
@@ -204,14 +233,23 @@ mod tests {
             (
                 "duplicate desired prefixes: first wins",
                 vec![],
-                vec![spec("10.1.0.0/16", 150, 7, Some("10.0.0.1")), spec("10.1.0.0/16", 150, 7, None)],
+                vec![
+                    spec("10.1.0.0/16", 150, 7, Some("10.0.0.1")),
+                    spec("10.1.0.0/16", 150, 7, None),
+                ],
                 vec![spec("10.1.0.0/16", 150, 7, Some("10.0.0.1"))],
                 vec![],
             ),
             (
                 "v4 and v6 side by side",
-                vec![route("fd00:1::/64", 150, 7, None), route("10.5.0.0/16", 150, 7, None)],
-                vec![spec("fd00:1::/64", 150, 7, None), spec("fd00:2::/64", 150, 7, None)],
+                vec![
+                    route("fd00:1::/64", 150, 7, None),
+                    route("10.5.0.0/16", 150, 7, None),
+                ],
+                vec![
+                    spec("fd00:1::/64", 150, 7, None),
+                    spec("fd00:2::/64", 150, 7, None),
+                ],
                 vec![spec("fd00:2::/64", 150, 7, None)],
                 vec![route("10.5.0.0/16", 150, 7, None)],
             ),
@@ -238,19 +276,62 @@ mod tests {
     #[test]
     fn diff_addrs_cases() {
         // (name, current, desired, expected to_add, expected to_del)
-        let cases: Vec<(&str, Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>)> = vec![
+        let cases: Vec<AddrCase> = vec![
             ("empty", vec![], vec![], vec![], vec![]),
-            ("add missing", vec![], vec!["10.0.0.1/32", "fd00::1/128"], vec!["10.0.0.1/32", "fd00::1/128"], vec![]),
-            ("already right", vec!["10.0.0.1/32"], vec!["10.0.0.1/32"], vec![], vec![]),
-            ("remove extra", vec!["10.0.0.1/32", "10.0.0.2/32"], vec!["10.0.0.1/32"], vec![], vec!["10.0.0.2/32"]),
-            ("prefix length counts", vec!["10.0.0.1/24"], vec!["10.0.0.1/32"], vec!["10.0.0.1/32"], vec!["10.0.0.1/24"]),
-            ("link-local v6 is kept", vec!["fe80::1/64", "fd00::2/64"], vec![], vec![], vec!["fd00::2/64"]),
-            ("duplicates in desired", vec![], vec!["10.0.0.1/32", "10.0.0.1/32"], vec!["10.0.0.1/32"], vec![]),
+            (
+                "add missing",
+                vec![],
+                vec!["10.0.0.1/32", "fd00::1/128"],
+                vec!["10.0.0.1/32", "fd00::1/128"],
+                vec![],
+            ),
+            (
+                "already right",
+                vec!["10.0.0.1/32"],
+                vec!["10.0.0.1/32"],
+                vec![],
+                vec![],
+            ),
+            (
+                "remove extra",
+                vec!["10.0.0.1/32", "10.0.0.2/32"],
+                vec!["10.0.0.1/32"],
+                vec![],
+                vec!["10.0.0.2/32"],
+            ),
+            (
+                "prefix length counts",
+                vec!["10.0.0.1/24"],
+                vec!["10.0.0.1/32"],
+                vec!["10.0.0.1/32"],
+                vec!["10.0.0.1/24"],
+            ),
+            (
+                "link-local v6 is kept",
+                vec!["fe80::1/64", "fd00::2/64"],
+                vec![],
+                vec![],
+                vec!["fd00::2/64"],
+            ),
+            (
+                "duplicates in desired",
+                vec![],
+                vec!["10.0.0.1/32", "10.0.0.1/32"],
+                vec!["10.0.0.1/32"],
+                vec![],
+            ),
         ];
         for (name, current, desired, to_add, to_del) in cases {
             let nets = |v: Vec<&str>| v.into_iter().map(net).collect::<Vec<_>>();
             let diff = diff_addrs(&nets(current), &nets(desired));
-            assert_eq!(diff, AddrDiff { to_add: nets(to_add), to_del: nets(to_del) }, "case {name}");
+            assert_eq!(
+                diff,
+                AddrDiff {
+                    to_add: nets(to_add),
+                    to_del: nets(to_del)
+                },
+                "case {name}"
+            );
         }
     }
 }

@@ -13,21 +13,15 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use ipnet::IpNet;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
-use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressHeaderFlags, AddressMessage,
-};
-use rtnetlink::packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::packet_route::rule::{
-    RuleAction, RuleAttribute, RuleFlags, RuleMessage,
-};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
     Handle, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard,
@@ -123,12 +117,26 @@ impl RtNetlink {
         Ok(out)
     }
 
-    async fn ack(&self, message: RouteNetlinkMessage, flags: u16, op: impl FnOnce() -> Op) -> Result<(), Error> {
-        self.request(message, flags | NLM_F_REQUEST | NLM_F_ACK, op).await.map(drop)
+    async fn ack(
+        &self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        op: impl FnOnce() -> Op,
+    ) -> Result<(), Error> {
+        self.request(message, flags | NLM_F_REQUEST | NLM_F_ACK, op)
+            .await
+            .map(drop)
     }
 
-    async fn get_link(&self, message: LinkMessage, op: impl FnOnce() -> Op) -> Result<Option<Link>, Error> {
-        match self.request(RouteNetlinkMessage::GetLink(message), NLM_F_REQUEST, op).await {
+    async fn get_link(
+        &self,
+        message: LinkMessage,
+        op: impl FnOnce() -> Op,
+    ) -> Result<Option<Link>, Error> {
+        match self
+            .request(RouteNetlinkMessage::GetLink(message), NLM_F_REQUEST, op)
+            .await
+        {
             Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(link) => Some(link_from_message(&link)),
                 _ => None,
@@ -161,7 +169,8 @@ impl RtNetlink {
         }
         msg.attributes.push(RouteAttribute::Oif(spec.oif));
         if let Some(src) = spec.pref_src {
-            msg.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+            msg.attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
         }
         self.ack(
             RouteNetlinkMessage::NewRoute(msg),
@@ -180,10 +189,12 @@ impl RtNetlink {
             msg.attributes.push(RouteAttribute::Oif(oif));
         }
         if let Some(gw) = route.gateway {
-            msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
         }
         if let Some(src) = route.pref_src {
-            msg.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+            msg.attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
         }
         let op = || Op::RouteDel {
             dst: route.dst,
@@ -232,11 +243,17 @@ impl RtNetlink {
 #[async_trait::async_trait]
 impl Netlink for RtNetlink {
     async fn link_get(&self, name: &str) -> Result<Option<Link>, Error> {
-        let op = || Op::LinkGet { name: name.to_owned() };
+        let op = || Op::LinkGet {
+            name: name.to_owned(),
+        };
         if let Some(reason) = link_name_problem(name) {
-            return Err(Error::InvalidInput { op: op(), reason: reason.to_owned() });
+            return Err(Error::InvalidInput {
+                op: op(),
+                reason: reason.to_owned(),
+            });
         }
-        self.get_link(LinkUnspec::new_with_name(name).build(), op).await
+        self.get_link(LinkUnspec::new_with_name(name).build(), op)
+            .await
     }
 
     async fn link_get_by_index(&self, index: u32) -> Result<Option<Link>, Error> {
@@ -244,8 +261,10 @@ impl Netlink for RtNetlink {
         if index == 0 {
             return Ok(None);
         }
-        self.get_link(LinkUnspec::new_with_index(index).build(), || Op::LinkGetByIndex { index })
-            .await
+        self.get_link(LinkUnspec::new_with_index(index).build(), || {
+            Op::LinkGetByIndex { index }
+        })
+        .await
     }
 
     async fn link_list(&self) -> Result<Vec<Link>, Error> {
@@ -271,7 +290,10 @@ impl Netlink for RtNetlink {
             kind: kind.as_str().to_owned(),
         };
         if let Some(reason) = link_name_problem(name) {
-            return Err(Error::InvalidInput { op: op(), reason: reason.to_owned() });
+            return Err(Error::InvalidInput {
+                op: op(),
+                reason: reason.to_owned(),
+            });
         }
         let message = match kind {
             LinkKind::Wireguard => LinkWireguard::new(name).build(),
@@ -285,7 +307,12 @@ impl Netlink for RtNetlink {
                 }
                 LinkVeth::new(name, peer).build()
             }
-            LinkKind::Vxlan { vni, port, dev, local } => {
+            LinkKind::Vxlan {
+                vni,
+                port,
+                dev,
+                local,
+            } => {
                 let mut builder = LinkVxlan::new(name, *vni);
                 if let Some(port) = port {
                     builder = builder.port(*port);
@@ -306,8 +333,12 @@ impl Netlink for RtNetlink {
                     .build()
             }
         };
-        self.ack(RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL, op)
-            .await?;
+        self.ack(
+            RouteNetlinkMessage::NewLink(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+            op,
+        )
+        .await?;
         self.link_get(name).await?.ok_or_else(|| Error::Protocol {
             op: op(),
             detail: "the link was created but is gone when read back".to_owned(),
@@ -316,21 +347,28 @@ impl Netlink for RtNetlink {
 
     async fn link_del(&self, index: u32) -> Result<(), Error> {
         let message = LinkUnspec::new_with_index(index).build();
-        self.ack(RouteNetlinkMessage::DelLink(message), 0, || Op::LinkDel { index })
-            .await
+        self.ack(RouteNetlinkMessage::DelLink(message), 0, || Op::LinkDel {
+            index,
+        })
+        .await
     }
 
     async fn link_set_up(&self, index: u32, up: bool) -> Result<(), Error> {
         let builder = LinkUnspec::new_with_index(index);
         let message = if up { builder.up() } else { builder.down() }.build();
-        self.ack(RouteNetlinkMessage::SetLink(message), 0, || Op::LinkSetUp { index, up })
-            .await
+        self.ack(RouteNetlinkMessage::SetLink(message), 0, || Op::LinkSetUp {
+            index,
+            up,
+        })
+        .await
     }
 
     async fn link_set_mtu(&self, index: u32, mtu: u32) -> Result<(), Error> {
         let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.ack(RouteNetlinkMessage::SetLink(message), 0, || Op::LinkSetMtu { index, mtu })
-            .await
+        self.ack(RouteNetlinkMessage::SetLink(message), 0, || {
+            Op::LinkSetMtu { index, mtu }
+        })
+        .await
     }
 
     async fn addr_list(&self, index: u32) -> Result<Vec<IpNet>, Error> {
@@ -347,7 +385,9 @@ impl Netlink for RtNetlink {
             .iter()
             .filter_map(|m| match m {
                 // Without strict checking the kernel dumps every link's addresses.
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => addr_from_message(a),
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    addr_from_message(a)
+                }
                 _ => None,
             })
             .collect())
@@ -371,8 +411,10 @@ impl Netlink for RtNetlink {
 
     async fn addr_del(&self, index: u32, addr: IpNet) -> Result<(), Error> {
         let message = addr_message(index, addr);
-        self.ack(RouteNetlinkMessage::DelAddress(message), 0, || Op::AddrDel { index, addr })
-            .await
+        self.ack(RouteNetlinkMessage::DelAddress(message), 0, || {
+            Op::AddrDel { index, addr }
+        })
+        .await
     }
 
     async fn route_list(&self, table: u32) -> Result<Vec<Route>, Error> {
@@ -389,7 +431,9 @@ impl Netlink for RtNetlink {
                 .await?;
             // The dump covers every table; the kernel only filters with strict checking.
             routes.extend(answers.iter().filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => route_from_message(r).filter(|r| r.table == table),
+                RouteNetlinkMessage::NewRoute(r) => {
+                    route_from_message(r).filter(|r| r.table == table)
+                }
                 _ => None,
             }));
         }
@@ -397,11 +441,13 @@ impl Netlink for RtNetlink {
     }
 
     async fn route_add(&self, routes: &[RouteSpec]) -> Result<(), Error> {
-        self.pipeline(routes, |nl, spec| Box::pin(nl.route_add_one(spec))).await
+        self.pipeline(routes, |nl, spec| Box::pin(nl.route_add_one(spec)))
+            .await
     }
 
     async fn route_del(&self, routes: &[Route]) -> Result<(), Error> {
-        self.pipeline(routes, |nl, route| Box::pin(nl.route_del_one(route))).await
+        self.pipeline(routes, |nl, route| Box::pin(nl.route_del_one(route)))
+            .await
     }
 
     async fn rule_list(&self) -> Result<Vec<Rule>, Error> {
@@ -476,7 +522,11 @@ impl Netlink for RtNetlink {
                 detail: "the kernel answered without a route".to_owned(),
             });
         };
-        let mut lookup = RouteLookup { oif: 0, pref_src: None, gateway: None };
+        let mut lookup = RouteLookup {
+            oif: 0,
+            pref_src: None,
+            gateway: None,
+        };
         for attr in &route.attributes {
             match attr {
                 RouteAttribute::Oif(oif) => lookup.oif = *oif,
@@ -522,7 +572,8 @@ fn route_message(dst: IpNet, table: u32) -> RouteMessage {
         msg.attributes.push(RouteAttribute::Table(table));
     }
     if dst.prefix_len() != 0 {
-        msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst.addr())));
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst.addr())));
     }
     msg
 }
@@ -727,7 +778,8 @@ mod tests {
         msg.header.action = RuleAction::Blackhole;
         assert_eq!(rule_from_message(&msg), None);
         let mut msg = rule_message(&Rule::lookup(IpFamily::V6, 150));
-        msg.attributes.push(RuleAttribute::Iifname("eth0".to_owned()));
+        msg.attributes
+            .push(RuleAttribute::Iifname("eth0".to_owned()));
         assert_eq!(rule_from_message(&msg), None);
     }
 }

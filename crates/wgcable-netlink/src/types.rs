@@ -318,7 +318,10 @@ pub(crate) fn link_name_problem(name: &str) -> Option<&'static str> {
         Some("the name is longer than 15 bytes")
     } else if name == "." || name == ".." {
         Some("the name is . or ..")
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         Some("the name contains '/', ':' or whitespace")
     } else {
         None

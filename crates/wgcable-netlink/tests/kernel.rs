@@ -70,7 +70,11 @@ async fn scratch_link(nl: &RtNetlink, name: &str) -> Link {
                 .link_add(name, &LinkKind::Veth { peer: peer.clone() })
                 .await
                 .expect("add veth");
-            let peer = nl.link_get(&peer).await.expect("get peer").expect("peer exists");
+            let peer = nl
+                .link_get(&peer)
+                .await
+                .expect("get peer")
+                .expect("peer exists");
             nl.link_set_up(peer.index, true).await.expect("set peer up");
             link
         }
@@ -91,7 +95,11 @@ async fn exercise_link(nl: &RtNetlink, name: &str, kind: &LinkKind) {
 
     nl.link_set_up(link.index, true).await.expect("up");
     nl.link_set_mtu(link.index, 1380).await.expect("mtu");
-    let got = nl.link_get_by_index(link.index).await.expect("get").expect("exists");
+    let got = nl
+        .link_get_by_index(link.index)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!((got.up, got.mtu, got.name.as_str()), (true, 1380, name));
     assert_ne!(got.flags & wgcable_netlink::IFF_UP, 0);
     nl.link_set_up(link.index, false).await.expect("down");
@@ -102,7 +110,10 @@ async fn exercise_link(nl: &RtNetlink, name: &str, kind: &LinkKind) {
     assert_eq!(nl.link_get_by_index(link.index).await.expect("get"), None);
     let gone = nl.link_del(link.index).await.expect_err("already gone");
     assert!(gone.is_not_found(), "{gone}");
-    let err = nl.link_set_mtu(link.index, 1400).await.expect_err("no such link");
+    let err = nl
+        .link_set_mtu(link.index, 1400)
+        .await
+        .expect_err("no such link");
     assert!(err.is_not_found(), "{err}");
 }
 
@@ -120,23 +131,57 @@ fn dummy_veth_and_vxlan_links() {
                 println!("note: this kernel has no dummy driver; dummy links not exercised");
             }
         }
-        let vxlan = LinkKind::Vxlan { vni: 42, port: Some(4789), dev: None, local: Some(ip("192.0.2.1")) };
+        let vxlan = LinkKind::Vxlan {
+            vni: 42,
+            port: Some(4789),
+            dev: None,
+            local: Some(ip("192.0.2.1")),
+        };
         exercise_link(&nl, "vxlan0", &vxlan).await;
-        exercise_link(&nl, "veth-x", &LinkKind::Veth { peer: "veth-y".to_owned() }).await;
-        assert_eq!(nl.link_get("veth-y").await.expect("get"), None, "the peer goes with its veth");
+        exercise_link(
+            &nl,
+            "veth-x",
+            &LinkKind::Veth {
+                peer: "veth-y".to_owned(),
+            },
+        )
+        .await;
+        assert_eq!(
+            nl.link_get("veth-y").await.expect("get"),
+            None,
+            "the peer goes with its veth"
+        );
 
         let veth = nl
-            .link_add("veth-a", &LinkKind::Veth { peer: "veth-b".to_owned() })
+            .link_add(
+                "veth-a",
+                &LinkKind::Veth {
+                    peer: "veth-b".to_owned(),
+                },
+            )
             .await
             .expect("add veth");
-        let peer = nl.link_get("veth-b").await.expect("get").expect("peer exists");
+        let peer = nl
+            .link_get("veth-b")
+            .await
+            .expect("get")
+            .expect("peer exists");
         assert_eq!(peer.kind.as_deref(), Some("veth"));
         assert_ne!(peer.index, veth.index);
-        let names: Vec<String> = nl.link_list().await.expect("list").into_iter().map(|l| l.name).collect();
+        let names: Vec<String> = nl
+            .link_list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
         for name in ["lo", "veth-a", "veth-b"] {
             assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
         }
-        let err = nl.link_add("a-name-much-too-long", &LinkKind::Dummy).await.expect_err("long name");
+        let err = nl
+            .link_add("a-name-much-too-long", &LinkKind::Dummy)
+            .await
+            .expect_err("long name");
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     });
 }
@@ -144,19 +189,40 @@ fn dummy_veth_and_vxlan_links() {
 #[test]
 fn ensure_link_refuses_the_wrong_kind() {
     in_netns("ensure_link_refuses_the_wrong_kind", |nl| async move {
-        let (link, created) = ensure_link(&nl, "cable0", &LinkKind::Other("bridge".to_owned())).await.expect("create");
+        let (link, created) = ensure_link(&nl, "cable0", &LinkKind::Other("bridge".to_owned()))
+            .await
+            .expect("create");
         assert!(created);
-        let (again, created) = ensure_link(&nl, "cable0", &LinkKind::Other("bridge".to_owned())).await.expect("reuse");
+        let (again, created) = ensure_link(&nl, "cable0", &LinkKind::Other("bridge".to_owned()))
+            .await
+            .expect("reuse");
         assert_eq!((again.index, created), (link.index, false));
 
-        let err = ensure_link(&nl, "cable0", &LinkKind::Veth { peer: "p".to_owned() })
-            .await
-            .expect_err("wrong kind");
-        assert!(matches!(&err, Error::WrongKind { found, wanted, .. } if found == "bridge" && wanted == "veth"), "{err}");
+        let err = ensure_link(
+            &nl,
+            "cable0",
+            &LinkKind::Veth {
+                peer: "p".to_owned(),
+            },
+        )
+        .await
+        .expect_err("wrong kind");
+        assert!(
+            matches!(&err, Error::WrongKind { found, wanted, .. } if found == "bridge" && wanted == "veth"),
+            "{err}"
+        );
         assert!(err.to_string().contains("cable0"), "{err}");
-        let err = ensure_link(&nl, "lo", &LinkKind::Other("bridge".to_owned())).await.expect_err("lo has no kind");
-        assert!(matches!(&err, Error::WrongKind { found, .. } if found == "none"), "{err}");
-        assert!(nl.link_get("cable0").await.expect("get").is_some(), "never deleted");
+        let err = ensure_link(&nl, "lo", &LinkKind::Other("bridge".to_owned()))
+            .await
+            .expect_err("lo has no kind");
+        assert!(
+            matches!(&err, Error::WrongKind { found, .. } if found == "none"),
+            "{err}"
+        );
+        assert!(
+            nl.link_get("cable0").await.expect("get").is_some(),
+            "never deleted"
+        );
     });
 }
 
@@ -165,19 +231,29 @@ fn addresses_v4_and_v6() {
     in_netns("addresses_v4_and_v6", |nl| async move {
         let link = scratch_link(&nl, "dummy0").await;
         let desired = [net("10.0.0.1/32"), net("10.0.1.1/24"), net("fd00::1/64")];
-        let diff = ensure_addrs(&nl, link.index, &desired).await.expect("ensure");
+        let diff = ensure_addrs(&nl, link.index, &desired)
+            .await
+            .expect("ensure");
         assert_eq!(diff.to_add, desired.to_vec());
         let have = nl.addr_list(link.index).await.expect("list");
         for addr in desired {
             assert!(have.contains(&addr), "{addr} in {have:?}");
         }
 
-        let again = ensure_addrs(&nl, link.index, &desired).await.expect("ensure again");
+        let again = ensure_addrs(&nl, link.index, &desired)
+            .await
+            .expect("ensure again");
         assert!(again.is_empty(), "{again:?}");
 
-        let dup = nl.addr_add(link.index, net("10.0.0.1/32")).await.expect_err("duplicate");
+        let dup = nl
+            .addr_add(link.index, net("10.0.0.1/32"))
+            .await
+            .expect_err("duplicate");
         assert!(dup.is_exists(), "{dup}");
-        let missing = nl.addr_del(link.index, net("10.9.9.9/32")).await.expect_err("missing");
+        let missing = nl
+            .addr_del(link.index, net("10.9.9.9/32"))
+            .await
+            .expect_err("missing");
         assert!(missing.is_not_found(), "{missing}");
 
         let fewer = [net("10.0.0.1/24"), net("fd00::1/64")];
@@ -185,7 +261,10 @@ fn addresses_v4_and_v6() {
         assert_eq!(diff.to_add, vec![net("10.0.0.1/24")]);
         assert_eq!(diff.to_del.len(), 2, "{diff:?}");
         let have = nl.addr_list(link.index).await.expect("list");
-        let global: Vec<IpNet> = have.into_iter().filter(|a| !a.to_string().starts_with("fe80")).collect();
+        let global: Vec<IpNet> = have
+            .into_iter()
+            .filter(|a| !a.to_string().starts_with("fe80"))
+            .collect();
         assert_eq!(global.len(), 2, "{global:?}");
         for addr in fewer {
             assert!(global.contains(&addr), "{addr} in {global:?}");
@@ -203,16 +282,24 @@ async fn route_events_before_sentinel(
     sentinel: &str,
     between: impl Future<Output = ()>,
 ) -> usize {
-    let (conn, _handle, mut events) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route])
-            .expect("monitor socket");
+    let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ])
+    .expect("monitor socket");
     let monitor = tokio::spawn(conn);
     between.await;
-    let sentinel = RouteSpec { dst: net(sentinel), oif, table: 151, pref_src: None };
+    let sentinel = RouteSpec {
+        dst: net(sentinel),
+        oif,
+        table: 151,
+        pref_src: None,
+    };
     nl.route_add(&[sentinel]).await.expect("sentinel route");
     let mut before = 0;
     while let Some((message, _)) = events.next().await {
-        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) = &message.payload {
+        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) = &message.payload
+        {
             if route.attributes.contains(&RouteAttribute::Table(151)) {
                 monitor.abort();
                 return before;
@@ -228,40 +315,90 @@ fn routes_in_table_150() {
     in_netns("routes_in_table_150", |nl| async move {
         let link = scratch_link(&nl, "cable0").await;
         let other = scratch_link(&nl, "other0").await;
-        nl.addr_add(link.index, net("10.0.0.1/32")).await.expect("v4 addr");
-        nl.addr_add(link.index, net("fd00::1/128")).await.expect("v6 addr");
+        nl.addr_add(link.index, net("10.0.0.1/32"))
+            .await
+            .expect("v4 addr");
+        nl.addr_add(link.index, net("fd00::1/128"))
+            .await
+            .expect("v6 addr");
 
         let specs = [
-            RouteSpec { dst: net("10.1.0.0/16"), oif: link.index, table: 150, pref_src: Some(ip("10.0.0.1")) },
-            RouteSpec { dst: net("fd01::/64"), oif: link.index, table: 150, pref_src: Some(ip("fd00::1")) },
-            RouteSpec { dst: net("10.2.0.0/16"), oif: link.index, table: 150, pref_src: None },
+            RouteSpec {
+                dst: net("10.1.0.0/16"),
+                oif: link.index,
+                table: 150,
+                pref_src: Some(ip("10.0.0.1")),
+            },
+            RouteSpec {
+                dst: net("fd01::/64"),
+                oif: link.index,
+                table: 150,
+                pref_src: Some(ip("fd00::1")),
+            },
+            RouteSpec {
+                dst: net("10.2.0.0/16"),
+                oif: link.index,
+                table: 150,
+                pref_src: None,
+            },
         ];
         nl.route_add(&specs).await.expect("add");
-        nl.route_add(&specs).await.expect("add again: replace semantics");
+        nl.route_add(&specs)
+            .await
+            .expect("add again: replace semantics");
         let routes = nl.route_list(150).await.expect("list");
         assert_eq!(routes.len(), 3, "{routes:?}");
         for spec in &specs {
-            assert!(routes.iter().any(|r| spec.is_satisfied_by(r)), "{spec:?} in {routes:?}");
+            assert!(
+                routes.iter().any(|r| spec.is_satisfied_by(r)),
+                "{spec:?} in {routes:?}"
+            );
         }
-        assert!(nl.route_list(254).await.expect("main").iter().all(|r| r.table == 254));
+        assert!(nl
+            .route_list(254)
+            .await
+            .expect("main")
+            .iter()
+            .all(|r| r.table == 254));
 
         // Tables above 255 need RTA_TABLE.
-        let big = RouteSpec { table: 1000, ..specs[0].clone() };
-        nl.route_add(std::slice::from_ref(&big)).await.expect("table 1000");
+        let big = RouteSpec {
+            table: 1000,
+            ..specs[0].clone()
+        };
+        nl.route_add(std::slice::from_ref(&big))
+            .await
+            .expect("table 1000");
         let in_big = nl.route_list(1000).await.expect("list 1000");
-        assert!(in_big.len() == 1 && big.is_satisfied_by(&in_big[0]), "{in_big:?}");
+        assert!(
+            in_big.len() == 1 && big.is_satisfied_by(&in_big[0]),
+            "{in_big:?}"
+        );
 
         // Another link's route in the same table is never touched by a sync.
-        let foreign = RouteSpec { dst: net("10.50.0.0/16"), oif: other.index, table: 150, pref_src: None };
-        nl.route_add(std::slice::from_ref(&foreign)).await.expect("foreign route");
+        let foreign = RouteSpec {
+            dst: net("10.50.0.0/16"),
+            oif: other.index,
+            table: 150,
+            pref_src: None,
+        };
+        nl.route_add(std::slice::from_ref(&foreign))
+            .await
+            .expect("foreign route");
 
         // 900 IPv4 and 100 IPv6 routes.
         let desired: Vec<RouteSpec> = (0..1000u32)
             .map(|i| {
                 let (dst, src) = if i < 900 {
-                    (IpAddr::from([10, 100 + (i / 256) as u8, (i % 256) as u8, 0]), "10.0.0.1")
+                    (
+                        IpAddr::from([10, 100 + (i / 256) as u8, (i % 256) as u8, 0]),
+                        "10.0.0.1",
+                    )
                 } else {
-                    (IpAddr::from([0xfd10, i as u16, 0, 0, 0, 0, 0, 0]), "fd00::1")
+                    (
+                        IpAddr::from([0xfd10, i as u16, 0, 0, 0, 0, 0, 0]),
+                        "fd00::1",
+                    )
                 };
                 RouteSpec {
                     dst: IpNet::new(dst, if i < 900 { 24 } else { 64 }).expect("prefix"),
@@ -271,7 +408,9 @@ fn routes_in_table_150() {
                 }
             })
             .collect();
-        let applied = sync_routes(&nl, 150, link.index, &desired).await.expect("sync 1000");
+        let applied = sync_routes(&nl, 150, link.index, &desired)
+            .await
+            .expect("sync 1000");
         assert_eq!((applied.to_add.len(), applied.to_del.len()), (1000, 3));
         let routes = nl.route_list(150).await.expect("list");
         assert_eq!(routes.len(), 1001, "1000 routes + the foreign one");
@@ -281,28 +420,42 @@ fn routes_in_table_150() {
         // (An IPv4 route replaced by an identical one is a silent no-op in the kernel, so
         // the IPv6 routes are the ones that would show a needless re-add.)
         let events = route_events_before_sentinel(&nl, other.index, "10.255.1.0/24", async {
-            nl.route_add(&desired[999..]).await.expect("re-add one IPv6 route");
+            nl.route_add(&desired[999..])
+                .await
+                .expect("re-add one IPv6 route");
         })
         .await;
         assert_eq!(events, 1, "the monitor sees a route replaced by itself");
         // ...so a sync with nothing to change must send nothing: no notification at all.
         let events = route_events_before_sentinel(&nl, other.index, "10.255.2.0/24", async {
-            let applied = sync_routes(&nl, 150, link.index, &desired).await.expect("resync");
+            let applied = sync_routes(&nl, 150, link.index, &desired)
+                .await
+                .expect("resync");
             assert!(applied.is_empty(), "{applied:?}");
         })
         .await;
-        assert_eq!(events, 0, "an unchanged sync must not touch the kernel's routes");
+        assert_eq!(
+            events, 0,
+            "an unchanged sync must not touch the kernel's routes"
+        );
 
-        let applied = sync_routes(&nl, 150, link.index, &desired[..10]).await.expect("shrink");
+        let applied = sync_routes(&nl, 150, link.index, &desired[..10])
+            .await
+            .expect("shrink");
         assert_eq!((applied.to_add.len(), applied.to_del.len()), (0, 990));
         assert_eq!(nl.route_list(150).await.expect("list").len(), 11);
 
         // Deleting routes that are gone is not an error.
-        nl.route_del(&applied.to_del[..5]).await.expect("already gone");
+        nl.route_del(&applied.to_del[..5])
+            .await
+            .expect("already gone");
         let applied = sync_routes(&nl, 150, link.index, &[]).await.expect("empty");
         assert_eq!(applied.to_del.len(), 10);
         let left = nl.route_list(150).await.expect("list");
-        assert!(left.len() == 1 && foreign.is_satisfied_by(&left[0]), "{left:?}");
+        assert!(
+            left.len() == 1 && foreign.is_satisfied_by(&left[0]),
+            "{left:?}"
+        );
     });
 }
 
@@ -310,15 +463,33 @@ fn routes_in_table_150() {
 fn rules_v4_and_v6() {
     in_netns("rules_v4_and_v6", |nl| async move {
         let before = nl.rule_list().await.expect("list");
-        assert!(before.iter().any(|r| r.table == 254 && r.family == IpFamily::V4), "{before:?}");
+        assert!(
+            before
+                .iter()
+                .any(|r| r.table == 254 && r.family == IpFamily::V4),
+            "{before:?}"
+        );
 
         // Submariner's original rule: not fwmark 5871 lookup 220, no priority given.
-        let marked = Rule { fwmark: Some(5871), invert: true, ..Rule::lookup(IpFamily::V4, 220) };
+        let marked = Rule {
+            fwmark: Some(5871),
+            invert: true,
+            ..Rule::lookup(IpFamily::V4, 220)
+        };
         assert!(ensure_rule(&nl, &marked).await.expect("add"));
         assert!(!ensure_rule(&nl, &marked).await.expect("idempotent"));
-        let listed: Vec<Rule> = nl.rule_list().await.expect("list").into_iter().filter(|r| r.table == 220).collect();
+        let listed: Vec<Rule> = nl
+            .rule_list()
+            .await
+            .expect("list")
+            .into_iter()
+            .filter(|r| r.table == 220)
+            .collect();
         assert_eq!(listed.len(), 1, "{listed:?}");
-        assert!(listed[0].invert && listed[0].fwmark == Some(5871) && listed[0].priority.is_some(), "{listed:?}");
+        assert!(
+            listed[0].invert && listed[0].fwmark == Some(5871) && listed[0].priority.is_some(),
+            "{listed:?}"
+        );
 
         let v6 = Rule {
             priority: Some(100),
@@ -329,15 +500,28 @@ fn rules_v4_and_v6() {
         nl.rule_add(&v6).await.expect("add v6");
         let dup = nl.rule_add(&v6).await.expect_err("duplicate");
         assert!(dup.is_exists(), "{dup}");
-        assert!(nl.rule_list().await.expect("list").iter().any(|r| v6.matches(r) && r.table == 1000));
+        assert!(nl
+            .rule_list()
+            .await
+            .expect("list")
+            .iter()
+            .any(|r| v6.matches(r) && r.table == 1000));
         nl.rule_del(&v6).await.expect("delete v6");
         let gone = nl.rule_del(&v6).await.expect_err("gone");
         assert!(gone.is_not_found(), "{gone}");
 
         nl.rule_del(&marked).await.expect("delete v4");
-        assert!(!nl.rule_list().await.expect("list").iter().any(|r| r.table == 220));
+        assert!(!nl
+            .rule_list()
+            .await
+            .expect("list")
+            .iter()
+            .any(|r| r.table == 220));
         let err = nl
-            .rule_add(&Rule { dst: Some(net("10.0.0.0/8")), ..Rule::lookup(IpFamily::V6, 150) })
+            .rule_add(&Rule {
+                dst: Some(net("10.0.0.0/8")),
+                ..Rule::lookup(IpFamily::V6, 150)
+            })
             .await
             .expect_err("family mismatch");
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
@@ -349,40 +533,92 @@ fn rules_really_steer_lookups() {
     in_netns("rules_really_steer_lookups", |nl| async move {
         let main = scratch_link(&nl, "main0").await;
         let cable = scratch_link(&nl, "cable0").await;
-        nl.addr_add(main.index, net("192.168.7.1/24")).await.expect("addr");
-        nl.addr_add(cable.index, net("10.0.0.1/32")).await.expect("addr");
+        nl.addr_add(main.index, net("192.168.7.1/24"))
+            .await
+            .expect("addr");
+        nl.addr_add(cable.index, net("10.0.0.1/32"))
+            .await
+            .expect("addr");
         // Without the rule, 10.99.0.0/16 has no route at all.
-        let err = nl.route_get(ip("10.99.1.1")).await.expect_err("unreachable");
+        let err = nl
+            .route_get(ip("10.99.1.1"))
+            .await
+            .expect_err("unreachable");
         assert_eq!(err.errno(), Some(libc::ENETUNREACH), "{err}");
 
-        let route = RouteSpec { dst: net("10.99.0.0/16"), oif: cable.index, table: 150, pref_src: Some(ip("10.0.0.1")) };
+        let route = RouteSpec {
+            dst: net("10.99.0.0/16"),
+            oif: cable.index,
+            table: 150,
+            pref_src: Some(ip("10.0.0.1")),
+        };
         nl.route_add(&[route]).await.expect("route");
-        let rule = Rule { priority: Some(100), dst: Some(net("10.99.0.0/16")), ..Rule::lookup(IpFamily::V4, 150) };
+        let rule = Rule {
+            priority: Some(100),
+            dst: Some(net("10.99.0.0/16")),
+            ..Rule::lookup(IpFamily::V4, 150)
+        };
         nl.rule_add(&rule).await.expect("rule");
         // A rule with the default "unspec" action would make this lookup fail.
-        let lookup = nl.route_get(ip("10.99.1.1")).await.expect("lookup through table 150");
-        assert_eq!((lookup.oif, lookup.pref_src), (cable.index, Some(ip("10.0.0.1"))));
+        let lookup = nl
+            .route_get(ip("10.99.1.1"))
+            .await
+            .expect("lookup through table 150");
+        assert_eq!(
+            (lookup.oif, lookup.pref_src),
+            (cable.index, Some(ip("10.0.0.1")))
+        );
     });
 }
 
 #[test]
 fn underlay_facts_on_a_veth_pair() {
     in_netns("underlay_facts_on_a_veth_pair", |nl| async move {
-        let a = nl.link_add("veth-a", &LinkKind::Veth { peer: "veth-b".to_owned() }).await.expect("veth");
+        let a = nl
+            .link_add(
+                "veth-a",
+                &LinkKind::Veth {
+                    peer: "veth-b".to_owned(),
+                },
+            )
+            .await
+            .expect("veth");
         let b = nl.link_get("veth-b").await.expect("get").expect("peer");
         nl.link_set_mtu(a.index, 1400).await.expect("mtu");
         for link in [&a, &b] {
             nl.link_set_up(link.index, true).await.expect("up");
         }
-        nl.addr_add(a.index, net("192.168.50.1/24")).await.expect("addr v4");
-        nl.addr_add(a.index, net("fd50::1/64")).await.expect("addr v6");
+        nl.addr_add(a.index, net("192.168.50.1/24"))
+            .await
+            .expect("addr v4");
+        nl.addr_add(a.index, net("fd50::1/64"))
+            .await
+            .expect("addr v6");
 
-        let lookup = nl.route_get(ip("192.168.50.2")).await.expect("route get v4");
-        assert_eq!((lookup.oif, lookup.pref_src, lookup.gateway), (a.index, Some(ip("192.168.50.1")), None));
-        assert_eq!(underlay_mtu(&nl, ip("192.168.50.2")).await.expect("mtu"), 1400);
-        assert_eq!(source_for(&nl, ip("192.168.50.2")).await.expect("src"), Some(ip("192.168.50.1")));
-        assert_eq!(source_for(&nl, ip("fd50::2")).await.expect("src v6"), Some(ip("fd50::1")));
-        assert_eq!(underlay_mtu(&nl, ip("fd50::2")).await.expect("mtu v6"), 1400);
+        let lookup = nl
+            .route_get(ip("192.168.50.2"))
+            .await
+            .expect("route get v4");
+        assert_eq!(
+            (lookup.oif, lookup.pref_src, lookup.gateway),
+            (a.index, Some(ip("192.168.50.1")), None)
+        );
+        assert_eq!(
+            underlay_mtu(&nl, ip("192.168.50.2")).await.expect("mtu"),
+            1400
+        );
+        assert_eq!(
+            source_for(&nl, ip("192.168.50.2")).await.expect("src"),
+            Some(ip("192.168.50.1"))
+        );
+        assert_eq!(
+            source_for(&nl, ip("fd50::2")).await.expect("src v6"),
+            Some(ip("fd50::1"))
+        );
+        assert_eq!(
+            underlay_mtu(&nl, ip("fd50::2")).await.expect("mtu v6"),
+            1400
+        );
     });
 }
 
@@ -392,11 +628,17 @@ fn wireguard_link_is_unsupported_or_works() {
         match nl.link_add("wg-test", &LinkKind::Wireguard).await {
             Ok(link) => {
                 assert_eq!(link.kind.as_deref(), Some("wireguard"));
-                nl.link_del(link.index).await.expect("delete wireguard link");
+                nl.link_del(link.index)
+                    .await
+                    .expect("delete wireguard link");
             }
             Err(err) => {
                 assert!(err.is_unsupported(), "expected EOPNOTSUPP, got: {err}");
-                assert!(err.to_string().starts_with("creating link wg-test of kind wireguard"), "{err}");
+                assert!(
+                    err.to_string()
+                        .starts_with("creating link wg-test of kind wireguard"),
+                    "{err}"
+                );
                 assert_eq!(nl.link_get("wg-test").await.expect("get"), None);
             }
         }
