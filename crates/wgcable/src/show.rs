@@ -22,7 +22,7 @@ pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
     let metrics = String::from_utf8_lossy(&get(url, "/metrics").await?).into_owned();
     let rx = per_cluster(&metrics, "submariner_gateway_rx_bytes");
     let tx = per_cluster(&metrics, "submariner_gateway_tx_bytes");
-    let hs = per_cluster(&metrics, "wgcable_connection_last_handshake_seconds");
+    let hs = per_cluster(&metrics, wgcable_metrics::names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS);
     let mut rows = vec![[
         "CLUSTER", "GATEWAY", "ENDPOINT IP", "NAT", "CABLE DRIVER", "SUBNETS", "STATUS", "LAST HANDSHAKE", "RX/TX",
     ]
