@@ -82,7 +82,7 @@ pub fn run(args: &[String]) -> Result<()> {
             Err(e) => {
                 failed += 1;
                 println!("FAIL {name}: {e:#}");
-                if mesh_up || name == "full-mesh" {
+                if !interrupt::interrupted() && (mesh_up || name == "full-mesh") {
                     topo.print_log_tails(25);
                 }
             }

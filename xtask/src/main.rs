@@ -28,6 +28,11 @@ tasks:
   demo [--clusters N]   start 2 or 3 connected clusters and show them (root)";
 
 fn main() -> Result<()> {
+    // Errors here are for people: the chain of contexts says what failed, a backtrace of
+    // xtask itself (which RUST_BACKTRACE=1 would add to every error) does not help.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
         println!("{USAGE}");

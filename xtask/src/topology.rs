@@ -617,7 +617,22 @@ pub fn cargo() -> Command {
 
 /// Builds the gateway binary and returns its path. A debug build: its dependencies are the
 /// ones `cargo test` already built, so CI compiles one crate more, not a release tree.
+/// `XTASK_WGCABLE=/path/to/wgcable` skips the build and runs that binary instead (a release
+/// build, or an older one to compare with).
 pub fn build_gateway() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("XTASK_WGCABLE") {
+        let bin = PathBuf::from(bin);
+        ensure!(
+            bin.is_file(),
+            "XTASK_WGCABLE={} is not a file",
+            bin.display()
+        );
+        eprintln!(
+            "xtask: using the gateway binary {} (XTASK_WGCABLE)",
+            bin.display()
+        );
+        return Ok(bin);
+    }
     let mut c = cargo();
     c.args(["build", "--package", "wgcable", "--bin", "wgcable"]);
     cmd::run(&mut c)?;

@@ -177,6 +177,14 @@ pub trait WgDevice: Send + Sync {
     async fn delete(&self, name: &str) -> Result<(), Error>;
 }
 
+// So that holders of a `Box<dyn WgDevice>` can derive Debug. Opaque on purpose: calling into
+// the device (even `kind`) from a Debug impl would surprise a mock.
+impl fmt::Debug for dyn WgDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WgDevice { .. }")
+    }
+}
+
 /// Checks a device name against the kernel's rules for interface names, so a bad name fails
 /// with a clear message before any process or socket is involved (and never builds a path
 /// outside the socket directory).
@@ -219,7 +227,9 @@ mod tests {
             assert_eq!(text.parse::<BackendPreference>(), Ok(pref), "{text}");
         }
         assert_eq!(BackendPreference::Userspace.to_string(), "userspace");
-        let err = "wg".parse::<BackendPreference>().expect_err("not a backend");
+        let err = "wg"
+            .parse::<BackendPreference>()
+            .expect_err("not a backend");
         assert!(err.to_string().contains("auto, kernel, userspace"), "{err}");
         assert_eq!(BackendKind::Kernel.to_string(), "kernel");
         assert_eq!(BackendKind::Userspace.to_string(), "userspace");
@@ -230,9 +240,22 @@ mod tests {
         for good in ["submariner", "wg0", "a", "exactly15bytes_"] {
             assert!(validate_device_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "sixteen_bytes_xx", ".", "..", "a/b", "../x", "a:b", "a b", "a\nb"] {
+        for bad in [
+            "",
+            "sixteen_bytes_xx",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a:b",
+            "a b",
+            "a\nb",
+        ] {
             let err = validate_device_name(bad).expect_err(bad);
-            assert!(err.to_string().contains("invalid WireGuard device name"), "{err}");
+            assert!(
+                err.to_string().contains("invalid WireGuard device name"),
+                "{err}"
+            );
         }
     }
 }

@@ -30,7 +30,7 @@ pub enum Error {
         /// Why the userspace implementation cannot be used.
         userspace: String,
         #[source]
-        kernel: wgcable_netlink::Error,
+        kernel: Box<wgcable_netlink::Error>,
     },
 
     #[error(
@@ -41,7 +41,7 @@ pub enum Error {
     KernelUnsupported {
         device: String,
         #[source]
-        source: wgcable_netlink::Error,
+        source: Box<wgcable_netlink::Error>,
     },
 
     #[error(
@@ -55,7 +55,7 @@ pub enum Error {
         device: String,
         op: &'static str,
         #[source]
-        source: wgcable_netlink::Error,
+        source: Box<wgcable_netlink::Error>,
     },
 
     #[error("{op} WireGuard device {device} over generic netlink")]
@@ -124,6 +124,15 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error(
+        "the control socket {} of WireGuard device {device} is served by a process in another \
+         network namespace (the socket directory is per mount namespace, not per network \
+         namespace); refusing to configure someone else's device: run each gateway in a mount \
+         namespace of its own or give the devices distinct names",
+        socket.display()
+    )]
+    ForeignSocket { device: String, socket: PathBuf },
+
     #[error("WireGuard device {device} rejected the configuration (errno {errno})")]
     UapiRejected {
         device: String,
@@ -186,7 +195,9 @@ impl Error {
     pub fn is_no_backend(&self) -> bool {
         matches!(
             self,
-            Error::NoBackend { .. } | Error::KernelUnsupported { .. } | Error::UserspaceNotFound { .. }
+            Error::NoBackend { .. }
+                | Error::KernelUnsupported { .. }
+                | Error::UserspaceNotFound { .. }
         )
     }
 }

@@ -16,26 +16,26 @@ use wgcable_netlink::{Link, LinkKind, Netlink};
 use wireguard_control as wgc;
 
 use crate::device::{
-    validate_device_name, BackendKind, DeviceStatus, DeviceUpdate, PeerChange, PeerConfig, PeerStatus,
-    WgDevice,
+    validate_device_name, BackendKind, DeviceStatus, DeviceUpdate, PeerChange, PeerConfig,
+    PeerStatus, WgDevice,
 };
 use crate::Error;
 
 /// A WireGuard device in the kernel.
-pub struct KernelDevice<N: Netlink> {
+pub struct KernelDevice<N: Netlink + ?Sized> {
     netlink: Arc<N>,
     /// A link [`crate::select_backend`] created while probing for kernel support, so that the
     /// first `ensure` still reports it as created.
     probed: Mutex<Option<String>>,
 }
 
-impl<N: Netlink> std::fmt::Debug for KernelDevice<N> {
+impl<N: Netlink + ?Sized> std::fmt::Debug for KernelDevice<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KernelDevice").finish_non_exhaustive()
     }
 }
 
-impl<N: Netlink> KernelDevice<N> {
+impl<N: Netlink + ?Sized> KernelDevice<N> {
     pub fn new(netlink: Arc<N>) -> Self {
         Self {
             netlink,
@@ -59,16 +59,22 @@ impl<N: Netlink> KernelDevice<N> {
 
     /// The link `name` if it exists; an error if it exists but is not a WireGuard device.
     async fn wireguard_link(&self, name: &str) -> Result<Option<Link>, Error> {
-        let link = self.netlink.link_get(name).await.map_err(|source| Error::Netlink {
-            device: name.to_owned(),
-            op: "looking up",
-            source,
-        })?;
-        match link {
-            Some(link) if link.kind.as_deref() != Some(LinkKind::Wireguard.as_str()) => Err(Error::WrongLinkKind {
+        let link = self
+            .netlink
+            .link_get(name)
+            .await
+            .map_err(|source| Error::Netlink {
                 device: name.to_owned(),
-                kind: link.kind.unwrap_or_else(|| "no kind".to_owned()),
-            }),
+                op: "looking up",
+                source: Box::new(source),
+            })?;
+        match link {
+            Some(link) if link.kind.as_deref() != Some(LinkKind::Wireguard.as_str()) => {
+                Err(Error::WrongLinkKind {
+                    device: name.to_owned(),
+                    kind: link.kind.unwrap_or_else(|| "no kind".to_owned()),
+                })
+            }
             other => Ok(other),
         }
     }
@@ -95,7 +101,10 @@ fn wgc_peer(config: &PeerConfig) -> wgc::PeerConfigBuilder {
     let mut peer = wgc::PeerConfigBuilder::new(&wgc::Key(*config.public_key.as_bytes()));
     // As over UAPI: every field is set, an all-zero PSK and keepalive 0 meaning "none".
     peer = peer.set_preshared_key(wgc::Key(
-        config.preshared_key.as_ref().map_or([0u8; 32], |psk| *psk.as_bytes()),
+        config
+            .preshared_key
+            .as_ref()
+            .map_or([0u8; 32], |psk| *psk.as_bytes()),
     ));
     if let Some(endpoint) = config.endpoint {
         peer = peer.set_endpoint(endpoint);
@@ -142,7 +151,8 @@ pub(crate) fn from_wgc_peer(info: wgc::PeerInfo) -> Result<PeerStatus, String> {
         .allowed_ips
         .iter()
         .map(|ip| {
-            IpNet::new(ip.address, ip.cidr).map_err(|_| format!("allowed IP {}/{}", ip.address, ip.cidr))
+            IpNet::new(ip.address, ip.cidr)
+                .map_err(|_| format!("allowed IP {}/{}", ip.address, ip.cidr))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PeerStatus {
@@ -150,7 +160,10 @@ pub(crate) fn from_wgc_peer(info: wgc::PeerInfo) -> Result<PeerStatus, String> {
             public_key: PublicKey::from_bytes(info.config.public_key.0),
             endpoint: info.config.endpoint,
             allowed_ips,
-            persistent_keepalive: info.config.persistent_keepalive_interval.filter(|&s| s != 0),
+            persistent_keepalive: info
+                .config
+                .persistent_keepalive_interval
+                .filter(|&s| s != 0),
             // The kernel reports an unset PSK as all zeros.
             preshared_key: info
                 .config
@@ -198,7 +211,7 @@ where
 }
 
 #[async_trait]
-impl<N: Netlink + 'static> WgDevice for KernelDevice<N> {
+impl<N: Netlink + ?Sized + 'static> WgDevice for KernelDevice<N> {
     fn kind(&self) -> BackendKind {
         BackendKind::Kernel
     }
@@ -214,12 +227,12 @@ impl<N: Netlink + 'static> WgDevice for KernelDevice<N> {
             }),
             Err(source) if source.is_unsupported() => Err(Error::KernelUnsupported {
                 device: name.to_owned(),
-                source,
+                source: Box::new(source),
             }),
             Err(source) => Err(Error::Netlink {
                 device: name.to_owned(),
                 op: "creating WireGuard",
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -280,7 +293,7 @@ impl<N: Netlink + 'static> WgDevice for KernelDevice<N> {
             Err(source) => Err(Error::Netlink {
                 device: name.to_owned(),
                 op: "deleting WireGuard",
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -386,7 +399,10 @@ mod tests {
         info.config.preshared_key = Some(wgc::Key([0xAA; 32]));
         info.config.persistent_keepalive_interval = Some(10);
         let peer = from_wgc_peer(info.clone()).expect("converts");
-        assert_eq!(peer.config.preshared_key, Some(PresharedKey::from_bytes([0xAA; 32])));
+        assert_eq!(
+            peer.config.preshared_key,
+            Some(PresharedKey::from_bytes([0xAA; 32]))
+        );
         assert_eq!(peer.config.persistent_keepalive, Some(10));
         info.config.allowed_ips = vec![wgc::AllowedIp {
             address: "10.0.0.0".parse().expect("ip"),
@@ -400,7 +416,10 @@ mod tests {
         let nl = Arc::new(FakeNetlink::new());
         let device = KernelDevice::new(nl.clone());
         assert!(device.ensure("wg0").await.expect("created"));
-        assert_eq!(nl.link("wg0").and_then(|l| l.kind).as_deref(), Some("wireguard"));
+        assert_eq!(
+            nl.link("wg0").and_then(|l| l.kind).as_deref(),
+            Some("wireguard")
+        );
         assert!(!device.ensure("wg0").await.expect("reused"));
         assert_eq!(nl.calls(Method::LinkAdd), 1);
     }
@@ -411,7 +430,10 @@ mod tests {
         nl.link_add("wg0", &LinkKind::Dummy).await.expect("dummy");
         let device = KernelDevice::new(nl.clone());
         let err = device.ensure("wg0").await.expect_err("wrong kind");
-        assert!(matches!(err, Error::WrongLinkKind { ref kind, .. } if kind == "dummy"), "{err:?}");
+        assert!(
+            matches!(err, Error::WrongLinkKind { ref kind, .. } if kind == "dummy"),
+            "{err:?}"
+        );
         let err = device.delete("wg0").await.expect_err("not ours to delete");
         assert!(matches!(err, Error::WrongLinkKind { .. }), "{err:?}");
         assert!(nl.link("wg0").is_some());
@@ -421,17 +443,26 @@ mod tests {
     async fn ensure_without_kernel_support_says_what_to_do() {
         let nl = Arc::new(FakeNetlink::new());
         nl.set_wireguard_supported(false);
-        let err = KernelDevice::new(nl).ensure("wg0").await.expect_err("unsupported");
+        let err = KernelDevice::new(nl)
+            .ensure("wg0")
+            .await
+            .expect_err("unsupported");
         assert!(matches!(err, Error::KernelUnsupported { .. }), "{err:?}");
         let text = err.to_string();
-        assert!(text.contains("modprobe wireguard") && text.contains("wireguard-go"), "{text}");
+        assert!(
+            text.contains("modprobe wireguard") && text.contains("wireguard-go"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn other_netlink_failures_are_reported_as_such() {
         let nl = Arc::new(FakeNetlink::new());
         nl.fail_next(Method::LinkAdd, nix::errno::Errno::EPERM as i32);
-        let err = KernelDevice::new(nl).ensure("wg0").await.expect_err("eperm");
+        let err = KernelDevice::new(nl)
+            .ensure("wg0")
+            .await
+            .expect_err("eperm");
         assert!(matches!(err, Error::Netlink { .. }), "{err:?}");
     }
 
@@ -451,15 +482,24 @@ mod tests {
         let nl = Arc::new(FakeNetlink::new());
         let device = KernelDevice::new(nl.clone());
         assert_eq!(device.read("wg0").await.expect("read"), None);
-        let err = device.apply("wg0", &DeviceUpdate::default()).await.expect_err("absent");
+        let err = device
+            .apply("wg0", &DeviceUpdate::default())
+            .await
+            .expect_err("absent");
         assert!(err.is_no_device(), "{err:?}");
-        assert_eq!(nl.calls(Method::LinkAdd), 0, "apply never creates the device");
+        assert_eq!(
+            nl.calls(Method::LinkAdd),
+            0,
+            "apply never creates the device"
+        );
     }
 
     #[tokio::test]
     async fn a_probed_link_counts_as_created_once() {
         let nl = Arc::new(FakeNetlink::new());
-        nl.link_add("wg0", &LinkKind::Wireguard).await.expect("probe");
+        nl.link_add("wg0", &LinkKind::Wireguard)
+            .await
+            .expect("probe");
         let device = KernelDevice::new(nl);
         device.mark_created("wg0");
         assert!(device.ensure("wg0").await.expect("ensure"));

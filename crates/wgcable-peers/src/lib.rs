@@ -51,22 +51,29 @@ mod status;
 mod uapi;
 pub mod userspace;
 
-pub use device::{
-    BackendKind, BackendPreference, DeviceStatus, DeviceUpdate, ParseBackendError, PeerChange, PeerConfig,
-    PeerStatus, WgDevice,
-};
 #[cfg(any(test, feature = "testing"))]
 pub use device::MockWgDevice;
+pub use device::{
+    BackendKind, BackendPreference, DeviceStatus, DeviceUpdate, ParseBackendError, PeerChange,
+    PeerConfig, PeerStatus, WgDevice,
+};
 pub use error::Error;
 pub use kernel::KernelDevice;
-pub use plan::{desired_peers, plan, DesiredPeer, DesiredPeers, LocalPeerConfig, PeerError, PeerPlan, DEFAULT_LISTEN_PORT};
+pub use plan::{
+    desired_peers, plan, DesiredPeer, DesiredPeers, LocalPeerConfig, PeerError, PeerPlan,
+    DEFAULT_LISTEN_PORT,
+};
 pub use select::{select_backend, select_backend_with};
 pub use status::{judge, PeerTrack, HANDSHAKE_TIMEOUT, KEEPALIVE};
 pub use userspace::{UserspaceConfig, UserspaceDevice};
 
 /// Reads device `name`, plans the peer changes to reach `desired`, and applies them in one
 /// update if there are any. Returns the plan that was applied (empty: nothing was touched).
-pub async fn sync_peers(device: &dyn WgDevice, name: &str, desired: &[DesiredPeer]) -> Result<PeerPlan, Error> {
+pub async fn sync_peers(
+    device: &dyn WgDevice,
+    name: &str,
+    desired: &[DesiredPeer],
+) -> Result<PeerPlan, Error> {
     let observed = device.read(name).await?;
     let plan = plan(desired, observed.as_ref());
     if !plan.is_empty() {
@@ -144,7 +151,10 @@ mod tests {
         let want: Vec<DesiredPeer> = (0..10).map(desired).collect();
         let observed = status(&want);
         let mut device = MockWgDevice::new();
-        device.expect_read().times(1).returning(move |_| Ok(Some(observed.clone())));
+        device
+            .expect_read()
+            .times(1)
+            .returning(move |_| Ok(Some(observed.clone())));
         device.expect_apply().times(0);
         let plan = sync_peers(&device, "wg0", &want).await.expect("sync");
         assert!(plan.is_empty());
@@ -159,7 +169,9 @@ mod tests {
                 device: name.to_owned(),
             })
         });
-        let err = sync_peers(&device, "wg0", &[desired(1)]).await.expect_err("fails");
+        let err = sync_peers(&device, "wg0", &[desired(1)])
+            .await
+            .expect_err("fails");
         assert!(err.is_no_device());
     }
 }

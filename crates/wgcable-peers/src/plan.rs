@@ -118,7 +118,12 @@ pub fn desired_peers(local: &LocalPeerConfig, endpoints: &[NatEndpointInfo]) -> 
             Ok(peer) => {
                 keys.insert(peer.config.public_key, cluster_id.clone());
                 clusters.insert(cluster_id.clone(), info.endpoint.name().to_owned());
-                claimed.extend(peer.config.allowed_ips.iter().map(|net| (*net, cluster_id.clone())));
+                claimed.extend(
+                    peer.config
+                        .allowed_ips
+                        .iter()
+                        .map(|net| (*net, cluster_id.clone())),
+                );
                 out.peers.push(peer);
             }
             Err(e) => out.rejected.push((cluster_id, e)),
@@ -138,7 +143,11 @@ fn desired_peer(
     if info.endpoint.spec.cluster_id == local.cluster_id {
         return Err(PeerError::OwnCluster);
     }
-    let spec = info.endpoint.spec.validate().map_err(PeerError::InvalidEndpoint)?;
+    let spec = info
+        .endpoint
+        .spec
+        .validate()
+        .map_err(PeerError::InvalidEndpoint)?;
     if !spec.backend.is_empty() && spec.backend != BACKEND_WIREGUARD {
         return Err(PeerError::UnsupportedBackend(spec.backend));
     }
@@ -174,7 +183,8 @@ fn desired_peer(
                 local: *local,
             });
         }
-        if let Some((other, other_cluster)) = claimed.iter().find(|(net, _)| overlaps(subnet, net)) {
+        if let Some((other, other_cluster)) = claimed.iter().find(|(net, _)| overlaps(subnet, net))
+        {
             return Err(PeerError::OverlapsRemote {
                 subnet: *subnet,
                 other_cluster: other_cluster.clone(),
@@ -307,7 +317,10 @@ mod tests {
             public_key: key(100),
             listen_port: DEFAULT_LISTEN_PORT,
             preshared_key: psk(),
-            local_subnets: vec!["10.0.0.0/16".parse().expect("net"), "fd00::/64".parse().expect("net")],
+            local_subnets: vec![
+                "10.0.0.0/16".parse().expect("net"),
+                "fd00::/64".parse().expect("net"),
+            ],
             keepalive: 10,
         }
     }
@@ -337,8 +350,17 @@ mod tests {
     #[test]
     fn desired_peer_follows_submariner() {
         let mut with_port = endpoint("b", 2, &["10.2.0.0/16", "fd02::/64"], "2001:db8::2");
-        with_port.endpoint.spec.set_backend_config("udp-port", "51820");
-        let out = desired_peers(&local(), &[endpoint("a", 1, &["10.1.0.0/16"], "198.51.100.1"), with_port]);
+        with_port
+            .endpoint
+            .spec
+            .set_backend_config("udp-port", "51820");
+        let out = desired_peers(
+            &local(),
+            &[
+                endpoint("a", 1, &["10.1.0.0/16"], "198.51.100.1"),
+                with_port,
+            ],
+        );
         assert!(out.rejected.is_empty(), "{:?}", out.rejected);
         assert_eq!(
             out.peers,
@@ -400,7 +422,12 @@ mod tests {
             ipsec,
             endpoint("hijack-local", 10, &["10.0.128.0/17"], "198.51.100.10"),
             endpoint("hijack-v6", 11, &["fd00::/48"], "198.51.100.11"),
-            endpoint("hijack-remote", 12, &["10.20.0.0/16", "10.1.2.0/24"], "198.51.100.12"),
+            endpoint(
+                "hijack-remote",
+                12,
+                &["10.20.0.0/16", "10.1.2.0/24"],
+                "198.51.100.12",
+            ),
             endpoint("b", 13, &["10.13.0.0/16"], "198.51.100.13"),
         ];
         let out = desired_peers(&local(), &endpoints);
@@ -423,7 +450,10 @@ mod tests {
                     other_endpoint: endpoints[0].endpoint.name().to_owned(),
                 },
             ),
-            ("badip", PeerError::InvalidUseIp("gateway.example".to_owned())),
+            (
+                "badip",
+                PeerError::InvalidUseIp("gateway.example".to_owned()),
+            ),
             ("anyip", PeerError::InvalidUseIp("0.0.0.0".to_owned())),
         ];
         for (i, (cluster, err)) in expected.iter().enumerate() {
@@ -438,7 +468,13 @@ mod tests {
         assert_eq!(rest[0].0, "invalid");
         assert!(matches!(out.rejected[6].1, PeerError::InvalidEndpoint(_)));
         assert_eq!(rest[1], ("nokey", PeerError::MissingPublicKey.to_string()));
-        assert_eq!(rest[2], ("ipsec", PeerError::UnsupportedBackend("libreswan".to_owned()).to_string()));
+        assert_eq!(
+            rest[2],
+            (
+                "ipsec",
+                PeerError::UnsupportedBackend("libreswan".to_owned()).to_string()
+            )
+        );
         assert_eq!(
             out.rejected[9].1,
             PeerError::OverlapsLocal {
@@ -461,7 +497,11 @@ mod tests {
                 other: net("10.1.0.0/16")
             }
         );
-        assert!(rest[5].1.contains("cluster a, which claimed it first"), "{}", rest[5].1);
+        assert!(
+            rest[5].1.contains("cluster a, which claimed it first"),
+            "{}",
+            rest[5].1
+        );
     }
 
     #[test]
@@ -482,7 +522,10 @@ mod tests {
             config: PeerConfig {
                 public_key: key(n),
                 endpoint: Some(SocketAddr::new(IpAddr::from([198, 51, 100, n]), 4500)),
-                allowed_ips: vec![net(&format!("10.{n}.0.0/16")), net(&format!("fd{n:02x}::/64"))],
+                allowed_ips: vec![
+                    net(&format!("10.{n}.0.0/16")),
+                    net(&format!("fd{n:02x}::/64")),
+                ],
                 persistent_keepalive: Some(10),
                 preshared_key: Some(psk()),
             },
@@ -633,7 +676,10 @@ mod tests {
         }
         have.extend((101..151u8).map(|n| desired(n).config));
         let p = plan(&want, Some(&device(have)));
-        assert_eq!((p.add.len(), p.update.len(), p.remove.len()), (300, 300, 50));
+        assert_eq!(
+            (p.add.len(), p.update.len(), p.remove.len()),
+            (300, 300, 50)
+        );
         let update = p.to_update();
         assert_eq!(update.peers.len(), p.len());
         assert_eq!(update.peers.len(), 650);

@@ -11,7 +11,7 @@ use crate::Error;
 
 /// The backend for `device_name`, with the userspace implementation from the environment
 /// ([`UserspaceConfig::from_env`]). See [`select_backend_with`].
-pub async fn select_backend<N: Netlink + 'static>(
+pub async fn select_backend<N: Netlink + ?Sized + 'static>(
     pref: BackendPreference,
     netlink: Arc<N>,
     device_name: &str,
@@ -28,7 +28,7 @@ pub async fn select_backend<N: Netlink + 'static>(
 ///
 /// A kernel link created here stays (and the first [`WgDevice::ensure`] reports it as
 /// created), so probing costs nothing.
-pub async fn select_backend_with<N: Netlink + 'static>(
+pub async fn select_backend_with<N: Netlink + ?Sized + 'static>(
     pref: BackendPreference,
     netlink: Arc<N>,
     device_name: &str,
@@ -52,11 +52,14 @@ pub async fn select_backend_with<N: Netlink + 'static>(
 }
 
 async fn link_get<N: Netlink + ?Sized>(netlink: &N, device: &str) -> Result<Option<Link>, Error> {
-    netlink.link_get(device).await.map_err(|source| Error::Netlink {
-        device: device.to_owned(),
-        op: "looking up",
-        source,
-    })
+    netlink
+        .link_get(device)
+        .await
+        .map_err(|source| Error::Netlink {
+            device: device.to_owned(),
+            op: "looking up",
+            source: Box::new(source),
+        })
 }
 
 /// A live control socket whose device has no link here is served from another network
@@ -70,33 +73,33 @@ async fn check_same_netns<N: Netlink + ?Sized>(
     if link_get(netlink, device).await?.is_some() {
         return Ok(());
     }
-    Err(Error::Uapi {
+    Err(Error::ForeignSocket {
         device: device.to_owned(),
-        op: "refusing to use",
         socket: userspace.config().socket_path(device),
-        source: std::io::Error::other(
-            "it is served by a process in another network namespace (the socket directory is \
-             shared per mount namespace, not per network namespace); run each gateway in a \
-             mount namespace of its own or give the devices distinct names",
-        ),
     })
 }
 
-async fn select_auto<N: Netlink + 'static>(
+async fn select_auto<N: Netlink + ?Sized + 'static>(
     netlink: Arc<N>,
     device: &str,
     userspace: UserspaceDevice,
 ) -> Result<Box<dyn WgDevice>, Error> {
     if userspace.is_live(device).await? {
         check_same_netns(&*netlink, device, &userspace).await?;
-        tracing::info!(device, "WireGuard backend: userspace (its process is already running)");
+        tracing::info!(
+            device,
+            "WireGuard backend: userspace (its process is already running)"
+        );
         return Ok(Box::new(userspace));
     }
     let kernel = KernelDevice::new(netlink.clone());
     let existing = link_get(&*netlink, device).await?;
     if let Some(link) = existing {
         return if link.kind.as_deref() == Some(LinkKind::Wireguard.as_str()) {
-            tracing::info!(device, "WireGuard backend: kernel (the device already exists)");
+            tracing::info!(
+                device,
+                "WireGuard backend: kernel (the device already exists)"
+            );
             Ok(Box::new(kernel))
         } else {
             Err(Error::WrongLinkKind {
@@ -113,7 +116,9 @@ async fn select_auto<N: Netlink + 'static>(
         }
         // Created by someone else in between: decide again on what is there now.
         Err(e) if e.is_exists() => match link_get(&*netlink, device).await? {
-            Some(link) if link.kind.as_deref() == Some(LinkKind::Wireguard.as_str()) => Ok(Box::new(kernel)),
+            Some(link) if link.kind.as_deref() == Some(LinkKind::Wireguard.as_str()) => {
+                Ok(Box::new(kernel))
+            }
             Some(link) => Err(Error::WrongLinkKind {
                 device: device.to_owned(),
                 kind: link.kind.unwrap_or_else(|| "no kind".to_owned()),
@@ -121,7 +126,7 @@ async fn select_auto<N: Netlink + 'static>(
             None => Err(Error::Netlink {
                 device: device.to_owned(),
                 op: "creating WireGuard",
-                source: e,
+                source: Box::new(e),
             }),
         },
         Err(kernel_err) if kernel_err.is_unsupported() => {
@@ -143,7 +148,7 @@ async fn select_auto<N: Netlink + 'static>(
                     userspace: format!(
                         "the userspace implementation {implementation:?} was not found{searched}"
                     ),
-                    kernel: kernel_err,
+                    kernel: Box::new(kernel_err),
                 }),
                 Err(other) => Err(other),
             }
@@ -151,7 +156,7 @@ async fn select_auto<N: Netlink + 'static>(
         Err(source) => Err(Error::Netlink {
             device: device.to_owned(),
             op: "creating WireGuard",
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -186,12 +191,23 @@ mod tests {
     async fn auto_uses_the_kernel_when_it_can_create_the_link() {
         let dir = tempfile::tempdir().expect("tempdir");
         let nl = Arc::new(FakeNetlink::new());
-        let device = select_backend_with(BackendPreference::Auto, nl.clone(), "wg0", userspace(dir.path(), false))
-            .await
-            .expect("kernel");
+        let device = select_backend_with(
+            BackendPreference::Auto,
+            nl.clone(),
+            "wg0",
+            userspace(dir.path(), false),
+        )
+        .await
+        .expect("kernel");
         assert_eq!(device.kind(), BackendKind::Kernel);
-        assert_eq!(nl.link("wg0").and_then(|l| l.kind).as_deref(), Some("wireguard"));
-        assert!(device.ensure("wg0").await.expect("ensure"), "the probe's link counts as created");
+        assert_eq!(
+            nl.link("wg0").and_then(|l| l.kind).as_deref(),
+            Some("wireguard")
+        );
+        assert!(
+            device.ensure("wg0").await.expect("ensure"),
+            "the probe's link counts as created"
+        );
         assert_eq!(nl.calls(Method::LinkAdd), 1);
     }
 
@@ -200,9 +216,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let nl = Arc::new(FakeNetlink::new());
         nl.set_wireguard_supported(false);
-        let device = select_backend_with(BackendPreference::Auto, nl.clone(), "wg0", userspace(dir.path(), true))
-            .await
-            .expect("userspace");
+        let device = select_backend_with(
+            BackendPreference::Auto,
+            nl.clone(),
+            "wg0",
+            userspace(dir.path(), true),
+        )
+        .await
+        .expect("userspace");
         assert_eq!(device.kind(), BackendKind::Userspace);
         assert!(nl.link("wg0").is_none());
     }
@@ -212,9 +233,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let nl = Arc::new(FakeNetlink::new());
         nl.set_wireguard_supported(false);
-        let err = select_backend_with(BackendPreference::Auto, nl, "wg0", userspace(dir.path(), false))
-            .await
-            .expect_err("no backend");
+        let err = select_backend_with(
+            BackendPreference::Auto,
+            nl,
+            "wg0",
+            userspace(dir.path(), false),
+        )
+        .await
+        .expect_err("no backend");
         assert!(matches!(err, Error::NoBackend { .. }), "{err:?}");
         assert!(err.is_no_backend());
         let text = err.to_string();
@@ -233,10 +259,17 @@ mod tests {
     async fn auto_keeps_an_existing_kernel_device() {
         let dir = tempfile::tempdir().expect("tempdir");
         let nl = Arc::new(FakeNetlink::new());
-        nl.link_add("wg0", &LinkKind::Wireguard).await.expect("link");
-        let device = select_backend_with(BackendPreference::Auto, nl.clone(), "wg0", userspace(dir.path(), true))
+        nl.link_add("wg0", &LinkKind::Wireguard)
             .await
-            .expect("kernel");
+            .expect("link");
+        let device = select_backend_with(
+            BackendPreference::Auto,
+            nl.clone(),
+            "wg0",
+            userspace(dir.path(), true),
+        )
+        .await
+        .expect("kernel");
         assert_eq!(device.kind(), BackendKind::Kernel);
         assert_eq!(nl.calls(Method::LinkAdd), 1, "no second link_add");
         assert!(!device.ensure("wg0").await.expect("ensure"));
@@ -247,9 +280,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let nl = Arc::new(FakeNetlink::new());
         nl.link_add("wg0", &LinkKind::Dummy).await.expect("link");
-        let err = select_backend_with(BackendPreference::Auto, nl, "wg0", userspace(dir.path(), true))
-            .await
-            .expect_err("foreign");
+        let err = select_backend_with(
+            BackendPreference::Auto,
+            nl,
+            "wg0",
+            userspace(dir.path(), true),
+        )
+        .await
+        .expect_err("foreign");
         assert!(matches!(err, Error::WrongLinkKind { .. }), "{err:?}");
     }
 
@@ -258,21 +296,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = userspace(dir.path(), false);
         fs::create_dir_all(&config.run_dir).expect("mkdir");
-        let _listener = std::os::unix::net::UnixListener::bind(config.socket_path("wg0")).expect("bind");
+        let _listener =
+            std::os::unix::net::UnixListener::bind(config.socket_path("wg0")).expect("bind");
         let nl = Arc::new(FakeNetlink::new());
 
         // The socket is live but its TUN link is not in our (fake) namespace.
         let err = select_backend_with(BackendPreference::Auto, nl.clone(), "wg0", config.clone())
             .await
             .expect_err("foreign namespace");
-        assert!(err.to_string().contains("another network namespace"), "{err}");
+        assert!(
+            err.to_string().contains("another network namespace"),
+            "{err}"
+        );
 
-        nl.link_add("wg0", &LinkKind::Other("tun".to_owned())).await.expect("tun");
+        nl.link_add("wg0", &LinkKind::Other("tun".to_owned()))
+            .await
+            .expect("tun");
         let device = select_backend_with(BackendPreference::Auto, nl.clone(), "wg0", config)
             .await
             .expect("userspace");
         assert_eq!(device.kind(), BackendKind::Userspace);
-        assert!(!device.ensure("wg0").await.expect("live"), "a live device is reused");
+        assert!(
+            !device.ensure("wg0").await.expect("live"),
+            "a live device is reused"
+        );
         assert_eq!(nl.calls(Method::LinkAdd), 1, "the kernel was never probed");
     }
 
@@ -281,20 +328,35 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let nl = Arc::new(FakeNetlink::new());
         nl.set_wireguard_supported(false);
-        let device = select_backend_with(BackendPreference::Kernel, nl.clone(), "wg0", userspace(dir.path(), false))
-            .await
-            .expect("kernel is not probed");
+        let device = select_backend_with(
+            BackendPreference::Kernel,
+            nl.clone(),
+            "wg0",
+            userspace(dir.path(), false),
+        )
+        .await
+        .expect("kernel is not probed");
         assert_eq!(device.kind(), BackendKind::Kernel);
         let err = device.ensure("wg0").await.expect_err("unsupported");
         assert!(err.to_string().contains("modprobe wireguard"), "{err}");
 
-        let err = select_backend_with(BackendPreference::Userspace, nl.clone(), "wg0", userspace(dir.path(), false))
-            .await
-            .expect_err("missing implementation");
+        let err = select_backend_with(
+            BackendPreference::Userspace,
+            nl.clone(),
+            "wg0",
+            userspace(dir.path(), false),
+        )
+        .await
+        .expect_err("missing implementation");
         assert!(matches!(err, Error::UserspaceNotFound { .. }), "{err:?}");
-        let device = select_backend_with(BackendPreference::Userspace, nl, "wg0", userspace(dir.path(), true))
-            .await
-            .expect("userspace");
+        let device = select_backend_with(
+            BackendPreference::Userspace,
+            nl,
+            "wg0",
+            userspace(dir.path(), true),
+        )
+        .await
+        .expect("userspace");
         assert_eq!(device.kind(), BackendKind::Userspace);
     }
 
@@ -302,9 +364,14 @@ mod tests {
     async fn invalid_names_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let nl = Arc::new(FakeNetlink::new());
-        let err = select_backend_with(BackendPreference::Auto, nl.clone(), "far-too-long-device", userspace(dir.path(), true))
-            .await
-            .expect_err("invalid");
+        let err = select_backend_with(
+            BackendPreference::Auto,
+            nl.clone(),
+            "far-too-long-device",
+            userspace(dir.path(), true),
+        )
+        .await
+        .expect_err("invalid");
         assert!(matches!(err, Error::InvalidDeviceName { .. }), "{err:?}");
         assert_eq!(nl.calls(Method::LinkAdd), 0);
     }

@@ -166,7 +166,13 @@ mod tests {
         }
     }
 
-    fn track(status: ConnectionStatus, checked: u64, rx: u64, tx: u64, established: Option<u64>) -> PeerTrack {
+    fn track(
+        status: ConnectionStatus,
+        checked: u64,
+        rx: u64,
+        tx: u64,
+        established: Option<u64>,
+    ) -> PeerTrack {
         PeerTrack {
             first_seen: t(0),
             last_checked: t(checked),
@@ -377,7 +383,11 @@ mod tests {
                 "{}",
                 case.name
             );
-            let first_seen = if case.prev.is_some() { t(0) } else { t(case.now) };
+            let first_seen = if case.prev.is_some() {
+                t(0)
+            } else {
+                t(case.now)
+            };
             assert_eq!(got.first_seen, first_seen, "{}", case.name);
         }
     }

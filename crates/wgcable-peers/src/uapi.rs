@@ -175,7 +175,10 @@ pub(crate) fn decode_get(device: &str, reply: &str) -> Result<DeviceStatus, Erro
     let mut saw_errno = false;
 
     // Closes the current peer: its handshake time is only complete once both halves are read.
-    let finish = |peer: &mut Option<PeerStatus>, sec: &mut u64, nsec: &mut u32, out: &mut Vec<PeerStatus>| {
+    let finish = |peer: &mut Option<PeerStatus>,
+                  sec: &mut u64,
+                  nsec: &mut u32,
+                  out: &mut Vec<PeerStatus>| {
         if let Some(mut p) = peer.take() {
             // Time 0 means "never" in the protocol (the kernel reports it the same way).
             p.last_handshake = (*sec != 0 || *nsec != 0)
@@ -197,19 +200,27 @@ pub(crate) fn decode_get(device: &str, reply: &str) -> Result<DeviceStatus, Erro
         let secret_bad = |what: &str| bad(format!("malformed {what}"));
         match key {
             "private_key" => {
-                let bytes = Zeroizing::new(parse_hex(value).ok_or_else(|| secret_bad("private_key"))?);
+                let bytes =
+                    Zeroizing::new(parse_hex(value).ok_or_else(|| secret_bad("private_key"))?);
                 // All zeros means no key is configured.
                 if *bytes != [0u8; 32] {
                     status.public_key = Some(PrivateKey::from_bytes(*bytes).public_key());
                 }
             }
             "listen_port" => {
-                let port: u16 = value.parse().map_err(|_| bad(format!("listen_port {value:?}")))?;
+                let port: u16 = value
+                    .parse()
+                    .map_err(|_| bad(format!("listen_port {value:?}")))?;
                 status.listen_port = (port != 0).then_some(port);
             }
             "fwmark" | "protocol_version" => {}
             "public_key" => {
-                finish(&mut peer, &mut handshake_sec, &mut handshake_nsec, &mut status.peers);
+                finish(
+                    &mut peer,
+                    &mut handshake_sec,
+                    &mut handshake_nsec,
+                    &mut status.peers,
+                );
                 let bytes = parse_hex(value).ok_or_else(|| bad(format!("public_key {value:?}")))?;
                 peer = Some(PeerStatus {
                     config: PeerConfig {
@@ -225,7 +236,12 @@ pub(crate) fn decode_get(device: &str, reply: &str) -> Result<DeviceStatus, Erro
                 });
             }
             "errno" => {
-                finish(&mut peer, &mut handshake_sec, &mut handshake_nsec, &mut status.peers);
+                finish(
+                    &mut peer,
+                    &mut handshake_sec,
+                    &mut handshake_nsec,
+                    &mut status.peers,
+                );
                 check_errno(device, value)?;
                 saw_errno = true;
             }
@@ -238,13 +254,16 @@ pub(crate) fn decode_get(device: &str, reply: &str) -> Result<DeviceStatus, Erro
                 };
                 match key {
                     "preshared_key" => {
-                        let bytes = Zeroizing::new(parse_hex(value).ok_or_else(|| secret_bad("preshared_key"))?);
+                        let bytes = Zeroizing::new(
+                            parse_hex(value).ok_or_else(|| secret_bad("preshared_key"))?,
+                        );
                         p.config.preshared_key =
                             (*bytes != [0u8; 32]).then(|| PresharedKey::from_bytes(*bytes));
                     }
                     "endpoint" => {
-                        let addr: SocketAddr =
-                            value.parse().map_err(|_| bad(format!("endpoint {value:?}")))?;
+                        let addr: SocketAddr = value
+                            .parse()
+                            .map_err(|_| bad(format!("endpoint {value:?}")))?;
                         p.config.endpoint = Some(addr);
                     }
                     "persistent_keepalive_interval" => {
@@ -254,7 +273,9 @@ pub(crate) fn decode_get(device: &str, reply: &str) -> Result<DeviceStatus, Erro
                         p.config.persistent_keepalive = (secs != 0).then_some(secs);
                     }
                     "allowed_ip" => {
-                        let net: IpNet = value.parse().map_err(|_| bad(format!("allowed_ip {value:?}")))?;
+                        let net: IpNet = value
+                            .parse()
+                            .map_err(|_| bad(format!("allowed_ip {value:?}")))?;
                         p.config.allowed_ips.push(net);
                     }
                     "last_handshake_time_sec" => {
@@ -269,10 +290,14 @@ pub(crate) fn decode_get(device: &str, reply: &str) -> Result<DeviceStatus, Erro
                         handshake_nsec = nsec.min(999_999_999);
                     }
                     "rx_bytes" => {
-                        p.rx_bytes = value.parse().map_err(|_| bad(format!("rx_bytes {value:?}")))?;
+                        p.rx_bytes = value
+                            .parse()
+                            .map_err(|_| bad(format!("rx_bytes {value:?}")))?;
                     }
                     "tx_bytes" => {
-                        p.tx_bytes = value.parse().map_err(|_| bad(format!("tx_bytes {value:?}")))?;
+                        p.tx_bytes = value
+                            .parse()
+                            .map_err(|_| bad(format!("tx_bytes {value:?}")))?;
                     }
                     _ => tracing::debug!(device, key, "ignoring unknown peer key from UAPI"),
                 }
@@ -328,7 +353,11 @@ pub(crate) fn probe(device: &str, socket: &Path) -> Result<Liveness, Error> {
 }
 
 /// Sends one request and reads the reply up to its terminating empty line (blocking).
-fn exchange(device: &str, socket: &Path, request: &[u8]) -> Result<Option<Zeroizing<String>>, Error> {
+fn exchange(
+    device: &str,
+    socket: &Path,
+    request: &[u8],
+) -> Result<Option<Zeroizing<String>>, Error> {
     let io_err = |op: &'static str| {
         move |source: io::Error| Error::Uapi {
             device: device.to_owned(),
@@ -347,7 +376,9 @@ fn exchange(device: &str, socket: &Path, request: &[u8]) -> Result<Option<Zeroiz
     let mut reply = Zeroizing::new(String::new());
     loop {
         let start = reply.len();
-        let n = reader.read_line(&mut reply).map_err(io_err("reading from"))?;
+        let n = reader
+            .read_line(&mut reply)
+            .map_err(io_err("reading from"))?;
         if n == 0 {
             return Err(Error::UapiProtocol {
                 device: device.to_owned(),
@@ -421,7 +452,10 @@ mod tests {
     fn config(n: u8) -> PeerConfig {
         PeerConfig {
             public_key: key(n),
-            endpoint: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, n)), 4500)),
+            endpoint: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, n)),
+                4500,
+            )),
             allowed_ips: vec![format!("10.{n}.0.0/16").parse().expect("net")],
             persistent_keepalive: Some(10),
             preshared_key: Some(PresharedKey::from_bytes([0xAA; 32])),
@@ -501,12 +535,21 @@ mod tests {
         assert_eq!(status.peers.len(), 2);
         let first = &status.peers[0];
         assert_eq!(first.config.public_key, key(1));
-        assert_eq!(first.config.preshared_key, Some(PresharedKey::from_bytes([0xAA; 32])));
-        assert_eq!(first.config.endpoint, Some("[2001:db8::1]:4501".parse().expect("addr")));
+        assert_eq!(
+            first.config.preshared_key,
+            Some(PresharedKey::from_bytes([0xAA; 32]))
+        );
+        assert_eq!(
+            first.config.endpoint,
+            Some("[2001:db8::1]:4501".parse().expect("addr"))
+        );
         assert_eq!(first.config.persistent_keepalive, Some(10));
         assert_eq!(
             first.config.allowed_ips,
-            vec!["10.1.0.0/16".parse::<IpNet>().expect("net"), "fd00::/64".parse().expect("net")]
+            vec![
+                "10.1.0.0/16".parse::<IpNet>().expect("net"),
+                "fd00::/64".parse().expect("net")
+            ]
         );
         assert_eq!(
             first.last_handshake,
@@ -515,8 +558,14 @@ mod tests {
         assert_eq!((first.rx_bytes, first.tx_bytes), (20, 10));
         let second = &status.peers[1];
         assert_eq!(second.config.public_key, key(2));
-        assert_eq!(second.config.preshared_key, None, "an all-zero PSK means none");
-        assert_eq!(second.config.persistent_keepalive, None, "keepalive 0 means off");
+        assert_eq!(
+            second.config.preshared_key, None,
+            "an all-zero PSK means none"
+        );
+        assert_eq!(
+            second.config.persistent_keepalive, None,
+            "keepalive 0 means off"
+        );
         assert_eq!(second.last_handshake, None, "handshake time 0 means never");
         assert_eq!(second.config.endpoint, None);
     }
@@ -533,13 +582,25 @@ mod tests {
     fn malformed_replies_are_errors_without_secrets() {
         let secret = "ab".repeat(31) + "zz";
         for (reply, expect) in [
-            (format!("private_key={secret}\nerrno=0\n"), "malformed private_key"),
-            (format!("public_key={}\npreshared_key={secret}\nerrno=0\n", hex(1)), "malformed preshared_key"),
+            (
+                format!("private_key={secret}\nerrno=0\n"),
+                "malformed private_key",
+            ),
+            (
+                format!("public_key={}\npreshared_key={secret}\nerrno=0\n", hex(1)),
+                "malformed preshared_key",
+            ),
             ("listen_port=4500\n".to_owned(), "without an errno"),
             ("garbage\nerrno=0\n".to_owned(), "without '='"),
             ("errno=abc\n".to_owned(), "not a number"),
-            (format!("public_key={}\nendpoint=nowhere\nerrno=0\n", hex(1)), "endpoint"),
-            (format!("public_key={}\nallowed_ip=10.0.0.0/33\nerrno=0\n", hex(1)), "allowed_ip"),
+            (
+                format!("public_key={}\nendpoint=nowhere\nerrno=0\n", hex(1)),
+                "endpoint",
+            ),
+            (
+                format!("public_key={}\nallowed_ip=10.0.0.0/33\nerrno=0\n", hex(1)),
+                "allowed_ip",
+            ),
             ("public_key=12\nerrno=0\n".to_owned(), "public_key"),
         ] {
             let err = decode_get("wg0", &reply).expect_err(&reply);

@@ -44,6 +44,8 @@ pub const DEFAULT_IMPLEMENTATION: &str = "wireguard-go";
 
 /// How often to look at a starting or stopping process.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long to wait for the first (daemonizing) process to exit once the socket is served.
+const FIRST_PROCESS_GRACE: Duration = Duration::from_secs(1);
 /// How much of a failed implementation's output to keep for the error.
 const MAX_OUTPUT: usize = 4096;
 
@@ -177,7 +179,10 @@ impl UserspaceDevice {
     }
 
     fn remove_files(&self, device: &str) -> Result<(), Error> {
-        for path in [self.config.socket_path(device), self.config.name_file(device)] {
+        for path in [
+            self.config.socket_path(device),
+            self.config.name_file(device),
+        ] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -249,8 +254,13 @@ impl UserspaceDevice {
                     socket = %socket.display(),
                     "userspace WireGuard is running"
                 );
-                // A foreground implementation keeps running after `child` is dropped (no
-                // kill_on_drop); tokio reaps it when it eventually exits.
+                if !first_process_done {
+                    // wireguard-go's first process exits right after handing over to the
+                    // daemon; reap it now rather than leave a zombie. A foreground
+                    // implementation keeps running after `child` is dropped (no kill_on_drop)
+                    // and tokio reaps it when it eventually exits.
+                    let _ = tokio::time::timeout(FIRST_PROCESS_GRACE, child.wait()).await;
+                }
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -271,7 +281,12 @@ impl UserspaceDevice {
     }
 
     /// Sends `signal` to every pid and waits until all are gone; false on timeout.
-    async fn signal_and_wait(&self, device: &str, pids: &[i32], signal: Signal) -> Result<bool, Error> {
+    async fn signal_and_wait(
+        &self,
+        device: &str,
+        pids: &[i32],
+        signal: Signal,
+    ) -> Result<bool, Error> {
         for &pid in pids {
             match kill(Pid::from_raw(pid), signal) {
                 Ok(()) | Err(Errno::ESRCH) => {}
@@ -358,7 +373,10 @@ fn same_socket(bound: &Path, socket: &Path) -> bool {
 
 /// The processes (other than us) holding the unix socket bound at `socket`.
 fn socket_owners(socket: &Path) -> io::Result<Vec<i32>> {
-    let table = fs::read_to_string("/proc/net/unix")?;
+    // `/proc/net` follows the process's main thread; `thread-self` follows the calling thread,
+    // which matters when that thread entered another network namespace.
+    let table = fs::read_to_string("/proc/thread-self/net/unix")
+        .or_else(|_| fs::read_to_string("/proc/net/unix"))?;
     let inodes = socket_inodes(&table, |bound| same_socket(bound, socket));
     if inodes.is_empty() {
         return Ok(Vec::new());
@@ -370,7 +388,11 @@ fn socket_owners(socket: &Path) -> io::Result<Vec<i32>> {
     let me = std::process::id();
     let mut owners = Vec::new();
     for entry in fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -430,7 +452,10 @@ impl WgDevice for UserspaceDevice {
         let socket = self.config.socket_path(name);
         let device = name.to_owned();
         let update = update.clone();
-        blocking(name, "configuring", move || uapi::set(&device, &socket, &update)).await
+        blocking(name, "configuring", move || {
+            uapi::set(&device, &socket, &update)
+        })
+        .await
     }
 
     async fn delete(&self, name: &str) -> Result<(), Error> {
@@ -456,7 +481,11 @@ impl WgDevice for UserspaceDevice {
             }
             tracing::info!(device = name, ?pids, "stopping userspace WireGuard");
             if !self.signal_and_wait(name, &pids, Signal::SIGTERM).await? {
-                tracing::warn!(device = name, ?pids, "userspace WireGuard ignored SIGTERM; sending SIGKILL");
+                tracing::warn!(
+                    device = name,
+                    ?pids,
+                    "userspace WireGuard ignored SIGTERM; sending SIGKILL"
+                );
                 if !self.signal_and_wait(name, &pids, Signal::SIGKILL).await? {
                     return Err(Error::StopTimeout {
                         device: name.to_owned(),
@@ -474,7 +503,6 @@ impl WgDevice for UserspaceDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let path = dir.join(name);
@@ -498,8 +526,14 @@ mod tests {
         fs::write(dir.path().join("not-exec"), "").expect("write");
         let path_var = std::env::join_paths([Path::new("/nonexistent"), dir.path()]).expect("PATH");
 
-        assert_eq!(resolve_executable(OsStr::new("wg-impl"), Some(&path_var)).expect("found"), exe);
-        assert_eq!(resolve_executable(exe.as_os_str(), None).expect("by path"), exe);
+        assert_eq!(
+            resolve_executable(OsStr::new("wg-impl"), Some(&path_var)).expect("found"),
+            exe
+        );
+        assert_eq!(
+            resolve_executable(exe.as_os_str(), None).expect("by path"),
+            exe
+        );
 
         for (implementation, path_var) in [
             (OsString::from("missing"), Some(path_var.clone())),
@@ -509,7 +543,8 @@ mod tests {
             (OsString::from("/nonexistent/wireguard-go"), None),
             (OsString::new(), Some(path_var.clone())),
         ] {
-            let err = resolve_executable(&implementation, path_var.as_deref()).expect_err("missing");
+            let err =
+                resolve_executable(&implementation, path_var.as_deref()).expect_err("missing");
             assert!(matches!(err, Error::UserspaceNotFound { .. }), "{err:?}");
             let text = err.to_string();
             assert!(text.contains("apt-get install wireguard-go"), "{text}");
@@ -537,15 +572,29 @@ mod tests {
         let real = dir.path().join("run");
         fs::create_dir(&real).expect("mkdir");
         std::os::unix::fs::symlink(&real, dir.path().join("varrun")).expect("symlink");
-        assert!(same_socket(&dir.path().join("varrun/wg0.sock"), &real.join("wg0.sock")));
-        assert!(!same_socket(&dir.path().join("varrun/wg1.sock"), &real.join("wg0.sock")));
-        assert!(same_socket(Path::new("/nonexistent/a.sock"), Path::new("/nonexistent/a.sock")));
-        assert!(!same_socket(Path::new("/nonexistent/a.sock"), Path::new("/elsewhere/a.sock")));
+        assert!(same_socket(
+            &dir.path().join("varrun/wg0.sock"),
+            &real.join("wg0.sock")
+        ));
+        assert!(!same_socket(
+            &dir.path().join("varrun/wg1.sock"),
+            &real.join("wg0.sock")
+        ));
+        assert!(same_socket(
+            Path::new("/nonexistent/a.sock"),
+            Path::new("/nonexistent/a.sock")
+        ));
+        assert!(!same_socket(
+            Path::new("/nonexistent/a.sock"),
+            Path::new("/elsewhere/a.sock")
+        ));
     }
 
     #[test]
     fn a_missing_process_is_gone() {
-        assert!(!process_gone(i32::try_from(std::process::id()).expect("pid")));
+        assert!(!process_gone(
+            i32::try_from(std::process::id()).expect("pid")
+        ));
         // Pid numbers above the kernel's maximum (2^22) are never used.
         assert!(process_gone(1 << 23));
     }
@@ -553,9 +602,15 @@ mod tests {
     #[test]
     fn output_is_flattened_and_bounded() {
         let mut file = tempfile::tempfile().expect("tempfile");
-        std::io::Write::write_all(&mut file, "┌──┐\n│ Failed to create TUN device: no such file │\n└──┘\n".as_bytes())
-            .expect("write");
-        assert_eq!(read_output(&mut file), "Failed to create TUN device: no such file");
+        std::io::Write::write_all(
+            &mut file,
+            "┌──┐\n│ Failed to create TUN device: no such file │\n└──┘\n".as_bytes(),
+        )
+        .expect("write");
+        assert_eq!(
+            read_output(&mut file),
+            "Failed to create TUN device: no such file"
+        );
         let mut big = tempfile::tempfile().expect("tempfile");
         std::io::Write::write_all(&mut big, "x ".repeat(10_000).as_bytes()).expect("write");
         assert!(read_output(&mut big).len() <= MAX_OUTPUT);
@@ -573,7 +628,10 @@ mod tests {
         let err = device.ensure("wgt0").await.expect_err("fails");
         assert!(matches!(err, Error::UserspaceExited { .. }), "{err:?}");
         let text = err.to_string();
-        assert!(text.contains("(wgt0) Failed to create TUN device: operation not permitted"), "{text}");
+        assert!(
+            text.contains("(wgt0) Failed to create TUN device: operation not permitted"),
+            "{text}"
+        );
         assert!(text.contains("exit status: 1"), "{text}");
     }
 
@@ -621,7 +679,11 @@ mod tests {
         // A socket whose listener is gone, as after a crash.
         drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
         let device = UserspaceDevice::new(config);
-        assert_eq!(device.read("wgt0").await.expect("read"), None, "a dead socket is no device");
+        assert_eq!(
+            device.read("wgt0").await.expect("read"),
+            None,
+            "a dead socket is no device"
+        );
         device.delete("wgt0").await.expect("delete");
         assert!(!socket.exists());
     }
