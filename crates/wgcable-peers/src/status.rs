@@ -113,6 +113,15 @@ pub fn judge(prev: Option<&PeerTrack>, peer: &PeerStatus, now: SystemTime) -> Pe
         return with_status(prev, ConnectionStatus::Connecting, message.to_owned());
     };
 
+    // A handshake stamped in the future (clock skew between reads) counts as fresh.
+    let since_handshake = now.duration_since(handshake).unwrap_or_default();
+    // Transmitted bytes alone prove nothing once the handshake is stale: a peer that is gone
+    // still makes us send handshake initiations. Received bytes are authenticated by WireGuard,
+    // so they do prove the peer is alive. (Upstream counts either, and so reports a dead peer
+    // as connected while it retries.)
+    let received = peer.rx_bytes > prev.rx_bytes;
+    let moved = if since_handshake > HANDSHAKE_TIMEOUT { received } else { moved };
+
     if moved {
         let mut track = rebased(prev, peer, now);
         track.status = ConnectionStatus::Connected;
@@ -121,8 +130,6 @@ pub fn judge(prev: Option<&PeerTrack>, peer: &PeerStatus, now: SystemTime) -> Pe
         return track;
     }
 
-    // A handshake stamped in the future (clock skew between reads) counts as fresh.
-    let since_handshake = now.duration_since(handshake).unwrap_or_default();
     if since_handshake > HANDSHAKE_TIMEOUT {
         return with_status(
             prev,
@@ -300,6 +307,26 @@ mod tests {
                 message: "no handshake for 131s",
                 established: None,
                 baseline: (100, 1000, 1000),
+            },
+            Case {
+                name: "stale handshake, only our retries sent: error, not connected",
+                prev: Some(track(Connected, 100, 1000, 1000, Some(4))),
+                peer: peer(Some(10), 1000, 1296),
+                now: 141,
+                status: Error,
+                message: "no handshake for 131s",
+                established: None,
+                baseline: (100, 1000, 1000),
+            },
+            Case {
+                name: "stale handshake but authenticated bytes received: connected",
+                prev: Some(track(Connected, 100, 1000, 1000, Some(4))),
+                peer: peer(Some(10), 1092, 1148),
+                now: 141,
+                status: Connected,
+                message: "Rx=1092 Bytes, Tx=1148 Bytes",
+                established: Some(4),
+                baseline: (141, 1092, 1148),
             },
             Case {
                 name: "no traffic within the grace period",
