@@ -82,13 +82,17 @@ impl FileBroker {
         metrics: Option<Arc<GatewayMetrics>>,
     ) -> Result<Self, Error> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(Error::io(format!("creating broker directory {}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!(
+            "creating broker directory {}",
+            dir.display()
+        )))?;
         let (tx, wake) = mpsc::channel(1);
-        let watcher = match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            // A full channel already holds a wake-up; the rescan reads everything anyway.
-            let _ = tx.try_send(());
-        }) {
+        let watcher = match notify::recommended_watcher(
+            move |_res: notify::Result<notify::Event>| {
+                // A full channel already holds a wake-up; the rescan reads everything anyway.
+                let _ = tx.try_send(());
+            },
+        ) {
             Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
                 Ok(()) => Some(w),
                 Err(e) => {
@@ -125,8 +129,10 @@ impl FileBroker {
     fn scan(&mut self) -> Result<(), Error> {
         let own = self.own_path();
         let mut seen = BTreeMap::new();
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(Error::io(format!("reading broker directory {}", self.dir.display())))?;
+        let entries = std::fs::read_dir(&self.dir).map_err(Error::io(format!(
+            "reading broker directory {}",
+            self.dir.display()
+        )))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name();
@@ -154,7 +160,12 @@ impl FileBroker {
         }
 
         // Files that are gone: their clusters leave.
-        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !seen.contains_key(*p)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !seen.contains_key(*p))
+            .cloned()
+            .collect();
         for path in gone {
             if let Some(state) = self.files.remove(&path) {
                 if let Some(ep) = state.good {
@@ -177,7 +188,13 @@ impl FileBroker {
                         tracing::warn!(file = %path.display(), cluster = %cluster, owner = %owner.display(),
                             "endpoint file claims a cluster another file already announces; ignored");
                         self.reject("duplicate");
-                        self.files.insert(path, FileState { content, good: None });
+                        self.files.insert(
+                            path,
+                            FileState {
+                                content,
+                                good: None,
+                            },
+                        );
                         continue;
                     }
                     if let Some(prev) = &previous {
@@ -187,16 +204,29 @@ impl FileBroker {
                     }
                     self.clusters.insert(cluster, path.clone());
                     if previous.as_ref() != Some(&ep) {
-                        self.pending.push_back(EndpointEvent::Upsert(Box::new(ep.clone())));
+                        self.pending
+                            .push_back(EndpointEvent::Upsert(Box::new(ep.clone())));
                     }
-                    self.files.insert(path, FileState { content, good: Some(ep) });
+                    self.files.insert(
+                        path,
+                        FileState {
+                            content,
+                            good: Some(ep),
+                        },
+                    );
                 }
                 Err(reason) => {
                     let (kind, message) = reason;
                     tracing::warn!(file = %path.display(), problem = %message,
                         "rejected endpoint file; the last good state of that cluster (if any) is kept");
                     self.reject(kind);
-                    self.files.insert(path, FileState { content, good: previous });
+                    self.files.insert(
+                        path,
+                        FileState {
+                            content,
+                            good: previous,
+                        },
+                    );
                 }
             }
         }
@@ -206,7 +236,9 @@ impl FileBroker {
     fn forget(&mut self, cluster_id: &str, path: &Path) {
         if self.clusters.get(cluster_id).is_some_and(|p| p == path) {
             self.clusters.remove(cluster_id);
-            self.pending.push_back(EndpointEvent::Remove { cluster_id: cluster_id.to_string() });
+            self.pending.push_back(EndpointEvent::Remove {
+                cluster_id: cluster_id.to_string(),
+            });
         }
     }
 
@@ -219,10 +251,15 @@ impl FileBroker {
 
 /// Parses and validates one endpoint file; the error is (metric reason, message).
 fn parse_endpoint(path: &Path, content: &[u8]) -> Result<Endpoint, (&'static str, String)> {
-    let text = std::str::from_utf8(content).map_err(|_| ("parse", "file is not UTF-8 text".to_string()))?;
+    let text = std::str::from_utf8(content)
+        .map_err(|_| ("parse", "file is not UTF-8 text".to_string()))?;
     let is_json = path.extension().is_some_and(|e| e == "json");
-    let endpoint = if is_json { Endpoint::from_json(text) } else { Endpoint::from_yaml(text) }
-        .map_err(|e| ("parse", crate::error::chain(&e)))?;
+    let endpoint = if is_json {
+        Endpoint::from_json(text)
+    } else {
+        Endpoint::from_yaml(text)
+    }
+    .map_err(|e| ("parse", crate::error::chain(&e)))?;
     endpoint
         .spec
         .validate()
@@ -246,9 +283,11 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), Error> {
     // Endpoints are public: other gateways (possibly other users) must be able to read them.
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(Error::io(action()))?;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(Error::io(action()))?;
     }
-    tmp.persist(path).map_err(|e| Error::io(action())(e.error))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io(action())(e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -78,7 +78,10 @@ impl DriverConfig {
                 problems.push(format!("local subnet {net} is a default route; list the cluster's pod and service CIDRs instead"));
             }
             if net.trunc() != *net {
-                problems.push(format!("local subnet {net} has host bits set (did you mean {}?)", net.trunc()));
+                problems.push(format!(
+                    "local subnet {net} has host bits set (did you mean {}?)",
+                    net.trunc()
+                ));
             }
         }
         if let Some(hc) = self.health_check_ip {
@@ -117,7 +120,9 @@ impl DriverConfig {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Config { message: problems.join("; ") })
+            Err(Error::Config {
+                message: problems.join("; "),
+            })
         }
     }
 
@@ -164,7 +169,13 @@ mod tests {
         c.device = "a-name-that-is-too-long".into();
         c.listen_port = 0;
         let msg = c.validate().expect_err("invalid").to_string();
-        for fragment in ["DNS label", "health-check IP 10.9.9.9", "table 254", "interface name", "port 0"] {
+        for fragment in [
+            "DNS label",
+            "health-check IP 10.9.9.9",
+            "table 254",
+            "interface name",
+            "port 0",
+        ] {
             assert!(msg.contains(fragment), "{fragment:?} missing from {msg}");
         }
     }
@@ -172,7 +183,10 @@ mod tests {
     #[test]
     fn default_route_and_host_bits_refused() {
         let mut c = sample();
-        c.local_subnets = vec!["0.0.0.0/0".parse().expect("cidr"), "10.1.2.3/16".parse().expect("cidr")];
+        c.local_subnets = vec![
+            "0.0.0.0/0".parse().expect("cidr"),
+            "10.1.2.3/16".parse().expect("cidr"),
+        ];
         c.health_check_ip = None;
         let msg = c.validate().expect_err("invalid").to_string();
         assert!(msg.contains("default route"), "{msg}");

@@ -15,13 +15,15 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use wgcable_api::{
-    Connection, ConnectionStatus, Endpoint, EndpointSpec, NatEndpointInfo, BACKEND_CONFIG_INTERFACE_NAME,
-    BACKEND_CONFIG_PUBLIC_KEY, BACKEND_CONFIG_UDP_PORT,
+    Connection, ConnectionStatus, Endpoint, EndpointSpec, NatEndpointInfo,
+    BACKEND_CONFIG_INTERFACE_NAME, BACKEND_CONFIG_PUBLIC_KEY, BACKEND_CONFIG_UDP_PORT,
 };
 use wgcable_keys::{PrivateKey, PublicKey};
 use wgcable_metrics::{CableLabels, GatewayMetrics};
 use wgcable_netlink::{IpFamily, Netlink, RouteSpec, Rule};
-use wgcable_peers::{BackendKind, DesiredPeer, DeviceStatus, DeviceUpdate, LocalPeerConfig, PeerTrack, WgDevice};
+use wgcable_peers::{
+    BackendKind, DesiredPeer, DeviceStatus, DeviceUpdate, LocalPeerConfig, PeerTrack, WgDevice,
+};
 
 use crate::config::{DriverConfig, CABLE_DRIVER_NAME, WIREGUARD_OVERHEAD};
 use crate::Error;
@@ -190,14 +192,21 @@ impl WireGuardDriver {
         let c = &self.config;
         let mut spec = EndpointSpec {
             cluster_id: c.cluster_id.clone(),
-            cable_name: format!("submariner-cable-{}-{}", c.cluster_id, c.private_ip.to_string().replace(['.', ':'], "-")),
+            cable_name: format!(
+                "submariner-cable-{}-{}",
+                c.cluster_id,
+                c.private_ip.to_string().replace(['.', ':'], "-")
+            ),
             hostname: c.hostname.clone(),
             subnets: c.local_subnets.iter().map(|n| n.to_string()).collect(),
             private_ip: c.private_ip.to_string(),
             public_ip: c.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             nat_enabled: c.nat,
             backend: CABLE_DRIVER_NAME.to_string(),
-            health_check_ip: c.health_check_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            health_check_ip: c
+                .health_check_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
             ..EndpointSpec::default()
         };
         spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, self.public_key.to_base64());
@@ -215,23 +224,35 @@ impl WireGuardDriver {
         } else {
             endpoint.spec.private_ip.clone()
         };
-        NatEndpointInfo { endpoint, use_ip, use_nat }
+        NatEndpointInfo {
+            endpoint,
+            use_ip,
+            use_nat,
+        }
     }
 
     /// Replaces the whole set of remote endpoints at once and reconciles once. Used at start
     /// with the broker's snapshot: reconciling after each endpoint would remove the peers of
     /// the endpoints not yet seen and cut their traffic.
-    pub async fn set_endpoints(&self, infos: Vec<NatEndpointInfo>) -> Result<ReconcileReport, Error> {
+    pub async fn set_endpoints(
+        &self,
+        infos: Vec<NatEndpointInfo>,
+    ) -> Result<ReconcileReport, Error> {
         let mut st = self.state.lock().await;
         let observed = self
             .device
             .read(&self.config.device)
             .await
-            .map_err(Error::device(format!("reading device {}", self.config.device)))?;
+            .map_err(Error::device(format!(
+                "reading device {}",
+                self.config.device
+            )))?;
         // Clusters whose key is already on the device are incumbents: they go first, so a
         // newcomer that claims their subnets cannot take their traffic across a restart.
-        let on_device: Vec<PublicKey> =
-            observed.iter().flat_map(|d| d.peers.iter().map(|p| p.config.public_key)).collect();
+        let on_device: Vec<PublicKey> = observed
+            .iter()
+            .flat_map(|d| d.peers.iter().map(|p| p.config.public_key))
+            .collect();
         let mut remotes = Vec::new();
         for info in infos {
             match self.remote(info) {
@@ -255,10 +276,13 @@ impl WireGuardDriver {
         info.endpoint
             .spec
             .validate()
-            .map_err(|source| Error::InvalidEndpoint { cluster_id: cluster_id.clone(), source })?;
+            .map_err(|source| Error::InvalidEndpoint {
+                cluster_id: cluster_id.clone(),
+                source: Box::new(source),
+            })?;
         let use_ip: IpAddr = info.use_ip.parse().map_err(|_| Error::Refused {
             cluster_id: cluster_id.clone(),
-            source: wgcable_peers::PeerError::InvalidUseIp(info.use_ip.clone()),
+            source: Box::new(wgcable_peers::PeerError::InvalidUseIp(info.use_ip.clone())),
         })?;
         Ok(Remote { info, use_ip })
     }
@@ -280,7 +304,11 @@ impl WireGuardDriver {
         self.reconcile_locked(&mut st, trigger).await
     }
 
-    async fn reconcile_locked(&self, st: &mut State, trigger: Trigger) -> Result<ReconcileReport, Error> {
+    async fn reconcile_locked(
+        &self,
+        st: &mut State,
+        trigger: Trigger,
+    ) -> Result<ReconcileReport, Error> {
         self.metrics.inc_reconcile();
         let result = self.reconcile_inner(st, trigger).await;
         match &result {
@@ -299,7 +327,11 @@ impl WireGuardDriver {
         result
     }
 
-    async fn reconcile_inner(&self, st: &mut State, trigger: Trigger) -> Result<ReconcileReport, Error> {
+    async fn reconcile_inner(
+        &self,
+        st: &mut State,
+        trigger: Trigger,
+    ) -> Result<ReconcileReport, Error> {
         let c = &self.config;
         let mut report = ReconcileReport::default();
         let repair = |what: &str, happened: bool| {
@@ -330,14 +362,20 @@ impl WireGuardDriver {
             .device
             .ensure(&c.device)
             .await
-            .map_err(Error::device(format!("creating WireGuard device {}", c.device)))?;
+            .map_err(Error::device(format!(
+                "creating WireGuard device {}",
+                c.device
+            )))?;
         report.device_created = created;
         repair("device", created && st.reconciled);
         let observed = self
             .device
             .read(&c.device)
             .await
-            .map_err(Error::device(format!("reading WireGuard device {}", c.device)))?;
+            .map_err(Error::device(format!(
+                "reading WireGuard device {}",
+                c.device
+            )))?;
         let plan = wgcable_peers::plan(&desired.peers, observed.as_ref());
         let mut update = plan.to_update();
         if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
@@ -352,7 +390,11 @@ impl WireGuardDriver {
             self.device
                 .apply(&c.device, &update)
                 .await
-                .map_err(Error::device(format!("configuring {} peer change(s) on device {}", plan.len(), c.device)))?;
+                .map_err(Error::device(format!(
+                    "configuring {} peer change(s) on device {}",
+                    plan.len(),
+                    c.device
+                )))?;
         }
         repair("peer", !plan.is_empty() && !created);
 
@@ -399,7 +441,10 @@ impl WireGuardDriver {
         }
         let addrs = wgcable_netlink::ensure_addrs(&*self.netlink, link.index, &wanted)
             .await
-            .map_err(Error::netlink(format!("setting the addresses of {}", c.device)))?;
+            .map_err(Error::netlink(format!(
+                "setting the addresses of {}",
+                c.device
+            )))?;
         let addr_changes = addrs.to_add.len() + addrs.to_del.len();
         report.link_changes += addr_changes;
         repair("addr", addr_changes > 0 && !created);
@@ -408,25 +453,40 @@ impl WireGuardDriver {
         let mut routes = Vec::new();
         for peer in &desired.peers {
             for dst in &peer.config.allowed_ips {
-                routes.push(RouteSpec { dst: *dst, oif: link.index, table: c.table, pref_src: c.source_for(dst) });
+                routes.push(RouteSpec {
+                    dst: *dst,
+                    oif: link.index,
+                    table: c.table,
+                    pref_src: c.source_for(dst),
+                });
             }
         }
         let diff = wgcable_netlink::sync_routes(&*self.netlink, c.table, link.index, &routes)
             .await
-            .map_err(Error::netlink(format!("syncing routes in table {} through {}", c.table, c.device)))?;
+            .map_err(Error::netlink(format!(
+                "syncing routes in table {} through {}",
+                c.table, c.device
+            )))?;
         report.routes_added = diff.to_add.len();
         report.routes_removed = diff.to_del.len();
         repair("route", !diff.to_add.is_empty() && !created);
 
         // 5. One rule per IP family in use, sending traffic to our table.
         let mut families = vec![IpFamily::V4];
-        if c.local_subnets.iter().chain(routes.iter().map(|r| &r.dst)).any(|n| matches!(n, IpNet::V6(_))) {
+        if c.local_subnets
+            .iter()
+            .chain(routes.iter().map(|r| &r.dst))
+            .any(|n| matches!(n, IpNet::V6(_)))
+        {
             families.push(IpFamily::V6);
         }
         for family in families {
             let added = wgcable_netlink::ensure_rule(&*self.netlink, &self.rule(family))
                 .await
-                .map_err(Error::netlink(format!("adding the rule that looks up table {}", c.table)))?;
+                .map_err(Error::netlink(format!(
+                    "adding the rule that looks up table {}",
+                    c.table
+                )))?;
             if added {
                 report.rules_added += 1;
             }
@@ -434,16 +494,28 @@ impl WireGuardDriver {
         }
 
         // 6. Bookkeeping: forget what left, keep what stays.
-        let new_desired: BTreeMap<String, DesiredPeer> =
-            desired.peers.into_iter().map(|p| (p.cluster_id.clone(), p)).collect();
-        let gone: Vec<String> = st.tracked.keys().filter(|k| !new_desired.contains_key(*k)).cloned().collect();
+        let new_desired: BTreeMap<String, DesiredPeer> = desired
+            .peers
+            .into_iter()
+            .map(|p| (p.cluster_id.clone(), p))
+            .collect();
+        let gone: Vec<String> = st
+            .tracked
+            .keys()
+            .filter(|k| !new_desired.contains_key(*k))
+            .cloned()
+            .collect();
         for cluster in gone {
             if let Some(t) = st.tracked.remove(&cluster) {
                 self.metrics.remove_cable(&t.labels);
             }
         }
         // A cluster whose key changed is a new connection.
-        st.tracked.retain(|cluster, t| new_desired.get(cluster).is_some_and(|p| p.config.public_key == t.key));
+        st.tracked.retain(|cluster, t| {
+            new_desired
+                .get(cluster)
+                .is_some_and(|p| p.config.public_key == t.key)
+        });
         st.desired = new_desired;
         self.metrics.set_peers(st.desired.len());
         Ok(report)
@@ -495,7 +567,10 @@ impl WireGuardDriver {
     pub async fn check_snat(&self) -> Vec<crate::snat::SnatFinding> {
         let remote: Vec<IpNet> = {
             let st = self.state.lock().await;
-            st.desired.values().flat_map(|p| p.config.allowed_ips.iter().copied()).collect()
+            st.desired
+                .values()
+                .flat_map(|p| p.config.allowed_ips.iter().copied())
+                .collect()
         };
         if remote.is_empty() {
             return Vec::new();
@@ -529,7 +604,10 @@ impl WireGuardDriver {
 
     /// The last judged connections, without waiting for a reconcile (for the HTTP server).
     pub fn last_connections(&self) -> Vec<Connection> {
-        self.snapshot.lock().map(|s| s.0.clone()).unwrap_or_default()
+        self.snapshot
+            .lock()
+            .map(|s| s.0.clone())
+            .unwrap_or_default()
     }
 
     /// True once the device is configured and the first reconcile went through.
@@ -537,7 +615,12 @@ impl WireGuardDriver {
         self.snapshot.lock().map(|s| s.1).unwrap_or(false)
     }
 
-    fn judge_all(&self, st: &mut State, observed: Option<&DeviceStatus>, now: SystemTime) -> Vec<Connection> {
+    fn judge_all(
+        &self,
+        st: &mut State,
+        observed: Option<&DeviceStatus>,
+        now: SystemTime,
+    ) -> Vec<Connection> {
         let c = &self.config;
         let mut out = Vec::new();
         for remote in &st.remotes {
@@ -565,7 +648,9 @@ impl WireGuardDriver {
                 out.push(conn);
                 continue;
             }
-            let Some(peer) = st.desired.get(cluster) else { continue };
+            let Some(peer) = st.desired.get(cluster) else {
+                continue;
+            };
             let key = peer.config.public_key;
             let status = observed.and_then(|d| d.peers.iter().find(|p| p.config.public_key == key));
             let Some(status) = status else {
@@ -581,16 +666,25 @@ impl WireGuardDriver {
             }
             let track = wgcable_peers::judge(prev.map(|t| &t.track), status, now);
             self.metrics.set_connection_status(&labels, track.status);
-            self.metrics.set_traffic(&labels, status.rx_bytes, status.tx_bytes);
-            if let Some(est) = track.established.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+            self.metrics
+                .set_traffic(&labels, status.rx_bytes, status.tx_bytes);
+            if let Some(est) = track
+                .established
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            {
                 self.metrics.set_established(&labels, est.as_secs_f64());
             }
-            if let Some(age) = status.last_handshake.and_then(|t| now.duration_since(t).ok()) {
-                self.metrics.set_last_handshake_age(&labels, age.as_secs_f64());
+            if let Some(age) = status
+                .last_handshake
+                .and_then(|t| now.duration_since(t).ok())
+            {
+                self.metrics
+                    .set_last_handshake_age(&labels, age.as_secs_f64());
             }
             conn.status = track.status;
             conn.status_message = track.message.clone();
-            st.tracked.insert(cluster.clone(), Tracked { key, track, labels });
+            st.tracked
+                .insert(cluster.clone(), Tracked { key, track, labels });
             out.push(conn);
         }
         out
@@ -615,12 +709,18 @@ impl CableDriver for WireGuardDriver {
         self.device
             .ensure(&c.device)
             .await
-            .map_err(Error::device(format!("creating WireGuard device {}", c.device)))?;
+            .map_err(Error::device(format!(
+                "creating WireGuard device {}",
+                c.device
+            )))?;
         let observed = self
             .device
             .read(&c.device)
             .await
-            .map_err(Error::device(format!("reading WireGuard device {}", c.device)))?;
+            .map_err(Error::device(format!(
+                "reading WireGuard device {}",
+                c.device
+            )))?;
         // Only the identity is set here; peers are left alone until the first reconcile
         // knows every endpoint, so adopting a running device cuts no traffic.
         if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
@@ -632,7 +732,10 @@ impl CableDriver for WireGuardDriver {
             self.device
                 .apply(&c.device, &update)
                 .await
-                .map_err(Error::device(format!("setting the key and port of device {}", c.device)))?;
+                .map_err(Error::device(format!(
+                    "setting the key and port of device {}",
+                    c.device
+                )))?;
             tracing::info!(device = %c.device, public_key = %self.public_key, port = c.listen_port, "device identity set");
         } else {
             tracing::info!(device = %c.device, public_key = %self.public_key, "adopted existing device");
@@ -645,7 +748,10 @@ impl CableDriver for WireGuardDriver {
         let cluster = remote.info.endpoint.spec.cluster_id.clone();
         let used = remote.use_ip.to_string();
         let mut st = self.state.lock().await;
-        let previous = st.remotes.iter().position(|r| r.info.endpoint.spec.cluster_id == cluster);
+        let previous = st
+            .remotes
+            .iter()
+            .position(|r| r.info.endpoint.spec.cluster_id == cluster);
         let old = match previous {
             Some(i) => Some(std::mem::replace(&mut st.remotes[i], remote)),
             None => {
@@ -660,10 +766,15 @@ impl CableDriver for WireGuardDriver {
         if let Some((_, source)) = planned.rejected.into_iter().find(|(c, _)| *c == cluster) {
             match (previous, old) {
                 (Some(i), Some(old)) => st.remotes[i] = old,
-                _ => st.remotes.retain(|r| r.info.endpoint.spec.cluster_id != cluster),
+                _ => st
+                    .remotes
+                    .retain(|r| r.info.endpoint.spec.cluster_id != cluster),
             }
             self.metrics.inc_endpoint_rejected("refused");
-            return Err(Error::Refused { cluster_id: cluster, source });
+            return Err(Error::Refused {
+                cluster_id: cluster,
+                source: Box::new(source),
+            });
         }
         self.reconcile_locked(&mut st, Trigger::Intent).await?;
         tracing::info!(cluster = %cluster, using_ip = %used, "connected to endpoint");
@@ -674,7 +785,8 @@ impl CableDriver for WireGuardDriver {
         let cluster = &endpoint.spec.cluster_id;
         let mut st = self.state.lock().await;
         let before = st.remotes.len();
-        st.remotes.retain(|r| &r.info.endpoint.spec.cluster_id != cluster);
+        st.remotes
+            .retain(|r| &r.info.endpoint.spec.cluster_id != cluster);
         st.refused.remove(cluster);
         if st.remotes.len() == before {
             return Ok(());
@@ -690,7 +802,10 @@ impl CableDriver for WireGuardDriver {
             .device
             .read(&self.config.device)
             .await
-            .map_err(Error::device(format!("reading WireGuard device {}", self.config.device)))?;
+            .map_err(Error::device(format!(
+                "reading WireGuard device {}",
+                self.config.device
+            )))?;
         let conns = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
         st.last_connections = conns.clone();
         if let Ok(mut s) = self.snapshot.lock() {
@@ -710,8 +825,14 @@ impl CableDriver for WireGuardDriver {
 
     async fn cleanup(&self) -> Result<(), Error> {
         let mut st = self.state.lock().await;
-        cleanup_host(&*self.netlink, &*self.device, &self.config.device, self.config.table, self.config.rule_priority)
-            .await?;
+        cleanup_host(
+            &*self.netlink,
+            &*self.device,
+            &self.config.device,
+            self.config.table,
+            self.config.rule_priority,
+        )
+        .await?;
         for (_, t) in st.tracked.drain() {
             self.metrics.remove_cable(&t.labels);
         }
@@ -732,17 +853,37 @@ pub async fn cleanup_host(
     table: u32,
     priority: u32,
 ) -> Result<(), Error> {
-    let rules = netlink.rule_list().await.map_err(Error::netlink("listing rules"))?;
-    for rule in rules.iter().filter(|r| r.table == table && r.priority == Some(priority)) {
+    let rules = netlink
+        .rule_list()
+        .await
+        .map_err(Error::netlink("listing rules"))?;
+    for rule in rules
+        .iter()
+        .filter(|r| r.table == table && r.priority == Some(priority))
+    {
         match netlink.rule_del(rule).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(Error::netlink(format!("removing the rule that looks up table {table}"))(e)),
+            Err(e) => {
+                return Err(Error::netlink(format!(
+                    "removing the rule that looks up table {table}"
+                ))(e))
+            }
         }
     }
-    if let Some(link) = netlink.link_get(name).await.map_err(Error::netlink(format!("looking up link {name}")))? {
-        let routes = netlink.route_list(table).await.map_err(Error::netlink(format!("listing table {table}")))?;
-        let ours: Vec<_> = routes.into_iter().filter(|r| r.oif == Some(link.index)).collect();
+    if let Some(link) = netlink
+        .link_get(name)
+        .await
+        .map_err(Error::netlink(format!("looking up link {name}")))?
+    {
+        let routes = netlink
+            .route_list(table)
+            .await
+            .map_err(Error::netlink(format!("listing table {table}")))?;
+        let ours: Vec<_> = routes
+            .into_iter()
+            .filter(|r| r.oif == Some(link.index))
+            .collect();
         netlink
             .route_del(&ours)
             .await

@@ -23,7 +23,7 @@ pub enum Error {
         action: String,
         /// The netlink layer's error.
         #[source]
-        source: wgcable_netlink::Error,
+        source: Box<wgcable_netlink::Error>,
     },
 
     /// An operation on the WireGuard device failed.
@@ -33,7 +33,7 @@ pub enum Error {
         action: String,
         /// The device backend's error.
         #[source]
-        source: wgcable_peers::Error,
+        source: Box<wgcable_peers::Error>,
     },
 
     /// The private key could not be loaded or created.
@@ -47,7 +47,7 @@ pub enum Error {
         cluster_id: String,
         /// Every problem found.
         #[source]
-        source: ValidationErrors,
+        source: Box<ValidationErrors>,
     },
 
     /// A remote endpoint is valid on its own but was refused (own cluster, key reuse, subnet overlap...).
@@ -57,7 +57,7 @@ pub enum Error {
         cluster_id: String,
         /// Why it was refused.
         #[source]
-        source: PeerError,
+        source: Box<PeerError>,
     },
 
     /// File-system work of the broker or the state directory failed.
@@ -76,14 +76,22 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn netlink(action: impl Into<String>) -> impl FnOnce(wgcable_netlink::Error) -> Self {
+    pub(crate) fn netlink(
+        action: impl Into<String>,
+    ) -> impl FnOnce(wgcable_netlink::Error) -> Self {
         let action = action.into();
-        move |source| Error::Netlink { action, source }
+        move |source| Error::Netlink {
+            action,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn device(action: impl Into<String>) -> impl FnOnce(wgcable_peers::Error) -> Self {
         let action = action.into();
-        move |source| Error::Device { action, source }
+        move |source| Error::Device {
+            action,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {

@@ -55,7 +55,10 @@ impl GatewayState for DriverView {
 /// Stopping leaves the data path (device, peers, routes, rule, userspace process) in place on
 /// purpose: a restarted gateway adopts it, so a restart or upgrade does not cut traffic.
 /// `wgcable cleanup` is the way to remove it.
-pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), Error> {
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
     config.driver.validate()?;
     let store = KeyStore::new(&config.state_dir);
     let (private_key, created) = store.load_or_create().map_err(Error::Keys)?;
@@ -65,14 +68,18 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
         tracing::info!(path = %store.path().display(), "loaded the private key");
     }
 
-    let (netlink, conn) = RtNetlink::connect().map_err(Error::netlink("opening a netlink socket"))?;
+    let (netlink, conn) =
+        RtNetlink::connect().map_err(Error::netlink("opening a netlink socket"))?;
     // The netlink connection task: it ends when every handle is dropped.
     tokio::spawn(conn);
     let netlink: Arc<dyn Netlink> = Arc::new(netlink);
     let device: Arc<dyn WgDevice> = Arc::from(
         wgcable_peers::select_backend(config.backend, netlink.clone(), &config.driver.device)
             .await
-            .map_err(Error::device(format!("choosing a WireGuard backend for {}", config.driver.device)))?,
+            .map_err(Error::device(format!(
+                "choosing a WireGuard backend for {}",
+                config.driver.device
+            )))?,
     );
     tracing::info!(backend = %device.kind(), device = %config.driver.device, "WireGuard backend selected");
 
@@ -88,7 +95,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl std::future::Future<Outpu
     // Bind before touching the host: a port in use is a configuration error.
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
-        .map_err(Error::io(format!("listening on {} for metrics", config.metrics_addr)))?;
+        .map_err(Error::io(format!(
+            "listening on {} for metrics",
+            config.metrics_addr
+        )))?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(wgcable_metrics::serve(
         listener,
@@ -191,12 +201,21 @@ fn publish_local(config: &GatewayConfig, endpoint: &Endpoint) -> Result<(), Erro
 
 /// Removes what a gateway installed (for `wgcable cleanup`): rule, routes, device and the
 /// userspace process. Works whether or not a gateway is running.
-pub async fn cleanup(device_name: &str, table: u32, rule_priority: u32, backend: BackendPreference) -> Result<(), Error> {
-    let (netlink, conn) = RtNetlink::connect().map_err(Error::netlink("opening a netlink socket"))?;
+pub async fn cleanup(
+    device_name: &str,
+    table: u32,
+    rule_priority: u32,
+    backend: BackendPreference,
+) -> Result<(), Error> {
+    let (netlink, conn) =
+        RtNetlink::connect().map_err(Error::netlink("opening a netlink socket"))?;
     tokio::spawn(conn);
     let netlink = Arc::new(netlink);
-    let device: Box<dyn WgDevice> = wgcable_peers::select_backend(backend, netlink.clone(), device_name)
-        .await
-        .map_err(Error::device(format!("finding the backend of device {device_name}")))?;
+    let device: Box<dyn WgDevice> =
+        wgcable_peers::select_backend(backend, netlink.clone(), device_name)
+            .await
+            .map_err(Error::device(format!(
+                "finding the backend of device {device_name}"
+            )))?;
     crate::driver::cleanup_host(&*netlink, &*device, device_name, table, rule_priority).await
 }

@@ -45,13 +45,23 @@ pub fn find_snat(conntrack: &str, remote: &[IpNet]) -> Vec<SnatFinding> {
         let (Some(osrc), Some(odst), Some(rdst)) = (srcs.first(), dsts.first(), dsts.get(1)) else {
             continue;
         };
-        let (Ok(osrc), Ok(odst), Ok(rdst)) = (osrc.parse::<IpAddr>(), odst.parse::<IpAddr>(), rdst.parse::<IpAddr>())
-        else {
+        let (Ok(osrc), Ok(odst), Ok(rdst)) = (
+            osrc.parse::<IpAddr>(),
+            odst.parse::<IpAddr>(),
+            rdst.parse::<IpAddr>(),
+        ) else {
             continue;
         };
-        let Some(subnet) = remote.iter().find(|n| n.contains(&odst)) else { continue };
+        let Some(subnet) = remote.iter().find(|n| n.contains(&odst)) else {
+            continue;
+        };
         if rdst != osrc {
-            out.push(SnatFinding { original_src: osrc, dst: odst, translated_src: rdst, remote_subnet: *subnet });
+            out.push(SnatFinding {
+                original_src: osrc,
+                dst: odst,
+                translated_src: rdst,
+                remote_subnet: *subnet,
+            });
         }
     }
     out

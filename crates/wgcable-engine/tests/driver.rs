@@ -28,22 +28,38 @@ struct FakeDevice {
 
 impl FakeDevice {
     fn new(netlink: Arc<FakeNetlink>) -> Arc<Self> {
-        Arc::new(FakeDevice { netlink, devices: Mutex::default(), applies: Mutex::default() })
+        Arc::new(FakeDevice {
+            netlink,
+            devices: Mutex::default(),
+            applies: Mutex::default(),
+        })
     }
     fn status(&self) -> DeviceStatus {
-        self.devices.lock().expect("lock").get(DEFAULT_DEVICE).cloned().expect("device exists")
+        self.devices
+            .lock()
+            .expect("lock")
+            .get(DEFAULT_DEVICE)
+            .cloned()
+            .expect("device exists")
     }
     fn applies(&self) -> usize {
         self.applies.lock().expect("lock").len()
     }
     fn peer(&self, key: &PublicKey) -> Option<PeerStatus> {
-        self.status().peers.into_iter().find(|p| p.config.public_key == *key)
+        self.status()
+            .peers
+            .into_iter()
+            .find(|p| p.config.public_key == *key)
     }
     /// Simulates traffic and a handshake on a peer.
     fn traffic(&self, key: &PublicKey, handshake: SystemTime, rx: u64, tx: u64) {
         let mut devs = self.devices.lock().expect("lock");
         let dev = devs.get_mut(DEFAULT_DEVICE).expect("device");
-        let p = dev.peers.iter_mut().find(|p| p.config.public_key == *key).expect("peer");
+        let p = dev
+            .peers
+            .iter_mut()
+            .find(|p| p.config.public_key == *key)
+            .expect("peer");
         p.last_handshake = Some(handshake);
         p.rx_bytes = rx;
         p.tx_bytes = tx;
@@ -56,15 +72,25 @@ impl WgDevice for FakeDevice {
         BackendKind::Userspace
     }
     async fn ensure(&self, name: &str) -> Result<bool, wgcable_peers::Error> {
-        if self.devices.lock().expect("lock").contains_key(name) && self.netlink.link(name).is_some() {
+        if self.devices.lock().expect("lock").contains_key(name)
+            && self.netlink.link(name).is_some()
+        {
             return Ok(false);
         }
         if self.netlink.link(name).is_none() {
-            self.netlink.link_add(name, &LinkKind::Wireguard).await.expect("fake link_add");
+            self.netlink
+                .link_add(name, &LinkKind::Wireguard)
+                .await
+                .expect("fake link_add");
         }
         self.devices.lock().expect("lock").insert(
             name.to_string(),
-            DeviceStatus { name: name.to_string(), public_key: None, listen_port: None, peers: Vec::new() },
+            DeviceStatus {
+                name: name.to_string(),
+                public_key: None,
+                listen_port: None,
+                peers: Vec::new(),
+            },
         );
         Ok(true)
     }
@@ -90,7 +116,11 @@ impl WgDevice for FakeDevice {
                     tx_bytes: 0,
                 }),
                 PeerChange::Update { config, .. } => {
-                    let p = dev.peers.iter_mut().find(|p| p.config.public_key == config.public_key).expect("update existing");
+                    let p = dev
+                        .peers
+                        .iter_mut()
+                        .find(|p| p.config.public_key == config.public_key)
+                        .expect("update existing");
                     p.config = config.clone();
                 }
                 PeerChange::Remove(k) => dev.peers.retain(|p| p.config.public_key != *k),
@@ -101,7 +131,10 @@ impl WgDevice for FakeDevice {
     async fn delete(&self, name: &str) -> Result<(), wgcable_peers::Error> {
         self.devices.lock().expect("lock").remove(name);
         if let Some(link) = self.netlink.link(name) {
-            self.netlink.link_del(link.index).await.expect("fake link_del");
+            self.netlink
+                .link_del(link.index)
+                .await
+                .expect("fake link_del");
         }
         Ok(())
     }
@@ -124,14 +157,20 @@ fn remote(cluster: &str, ip: &str, subnets: &[&str]) -> Remote {
         ..EndpointSpec::default()
     };
     spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, key.public_key().to_base64());
-    Remote { key, endpoint: Endpoint::new(spec) }
+    Remote {
+        key,
+        endpoint: Endpoint::new(spec),
+    }
 }
 
 fn config() -> DriverConfig {
     DriverConfig {
         cluster_id: "cluster-a".into(),
         hostname: "gw-a".into(),
-        local_subnets: vec!["10.201.0.0/16".parse().expect("cidr"), "fd00:201::/48".parse().expect("cidr")],
+        local_subnets: vec![
+            "10.201.0.0/16".parse().expect("cidr"),
+            "fd00:201::/48".parse().expect("cidr"),
+        ],
         private_ip: "192.168.77.11".parse().expect("ip"),
         public_ip: None,
         nat: false,
@@ -157,27 +196,56 @@ struct Harness {
 async fn harness() -> Harness {
     let netlink = Arc::new(FakeNetlink::new());
     netlink.set_wireguard_supported(true);
-    let eth0 = netlink.link_add("eth0", &LinkKind::Dummy).await.expect("eth0");
+    let eth0 = netlink
+        .link_add("eth0", &LinkKind::Dummy)
+        .await
+        .expect("eth0");
     netlink.link_set_up(eth0.index, true).await.expect("up");
     netlink.link_set_mtu(eth0.index, 1500).await.expect("mtu");
-    netlink.addr_add(eth0.index, "192.168.77.11/24".parse().expect("cidr")).await.expect("addr");
+    netlink
+        .addr_add(eth0.index, "192.168.77.11/24".parse().expect("cidr"))
+        .await
+        .expect("addr");
     let device = FakeDevice::new(netlink.clone());
     let key = PrivateKey::generate();
     let metrics = Arc::new(GatewayMetrics::new().expect("metrics"));
-    let driver = WireGuardDriver::new(config(), key.clone(), netlink.clone(), device.clone(), metrics.clone())
-        .expect("driver");
-    Harness { netlink, device, metrics, driver, key }
+    let driver = WireGuardDriver::new(
+        config(),
+        key.clone(),
+        netlink.clone(),
+        device.clone(),
+        metrics.clone(),
+    )
+    .expect("driver");
+    Harness {
+        netlink,
+        device,
+        metrics,
+        driver,
+        key,
+    }
 }
 
 impl Harness {
     /// A second driver on the same host, as after a gateway restart with the same key.
     fn restart(&self) -> WireGuardDriver {
         let metrics = Arc::new(GatewayMetrics::new().expect("metrics"));
-        WireGuardDriver::new(config(), self.key.clone(), self.netlink.clone(), self.device.clone(), metrics)
-            .expect("driver")
+        WireGuardDriver::new(
+            config(),
+            self.key.clone(),
+            self.netlink.clone(),
+            self.device.clone(),
+            metrics,
+        )
+        .expect("driver")
     }
     fn routes(&self) -> Vec<IpNet> {
-        let mut r: Vec<IpNet> = self.netlink.routes(DEFAULT_TABLE).into_iter().map(|r| r.dst).collect();
+        let mut r: Vec<IpNet> = self
+            .netlink
+            .routes(DEFAULT_TABLE)
+            .into_iter()
+            .map(|r| r.dst)
+            .collect();
         r.sort();
         r
     }
@@ -197,7 +265,11 @@ fn nets(s: &[&str]) -> Vec<IpNet> {
 async fn connect_configures_peer_routes_rule_and_link() {
     let h = harness().await;
     h.driver.init().await.expect("init");
-    let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16", "fd00:202::/48"]);
+    let b = remote(
+        "cluster-b",
+        "192.168.77.12",
+        &["10.202.0.0/16", "fd00:202::/48"],
+    );
     let c = remote("cluster-c", "192.168.77.13", &["10.203.0.0/16"]);
     assert_eq!(h.connect(&b).await.expect("connect b"), "192.168.77.12");
     h.connect(&c).await.expect("connect c");
@@ -207,32 +279,55 @@ async fn connect_configures_peer_routes_rule_and_link() {
     assert_eq!(dev.listen_port, Some(DEFAULT_PORT));
     assert_eq!(dev.peers.len(), 2);
     let pb = h.device.peer(&b.key.public_key()).expect("peer b");
-    assert_eq!(pb.config.endpoint, Some("192.168.77.12:4500".parse().expect("addr")));
+    assert_eq!(
+        pb.config.endpoint,
+        Some("192.168.77.12:4500".parse().expect("addr"))
+    );
     assert_eq!(pb.config.persistent_keepalive, Some(10));
-    assert_eq!(pb.config.preshared_key, Some(PresharedKey::from_passphrase("default psk")));
+    assert_eq!(
+        pb.config.preshared_key,
+        Some(PresharedKey::from_passphrase("default psk"))
+    );
     let mut allowed = pb.config.allowed_ips.clone();
     allowed.sort();
     assert_eq!(allowed, nets(&["10.202.0.0/16", "fd00:202::/48"]));
 
-    assert_eq!(h.routes(), nets(&["10.202.0.0/16", "10.203.0.0/16", "fd00:202::/48"]));
+    assert_eq!(
+        h.routes(),
+        nets(&["10.202.0.0/16", "10.203.0.0/16", "fd00:202::/48"])
+    );
     let link = h.netlink.link(DEFAULT_DEVICE).expect("device link");
     for r in h.netlink.routes(DEFAULT_TABLE) {
         assert_eq!(r.oif, Some(link.index));
-        let want: Option<IpAddr> = if r.dst.addr().is_ipv4() { Some("10.201.0.1".parse().expect("ip")) } else { None };
+        let want: Option<IpAddr> = if r.dst.addr().is_ipv4() {
+            Some("10.201.0.1".parse().expect("ip"))
+        } else {
+            None
+        };
         assert_eq!(r.pref_src, want, "route {}", r.dst);
     }
     assert!(link.up, "device is up");
     assert_eq!(link.mtu, 1420, "underlay 1500 - 80");
-    assert_eq!(h.netlink.addrs(link.index), vec!["10.201.0.1/32".parse::<IpNet>().expect("cidr")]);
+    assert_eq!(
+        h.netlink.addrs(link.index),
+        vec!["10.201.0.1/32".parse::<IpNet>().expect("cidr")]
+    );
     let rules = h.netlink.rules();
     for family in [IpFamily::V4, IpFamily::V6] {
         assert!(
-            rules.iter().any(|r| r.family == family && r.table == DEFAULT_TABLE && r.priority == Some(DEFAULT_RULE_PRIORITY)),
+            rules.iter().any(|r| r.family == family
+                && r.table == DEFAULT_TABLE
+                && r.priority == Some(DEFAULT_RULE_PRIORITY)),
             "rule for {family:?} in {rules:?}"
         );
     }
     assert_eq!(h.driver.name(), "wireguard");
-    assert!(h.driver.active_connections().await.expect("active").is_empty());
+    assert!(h
+        .driver
+        .active_connections()
+        .await
+        .expect("active")
+        .is_empty());
 }
 
 #[tokio::test]
@@ -247,16 +342,40 @@ async fn endpoint_change_updates_only_that_peer() {
     h.netlink.clear_ops();
     let applies = h.device.applies();
 
-    let mut b2 = Remote { key: b.key.clone(), endpoint: b.endpoint.clone() };
+    let mut b2 = Remote {
+        key: b.key.clone(),
+        endpoint: b.endpoint.clone(),
+    };
     b2.endpoint.spec.private_ip = "192.168.77.22".into();
     h.connect(&b2).await.expect("b moved");
 
     assert_eq!(h.device.applies(), applies + 1, "one device update");
-    let last = h.device.applies.lock().expect("lock").last().cloned().expect("update");
-    assert_eq!(last.peers.len(), 1, "only cluster-b's peer changes: {last:?}");
-    assert!(matches!(&last.peers[0], PeerChange::Update { config, .. } if config.public_key == b.key.public_key()));
-    assert_eq!(h.device.peer(&c.key.public_key()).expect("c"), before_c, "cluster-c untouched");
-    assert!(h.netlink.writes().is_empty(), "no route/rule/link writes: {:?}", h.netlink.writes());
+    let last = h
+        .device
+        .applies
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("update");
+    assert_eq!(
+        last.peers.len(),
+        1,
+        "only cluster-b's peer changes: {last:?}"
+    );
+    assert!(
+        matches!(&last.peers[0], PeerChange::Update { config, .. } if config.public_key == b.key.public_key())
+    );
+    assert_eq!(
+        h.device.peer(&c.key.public_key()).expect("c"),
+        before_c,
+        "cluster-c untouched"
+    );
+    assert!(
+        h.netlink.writes().is_empty(),
+        "no route/rule/link writes: {:?}",
+        h.netlink.writes()
+    );
 }
 
 #[tokio::test]
@@ -268,18 +387,31 @@ async fn disconnect_removes_peer_routes_and_metrics() {
     h.connect(&b).await.expect("b");
     h.connect(&c).await.expect("c");
     h.driver.connections().await.expect("connections");
-    assert!(h.metrics.encode_text().expect("text").contains("remote_cluster=\"cluster-c\""));
+    assert!(h
+        .metrics
+        .encode_text()
+        .expect("text")
+        .contains("remote_cluster=\"cluster-c\""));
 
-    h.driver.disconnect_from_endpoint(&c.endpoint).await.expect("disconnect");
+    h.driver
+        .disconnect_from_endpoint(&c.endpoint)
+        .await
+        .expect("disconnect");
     assert!(h.device.peer(&c.key.public_key()).is_none());
     assert!(h.device.peer(&b.key.public_key()).is_some());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
     let text = h.metrics.encode_text().expect("text");
-    assert!(!text.contains("remote_cluster=\"cluster-c\""), "cluster-c series left: {text}");
+    assert!(
+        !text.contains("remote_cluster=\"cluster-c\""),
+        "cluster-c series left: {text}"
+    );
     assert!(text.contains("remote_cluster=\"cluster-b\""));
     // Disconnecting twice, or an unknown cluster, is fine and changes nothing.
     h.netlink.clear_ops();
-    h.driver.disconnect_from_endpoint(&c.endpoint).await.expect("again");
+    h.driver
+        .disconnect_from_endpoint(&c.endpoint)
+        .await
+        .expect("again");
     assert!(h.netlink.writes().is_empty());
 }
 
@@ -310,11 +442,20 @@ async fn refused_endpoints_touch_nothing() {
     let overlaps_local = remote("evil-1", "192.168.77.98", &["10.201.5.0/24"]);
     let overlaps_b = remote("evil-2", "192.168.77.97", &["10.202.0.0/17"]);
     let mut own_key = remote("evil-3", "192.168.77.96", &["10.251.0.0/16"]);
-    own_key.endpoint.spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, h.key.public_key().to_base64());
+    own_key
+        .endpoint
+        .spec
+        .set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, h.key.public_key().to_base64());
     let mut b_key = remote("evil-4", "192.168.77.95", &["10.252.0.0/16"]);
-    b_key.endpoint.spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, b.key.public_key().to_base64());
+    b_key
+        .endpoint
+        .spec
+        .set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, b.key.public_key().to_base64());
     let mut bad_key = remote("evil-5", "192.168.77.94", &["10.253.0.0/16"]);
-    bad_key.endpoint.spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, "not-a-key".to_string());
+    bad_key
+        .endpoint
+        .spec
+        .set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, "not-a-key".to_string());
 
     for (r, want) in [
         (&own_cluster, "refused"),
@@ -328,15 +469,28 @@ async fn refused_endpoints_touch_nothing() {
         let msg = wgcable_engine::chain(&err);
         assert!(err.is_endpoint_error(), "{msg}");
         assert!(msg.contains(want), "{msg}");
-        assert!(msg.contains(&r.endpoint.spec.cluster_id), "message names the cluster: {msg}");
+        assert!(
+            msg.contains(&r.endpoint.spec.cluster_id),
+            "message names the cluster: {msg}"
+        );
     }
     assert_eq!(h.device.applies(), applies, "no device update");
-    assert!(h.netlink.writes().is_empty(), "no netlink writes: {:?}", h.netlink.writes());
+    assert!(
+        h.netlink.writes().is_empty(),
+        "no netlink writes: {:?}",
+        h.netlink.writes()
+    );
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
     assert_eq!(h.device.status().peers.len(), 1);
     // The refused ones are not remembered: connections lists cluster-b only.
     let conns = h.driver.connections().await.expect("connections");
-    assert_eq!(conns.iter().map(|c| c.endpoint.cluster_id.as_str()).collect::<Vec<_>>(), vec!["cluster-b"]);
+    assert_eq!(
+        conns
+            .iter()
+            .map(|c| c.endpoint.cluster_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["cluster-b"]
+    );
 }
 
 #[tokio::test]
@@ -349,7 +503,12 @@ async fn drift_is_repaired_and_counted() {
     // Someone deletes our routes and rule and adds a peer by hand.
     let routes = h.netlink.routes(DEFAULT_TABLE);
     h.netlink.route_del(&routes).await.expect("del routes");
-    for rule in h.netlink.rules().into_iter().filter(|r| r.table == DEFAULT_TABLE) {
+    for rule in h
+        .netlink
+        .rules()
+        .into_iter()
+        .filter(|r| r.table == DEFAULT_TABLE)
+    {
         h.netlink.rule_del(&rule).await.expect("del rule");
     }
     let stranger = PrivateKey::generate().public_key();
@@ -377,16 +536,25 @@ async fn drift_is_repaired_and_counted() {
     assert!(report.rules_added >= 1, "{report:?}");
     assert!(h.device.peer(&stranger).is_none());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
-    assert!(h.netlink.rules().contains(&Rule { priority: Some(DEFAULT_RULE_PRIORITY), ..Rule::lookup(IpFamily::V4, DEFAULT_TABLE) }));
+    assert!(h.netlink.rules().contains(&Rule {
+        priority: Some(DEFAULT_RULE_PRIORITY),
+        ..Rule::lookup(IpFamily::V4, DEFAULT_TABLE)
+    }));
     let text = h.metrics.encode_text().expect("text");
     for what in ["peer", "route", "rule"] {
-        assert!(text.contains(&format!("what=\"{what}\"")), "repair of {what} counted: {text}");
+        assert!(
+            text.contains(&format!("what=\"{what}\"")),
+            "repair of {what} counted: {text}"
+        );
     }
 
     // The whole device disappears (e.g. the userspace process was killed): recreated with the peer.
     h.device.delete(DEFAULT_DEVICE).await.expect("delete");
     let report = h.driver.reconcile(Trigger::Resync).await.expect("resync");
-    assert!(report.device_created && report.device_configured, "{report:?}");
+    assert!(
+        report.device_created && report.device_configured,
+        "{report:?}"
+    );
     assert!(h.device.peer(&b.key.public_key()).is_some());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
 
@@ -404,7 +572,11 @@ async fn restart_adopts_everything_without_a_single_write() {
     let h = harness().await;
     h.driver.init().await.expect("init");
     let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16"]);
-    let c = remote("cluster-c", "192.168.77.13", &["10.203.0.0/16", "fd00:203::/48"]);
+    let c = remote(
+        "cluster-c",
+        "192.168.77.13",
+        &["10.203.0.0/16", "fd00:203::/48"],
+    );
     h.connect(&b).await.expect("b");
     h.connect(&c).await.expect("c");
 
@@ -412,11 +584,18 @@ async fn restart_adopts_everything_without_a_single_write() {
     let applies = h.device.applies();
     let restarted = h.restart();
     restarted.init().await.expect("init after restart");
-    let infos = vec![restarted.nat_info(c.endpoint.clone()), restarted.nat_info(b.endpoint.clone())];
+    let infos = vec![
+        restarted.nat_info(c.endpoint.clone()),
+        restarted.nat_info(b.endpoint.clone()),
+    ];
     let report = restarted.set_endpoints(infos).await.expect("adopt");
     assert!(report.is_noop(), "{report:?}");
     assert_eq!(h.device.applies(), applies, "no device update at all");
-    assert!(h.netlink.writes().is_empty(), "no netlink writes: {:?}", h.netlink.writes());
+    assert!(
+        h.netlink.writes().is_empty(),
+        "no netlink writes: {:?}",
+        h.netlink.writes()
+    );
 }
 
 #[tokio::test]
@@ -428,16 +607,29 @@ async fn incumbent_keeps_its_subnets_across_a_restart() {
     // After a restart a newcomer (sorting first by name) claims the same subnets.
     let newcomer = remote("aa-cluster", "192.168.77.66", &["10.202.0.0/16"]);
     let restarted = h.restart();
-    let infos = vec![restarted.nat_info(newcomer.endpoint.clone()), restarted.nat_info(b.endpoint.clone())];
+    let infos = vec![
+        restarted.nat_info(newcomer.endpoint.clone()),
+        restarted.nat_info(b.endpoint.clone()),
+    ];
     let report = restarted.set_endpoints(infos).await.expect("adopt");
     assert_eq!(report.refused.len(), 1, "{report:?}");
     assert_eq!(report.refused[0].0, "aa-cluster");
-    assert!(h.device.peer(&b.key.public_key()).is_some(), "incumbent kept");
+    assert!(
+        h.device.peer(&b.key.public_key()).is_some(),
+        "incumbent kept"
+    );
     assert!(h.device.peer(&newcomer.key.public_key()).is_none());
     let conns = restarted.connections().await.expect("connections");
-    let refused = conns.iter().find(|c| c.endpoint.cluster_id == "aa-cluster").expect("listed");
+    let refused = conns
+        .iter()
+        .find(|c| c.endpoint.cluster_id == "aa-cluster")
+        .expect("listed");
     assert_eq!(refused.status, ConnectionStatus::Error);
-    assert!(refused.status_message.contains("refused"), "{}", refused.status_message);
+    assert!(
+        refused.status_message.contains("refused"),
+        "{}",
+        refused.status_message
+    );
 }
 
 #[tokio::test]
@@ -448,10 +640,16 @@ async fn status_follows_handshakes_and_feeds_metrics() {
     h.connect(&b).await.expect("b");
     let conns = h.driver.connections().await.expect("connections");
     assert_eq!(conns.len(), 1);
-    assert_eq!(conns[0].status, ConnectionStatus::Connecting, "no handshake yet: {:?}", conns[0]);
+    assert_eq!(
+        conns[0].status,
+        ConnectionStatus::Connecting,
+        "no handshake yet: {:?}",
+        conns[0]
+    );
     assert_eq!(conns[0].using_ip, "192.168.77.12");
 
-    h.device.traffic(&b.key.public_key(), SystemTime::now(), 1000, 2000);
+    h.device
+        .traffic(&b.key.public_key(), SystemTime::now(), 1000, 2000);
     // The judge waits a keepalive between looks; a fresh driver state would too, so judge the
     // transition through the pure function's contract: a later poll with bytes moving connects.
     let mut status = ConnectionStatus::Connecting;
@@ -460,7 +658,10 @@ async fn status_follows_handshakes_and_feeds_metrics() {
     }
     let text = h.metrics.encode_text().expect("text");
     assert!(text.contains("submariner_gateway_rx_bytes"), "{text}");
-    assert!(text.contains(&format!("status=\"{}\"", status.as_str())), "{text}");
+    assert!(
+        text.contains(&format!("status=\"{}\"", status.as_str())),
+        "{text}"
+    );
     assert!(h.driver.last_connections().len() == 1);
     assert!(h.driver.is_ready());
 }
@@ -469,7 +670,11 @@ async fn status_follows_handshakes_and_feeds_metrics() {
 async fn cleanup_removes_device_routes_and_rule() {
     let h = harness().await;
     h.driver.init().await.expect("init");
-    let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16", "fd00:202::/48"]);
+    let b = remote(
+        "cluster-b",
+        "192.168.77.12",
+        &["10.202.0.0/16", "fd00:202::/48"],
+    );
     h.connect(&b).await.expect("b");
     h.driver.cleanup().await.expect("cleanup");
     assert!(h.netlink.link(DEFAULT_DEVICE).is_none());
@@ -486,10 +691,16 @@ async fn local_endpoint_publishes_key_port_and_interface() {
     let ep = h.driver.local_endpoint();
     assert_eq!(ep.spec.cluster_id, "cluster-a");
     assert_eq!(ep.spec.backend, "wireguard");
-    assert_eq!(ep.spec.public_key_str(), Some(h.key.public_key().to_base64().as_str()));
+    assert_eq!(
+        ep.spec.public_key_str(),
+        Some(h.key.public_key().to_base64().as_str())
+    );
     assert_eq!(ep.spec.interface_name(), Some("submariner"));
     assert_eq!(ep.spec.udp_port().expect("port"), Some(4500));
     ep.spec.validate().expect("our own endpoint validates");
     let yaml = ep.to_yaml().expect("yaml");
-    assert!(!yaml.contains(h.key.to_base64().as_str()), "private key never published");
+    assert!(
+        !yaml.contains(h.key.to_base64().as_str()),
+        "private key never published"
+    );
 }

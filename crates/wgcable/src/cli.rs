@@ -24,7 +24,11 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 #[derive(Debug, Parser)]
-#[command(name = "wgcable", version, about = "WireGuard cable driver and gateway for multi-cluster networking (Submariner-compatible)")]
+#[command(
+    name = "wgcable",
+    version,
+    about = "WireGuard cable driver and gateway for multi-cluster networking (Submariner-compatible)"
+)]
 pub struct Cli {
     /// More logging (-v debug, -vv trace). WGCABLE_LOG=<filter> overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -158,7 +162,9 @@ impl GatewayArgs {
             ("--rescan-interval", self.rescan_interval),
         ] {
             if d < min {
-                return Err(UsageError(format!("{flag} {d:?} is too short; use at least 100ms")));
+                return Err(UsageError(format!(
+                    "{flag} {d:?} is too short; use at least 100ms"
+                )));
             }
         }
         if self.psk.is_empty() {

@@ -58,8 +58,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ShowCommand::Endpoint { state_dir } => show::endpoint(&state_dir),
         },
         Command::Cleanup(args) => {
-            wgcable_engine::gateway::cleanup(&args.device, args.table, args.rule_priority, args.backend).await?;
-            eprintln!("removed device {}, its routes in table {} and the rule looking it up", args.device, args.table);
+            wgcable_engine::gateway::cleanup(
+                &args.device,
+                args.table,
+                args.rule_priority,
+                args.backend,
+            )
+            .await?;
+            eprintln!(
+                "removed device {}, its routes in table {} and the rule looking it up",
+                args.device, args.table
+            );
             Ok(())
         }
     }

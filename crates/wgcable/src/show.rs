@@ -11,10 +11,13 @@ use wgcable_api::Connection;
 /// Prints the connections of the gateway at `url` as a table (or JSON).
 pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
     let body = get(url, "/connections").await?;
-    let conns: Vec<Connection> =
-        serde_json::from_slice(&body).with_context(|| format!("decoding the connections served at {url}"))?;
+    let conns: Vec<Connection> = serde_json::from_slice(&body)
+        .with_context(|| format!("decoding the connections served at {url}"))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&conns).context("encoding connections")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&conns).context("encoding connections")?
+        );
         return Ok(());
     }
     // Byte counters and handshake ages are not part of Submariner's Connection; they come
@@ -22,9 +25,20 @@ pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
     let metrics = String::from_utf8_lossy(&get(url, "/metrics").await?).into_owned();
     let rx = per_cluster(&metrics, "submariner_gateway_rx_bytes");
     let tx = per_cluster(&metrics, "submariner_gateway_tx_bytes");
-    let hs = per_cluster(&metrics, wgcable_metrics::names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS);
+    let hs = per_cluster(
+        &metrics,
+        wgcable_metrics::names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS,
+    );
     let mut rows = vec![[
-        "CLUSTER", "GATEWAY", "ENDPOINT IP", "NAT", "CABLE DRIVER", "SUBNETS", "STATUS", "LAST HANDSHAKE", "RX/TX",
+        "CLUSTER",
+        "GATEWAY",
+        "ENDPOINT IP",
+        "NAT",
+        "CABLE DRIVER",
+        "SUBNETS",
+        "STATUS",
+        "LAST HANDSHAKE",
+        "RX/TX",
     ]
     .map(String::from)];
     for c in &conns {
@@ -37,16 +51,24 @@ pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
             c.endpoint.backend.clone(),
             c.endpoint.subnets.join(","),
             c.status.as_str().to_string(),
-            hs.get(id).map(|s| format!("{}s ago", s.round())).unwrap_or_else(|| "-".into()),
+            hs.get(id)
+                .map(|s| format!("{}s ago", s.round()))
+                .unwrap_or_else(|| "-".into()),
             match (rx.get(id), tx.get(id)) {
                 (Some(r), Some(t)) => format!("{}/{}", human_bytes(*r), human_bytes(*t)),
                 _ => "-".into(),
             },
         ]);
     }
-    let widths: Vec<usize> = (0..9).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..9)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     for row in &rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
     if conns.is_empty() {
@@ -58,8 +80,13 @@ pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
 /// Prints the local Endpoint the gateway published.
 pub fn endpoint(state_dir: &Path) -> anyhow::Result<()> {
     let path = state_dir.join("endpoint.yaml");
-    let yaml = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (has a gateway run with --state-dir {}?)", path.display(), state_dir.display()))?;
+    let yaml = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (has a gateway run with --state-dir {}?)",
+            path.display(),
+            state_dir.display()
+        )
+    })?;
     print!("{yaml}");
     Ok(())
 }
@@ -68,9 +95,15 @@ pub fn endpoint(state_dir: &Path) -> anyhow::Result<()> {
 fn per_cluster(text: &str, metric: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(metric) else { continue };
-        let Some(rest) = rest.strip_prefix('{') else { continue };
-        let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        let Some(rest) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
         let Some(cluster) = labels
             .split("\",")
             .find_map(|kv| kv.trim_start_matches(',').strip_prefix("remote_cluster=\""))
@@ -105,24 +138,41 @@ async fn get(url: &str, path: &str) -> anyhow::Result<Bytes> {
         .strip_prefix("http://")
         .with_context(|| format!("--url {url} must start with http://"))?
         .trim_end_matches('/');
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(authority))
-        .await
-        .with_context(|| format!("connecting to {authority}: timed out"))?
-        .with_context(|| format!("connecting to the gateway at {authority} (is `wgcable gateway` running there?)"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .with_context(|| format!("talking HTTP to {authority}"))?;
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .with_context(|| format!("connecting to {authority}: timed out"))?
+    .with_context(|| {
+        format!("connecting to the gateway at {authority} (is `wgcable gateway` running there?)")
+    })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .with_context(|| format!("talking HTTP to {authority}"))?;
     // The connection task ends when the response is read; it is not long-running.
     tokio::spawn(conn);
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .body(Empty::<Bytes>::new())
         .context("building the request")?;
-    let resp = sender.send_request(req).await.with_context(|| format!("GET {url}{path}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("GET {url}{path}"))?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.with_context(|| format!("reading {url}{path}"))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("reading {url}{path}"))?
+        .to_bytes();
     if !status.is_success() {
-        bail!("GET {url}{path}: {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "GET {url}{path}: {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(body)
 }
