@@ -856,8 +856,7 @@ fn cleanup(topo: &mut Topology) -> Result<String> {
         topo.stop_gateway(i)?;
     }
     for i in 0..topo.clusters.len() {
-        let state_dir = topo.clusters[i].state_dir.to_string_lossy().into_owned();
-        cmd::run(&mut topo.gw(i, &topo.gateway_bin, ["cleanup", "--state-dir", &state_dir]))?;
+        cmd::run(&mut topo.gw(i, &topo.gateway_bin, ["cleanup"]))?;
     }
     let start = Instant::now();
     for i in 0..topo.clusters.len() {
