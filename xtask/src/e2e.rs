@@ -759,11 +759,7 @@ fn bad_input(topo: &mut Topology) -> Result<String> {
                     let log = topo.log_since(i, offset);
                     let missing: Vec<&str> = needed
                         .iter()
-                        .filter(|(name, cluster, _)| {
-                            !log.contains(name)
-                                && !log.contains(&format!("\"{cluster}\""))
-                                && !log.contains(&format!("={cluster}"))
-                        })
+                        .filter(|(name, cluster, _)| !mentions(&log, name, cluster))
                         .map(|(name, _, _)| *name)
                         .collect();
                     ensure!(missing.is_empty(), "no log line about {missing:?}");
@@ -816,6 +812,14 @@ fn bad_input(topo: &mut Topology) -> Result<String> {
         let _ = std::fs::remove_file(topo.broker_dir.join(name));
     }
     result
+}
+
+/// Whether a log mentions a file by name or its cluster id as a whole word.
+fn mentions(log: &str, file: &str, cluster: &str) -> bool {
+    log.contains(file)
+        || log
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .any(|word| word == cluster)
 }
 
 /// An Endpoint custom resource as Submariner's broker holds it.
@@ -910,6 +914,22 @@ fn cleanup(topo: &mut Topology) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_mentions_a_file_or_a_cluster_as_a_word() {
+        let log = "WARN cannot connect to endpoint cluster=evil error=endpoint evil refused\n";
+        assert!(mentions(log, "bad-overlap.yaml", "evil"));
+        assert!(mentions(
+            "rejected file=/b/bad-key.yaml",
+            "bad-key.yaml",
+            "badkey"
+        ));
+        assert!(!mentions(
+            "WARN cluster=evilish refused",
+            "bad-overlap.yaml",
+            "evil"
+        ));
+    }
 
     #[test]
     fn hostile_endpoint_yaml_names_its_cluster_subnet_and_key() {

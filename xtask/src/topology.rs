@@ -371,7 +371,9 @@ impl Topology {
         .collect();
         args.extend(self.gateway_args.iter().cloned());
         let mut command = self.gw(i, &self.gateway_bin, &args);
+        // The log is a file, read by people and searched by the scenarios: no colours.
         command
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -423,7 +425,7 @@ impl Topology {
 
     /// The last `n` lines of cluster `i`'s gateway log.
     pub fn log_tail(&self, i: usize, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.clusters[i].log).unwrap_or_default();
+        let text = self.log_since(i, 0);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
@@ -441,7 +443,7 @@ impl Topology {
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(text.len());
-        String::from_utf8_lossy(&text[start..]).into_owned()
+        strip_ansi(&String::from_utf8_lossy(&text[start..]))
     }
 
     /// Prints the tail of every gateway log (after a failure).
@@ -527,6 +529,27 @@ fn kill_all(pids: &[(i32, String)]) {
     while Instant::now() < deadline && !pids.iter().all(|(pid, _)| gone(*pid)) {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Removes ANSI escape sequences (colours a logger may add even when writing to a file).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in @..~
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// True for names this module creates: `wgc<run id>-<rest>`.
@@ -716,6 +739,13 @@ mod tests {
         ] {
             assert!(!is_ours(name), "{name}");
         }
+    }
+
+    #[test]
+    fn ansi_colours_are_stripped_from_logs() {
+        let line = "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m refused \u{1b}[3mcluster\u{1b}[0m\u{1b}[2m=\u{1b}[0mevil";
+        assert_eq!(strip_ansi(line), "2026  WARN refused cluster=evil");
+        assert_eq!(strip_ansi("plain"), "plain");
     }
 
     #[test]

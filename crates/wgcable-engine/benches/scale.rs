@@ -39,8 +39,7 @@ use wgcable_keys::{PresharedKey, PrivateKey, PublicKey};
 use wgcable_metrics::GatewayMetrics;
 use wgcable_netlink::{Link, LinkKind, Netlink, Route, RouteLookup, RouteSpec, RtNetlink, Rule};
 use wgcable_peers::{
-    BackendKind, DeviceStatus, DeviceUpdate, PeerChange, UserspaceConfig, UserspaceDevice,
-    WgDevice,
+    BackendKind, DeviceStatus, DeviceUpdate, PeerChange, UserspaceConfig, UserspaceDevice, WgDevice,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn StdError>>;
@@ -125,11 +124,17 @@ struct CountingNetlink {
 
 #[async_trait]
 impl Netlink for CountingNetlink {
-    async fn link_get(&self, name: &str) -> std::result::Result<Option<Link>, wgcable_netlink::Error> {
+    async fn link_get(
+        &self,
+        name: &str,
+    ) -> std::result::Result<Option<Link>, wgcable_netlink::Error> {
         self.counter.with(|c| c.call("link_get"));
         self.inner.link_get(name).await
     }
-    async fn link_get_by_index(&self, index: u32) -> std::result::Result<Option<Link>, wgcable_netlink::Error> {
+    async fn link_get_by_index(
+        &self,
+        index: u32,
+    ) -> std::result::Result<Option<Link>, wgcable_netlink::Error> {
         self.counter.with(|c| c.call("link_get_by_index"));
         self.inner.link_get_by_index(index).await
     }
@@ -137,7 +142,11 @@ impl Netlink for CountingNetlink {
         self.counter.with(|c| c.call("link_list"));
         self.inner.link_list().await
     }
-    async fn link_add(&self, name: &str, kind: &LinkKind) -> std::result::Result<Link, wgcable_netlink::Error> {
+    async fn link_add(
+        &self,
+        name: &str,
+        kind: &LinkKind,
+    ) -> std::result::Result<Link, wgcable_netlink::Error> {
         self.counter.with(|c| c.call("link_add"));
         self.inner.link_add(name, kind).await
     }
@@ -145,31 +154,56 @@ impl Netlink for CountingNetlink {
         self.counter.with(|c| c.call("link_del"));
         self.inner.link_del(index).await
     }
-    async fn link_set_up(&self, index: u32, up: bool) -> std::result::Result<(), wgcable_netlink::Error> {
+    async fn link_set_up(
+        &self,
+        index: u32,
+        up: bool,
+    ) -> std::result::Result<(), wgcable_netlink::Error> {
         self.counter.with(|c| c.call("link_set_up"));
         self.inner.link_set_up(index, up).await
     }
-    async fn link_set_mtu(&self, index: u32, mtu: u32) -> std::result::Result<(), wgcable_netlink::Error> {
+    async fn link_set_mtu(
+        &self,
+        index: u32,
+        mtu: u32,
+    ) -> std::result::Result<(), wgcable_netlink::Error> {
         self.counter.with(|c| c.call("link_set_mtu"));
         self.inner.link_set_mtu(index, mtu).await
     }
-    async fn addr_list(&self, index: u32) -> std::result::Result<Vec<IpNet>, wgcable_netlink::Error> {
+    async fn addr_list(
+        &self,
+        index: u32,
+    ) -> std::result::Result<Vec<IpNet>, wgcable_netlink::Error> {
         self.counter.with(|c| c.call("addr_list"));
         self.inner.addr_list(index).await
     }
-    async fn addr_add(&self, index: u32, addr: IpNet) -> std::result::Result<(), wgcable_netlink::Error> {
+    async fn addr_add(
+        &self,
+        index: u32,
+        addr: IpNet,
+    ) -> std::result::Result<(), wgcable_netlink::Error> {
         self.counter.with(|c| c.call("addr_add"));
         self.inner.addr_add(index, addr).await
     }
-    async fn addr_del(&self, index: u32, addr: IpNet) -> std::result::Result<(), wgcable_netlink::Error> {
+    async fn addr_del(
+        &self,
+        index: u32,
+        addr: IpNet,
+    ) -> std::result::Result<(), wgcable_netlink::Error> {
         self.counter.with(|c| c.call("addr_del"));
         self.inner.addr_del(index, addr).await
     }
-    async fn route_list(&self, table: u32) -> std::result::Result<Vec<Route>, wgcable_netlink::Error> {
+    async fn route_list(
+        &self,
+        table: u32,
+    ) -> std::result::Result<Vec<Route>, wgcable_netlink::Error> {
         self.counter.with(|c| c.call("route_list"));
         self.inner.route_list(table).await
     }
-    async fn route_add(&self, routes: &[RouteSpec]) -> std::result::Result<(), wgcable_netlink::Error> {
+    async fn route_add(
+        &self,
+        routes: &[RouteSpec],
+    ) -> std::result::Result<(), wgcable_netlink::Error> {
         self.counter.with(|c| {
             c.call("route_add");
             c.routes_added.extend(routes.iter().map(|r| r.dst));
@@ -195,7 +229,10 @@ impl Netlink for CountingNetlink {
         self.counter.with(|c| c.call("rule_del"));
         self.inner.rule_del(rule).await
     }
-    async fn route_get(&self, dst: IpAddr) -> std::result::Result<RouteLookup, wgcable_netlink::Error> {
+    async fn route_get(
+        &self,
+        dst: IpAddr,
+    ) -> std::result::Result<RouteLookup, wgcable_netlink::Error> {
         self.counter.with(|c| c.call("route_get"));
         self.inner.route_get(dst).await
     }
@@ -216,11 +253,18 @@ impl WgDevice for CountingDevice {
         self.counter.with(|c| c.call("dev_ensure"));
         self.inner.ensure(name).await
     }
-    async fn read(&self, name: &str) -> std::result::Result<Option<DeviceStatus>, wgcable_peers::Error> {
+    async fn read(
+        &self,
+        name: &str,
+    ) -> std::result::Result<Option<DeviceStatus>, wgcable_peers::Error> {
         self.counter.with(|c| c.call("dev_read"));
         self.inner.read(name).await
     }
-    async fn apply(&self, name: &str, update: &DeviceUpdate) -> std::result::Result<(), wgcable_peers::Error> {
+    async fn apply(
+        &self,
+        name: &str,
+        update: &DeviceUpdate,
+    ) -> std::result::Result<(), wgcable_peers::Error> {
         self.counter.with(|c| {
             c.call("dev_apply");
             c.peer_changes += update.peers.len();
@@ -321,11 +365,23 @@ fn enter_namespaces(in_namespace: bool) -> Result<()> {
     };
     unshare(flags).map_err(|e| format!("unsharing namespaces ({e}); run as root"))?;
     // Private first, so the tmpfs below stays ours and never shows in the host's mounts.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| format!("making / private in our mount namespace: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making / private in our mount namespace: {e}"))?;
     std::fs::create_dir_all("/run/wireguard")?;
-    mount(Some("tmpfs"), "/run/wireguard", Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
-        .map_err(|e| format!("mounting a tmpfs on /run/wireguard: {e}"))?;
+    mount(
+        Some("tmpfs"),
+        "/run/wireguard",
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|e| format!("mounting a tmpfs on /run/wireguard: {e}"))?;
     Ok(())
 }
 
@@ -337,11 +393,20 @@ fn ensure_underlay() -> Result<()> {
         return Ok(());
     }
     run("ip", &["link", "set", "lo", "up"])?;
-    run("ip", &["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"])?;
-    run("ip", &["addr", "add", &format!("{UNDERLAY_IP}/24"), "dev", "ul0"])?;
+    run(
+        "ip",
+        &["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"],
+    )?;
+    run(
+        "ip",
+        &["addr", "add", &format!("{UNDERLAY_IP}/24"), "dev", "ul0"],
+    )?;
     run("ip", &["link", "set", "ul0", "up"])?;
     run("ip", &["link", "set", "ul0p", "up"])?;
-    run("ip", &["route", "add", "198.18.0.0/15", "via", "192.168.0.2"])?;
+    run(
+        "ip",
+        &["route", "add", "198.18.0.0/15", "via", "192.168.0.2"],
+    )?;
     Ok(())
 }
 
@@ -410,12 +475,24 @@ fn baseline_cold(remotes: &[Remote], psk: &PresharedKey, dir: &Path) -> Result<D
     // link goes; the routes go with the link).
     let dump = run("wg", &["show", BASELINE_DEVICE, "dump"])?;
     let peers = dump.lines().count().saturating_sub(1);
-    let routes = run("ip", &["route", "show", "table", &TABLE.to_string()])?.lines().count();
+    let routes = run("ip", &["route", "show", "table", &TABLE.to_string()])?
+        .lines()
+        .count();
     if peers != remotes.len() || routes != 2 * remotes.len() {
         return Err(format!("baseline left {peers} peers and {routes} routes").into());
     }
     run("ip", &["link", "del", BASELINE_DEVICE])?;
-    run("ip", &["rule", "del", "pref", &RULE_PRIORITY.to_string(), "table", &TABLE.to_string()])?;
+    run(
+        "ip",
+        &[
+            "rule",
+            "del",
+            "pref",
+            &RULE_PRIORITY.to_string(),
+            "table",
+            &TABLE.to_string(),
+        ],
+    )?;
     let _ = std::fs::remove_file(&conf_path);
     Ok(total)
 }
@@ -457,7 +534,7 @@ fn driver(psk: &PresharedKey) -> Result<Driver> {
         private_ip: UNDERLAY_IP.parse()?,
         public_ip: None,
         nat: false,
-        health_check_ip: Some(HEALTH_CHECK_IP.parse()?),
+        health_check_ips: vec![HEALTH_CHECK_IP.parse()?],
         listen_port: PORT,
         preshared_key: psk.clone(),
         device: DEVICE.into(),
@@ -475,11 +552,20 @@ fn driver(psk: &PresharedKey) -> Result<Driver> {
 }
 
 /// Prints one incremental change and fails if it touched more than `peer` and `subnets`.
-fn report_change(name: &str, took: Duration, counts: &Counts, peer: &PublicKey, subnets: &[String]) -> Result<()> {
+fn report_change(
+    name: &str,
+    took: Duration,
+    counts: &Counts,
+    peer: &PublicKey,
+    subnets: &[String],
+) -> Result<()> {
     println!("  {name}: {:.2} ms; {}", ms(took), counts.summary());
     result(&format!("incr.{name}"), ms(took));
     result(&format!("incr.{name}.ops"), counts.total_calls() as f64);
-    result(&format!("incr.{name}.peer_changes"), counts.peer_changes as f64);
+    result(
+        &format!("incr.{name}.peer_changes"),
+        counts.peer_changes as f64,
+    );
     result(
         &format!("incr.{name}.route_changes"),
         (counts.routes_added.len() + counts.routes_deleted.len()) as f64,
@@ -491,7 +577,10 @@ fn report_change(name: &str, took: Duration, counts: &Counts, peer: &PublicKey, 
         .chain(&counts.routes_deleted)
         .any(|dst| !subnets.contains(&dst.to_string()));
     let only = !foreign_peer && !foreign_route;
-    result(&format!("incr.{name}.only_that_peer"), if only { 1.0 } else { 0.0 });
+    result(
+        &format!("incr.{name}.only_that_peer"),
+        if only { 1.0 } else { 0.0 },
+    );
     if !only {
         return Err(format!("{name} touched other peers or routes: {}", counts.summary()).into());
     }
@@ -503,7 +592,11 @@ async fn bench(peers: u32) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let psk = PresharedKey::from_passphrase(wgcable_keys::DEFAULT_PSK);
     let remotes: Vec<Remote> = (0..peers).map(|i| remote(i, 0)).collect();
-    let infos: Vec<NatEndpointInfo> = remotes.iter().enumerate().map(|(i, r)| info(i as u32, r)).collect();
+    let infos: Vec<NatEndpointInfo> = remotes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| info(i as u32, r))
+        .collect();
 
     // Case 1, baseline first (it leaves nothing behind), then the driver.
     let baseline = baseline_cold(&remotes, &psk, dir.path())?;
@@ -526,8 +619,13 @@ async fn bench(peers: u32) -> Result<()> {
     result("cold.wgcable", ms(cold));
     result("cold.wgcable.ops", counts.total_calls() as f64);
     let observed = d.driver.connections().await?;
-    let routes = run("ip", &["route", "show", "table", &TABLE.to_string()])?.lines().count();
-    if report.peers_added != peers as usize || observed.len() != peers as usize || routes != 2 * peers as usize {
+    let routes = run("ip", &["route", "show", "table", &TABLE.to_string()])?
+        .lines()
+        .count();
+    if report.peers_added != peers as usize
+        || observed.len() != peers as usize
+        || routes != 2 * peers as usize
+    {
         return Err(format!(
             "wgcable cold sync left {} peers, {} connections and {routes} routes",
             report.peers_added,
@@ -560,11 +658,17 @@ async fn bench(peers: u32) -> Result<()> {
     let noop = d.driver.reconcile(Trigger::Resync).await?;
     let took = start.elapsed();
     let counts = d.take();
-    println!("  resync, nothing to change: {:.2} ms; {}", ms(took), counts.summary());
+    println!(
+        "  resync, nothing to change: {:.2} ms; {}",
+        ms(took),
+        counts.summary()
+    );
     result("incr.resync_noop", ms(took));
     result("incr.resync_noop.ops", counts.total_calls() as f64);
     if !noop.is_noop() {
-        return Err(format!("a resync right after the cold sync changed something: {noop:?}").into());
+        return Err(
+            format!("a resync right after the cold sync changed something: {noop:?}").into(),
+        );
     }
 
     let moved_i = peers / 2;
@@ -574,7 +678,13 @@ async fn bench(peers: u32) -> Result<()> {
     let start = Instant::now();
     d.driver.connect_to_endpoint(&info(moved_i, &moved)).await?;
     let took = start.elapsed();
-    report_change("endpoint_ip_changed", took, &d.take(), &moved.key, &moved.subnets)?;
+    report_change(
+        "endpoint_ip_changed",
+        took,
+        &d.take(),
+        &moved.key,
+        &moved.subnets,
+    )?;
 
     let added = remote(peers, 0);
     let start = Instant::now();

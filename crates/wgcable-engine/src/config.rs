@@ -35,9 +35,9 @@ pub struct DriverConfig {
     pub public_ip: Option<IpAddr>,
     /// Whether this side is behind NAT (remote gateways then use our public IP).
     pub nat: bool,
-    /// The gateway's address inside the local subnets, put on the device and used as the
-    /// preferred source of routes to remote clusters.
-    pub health_check_ip: Option<IpAddr>,
+    /// The gateway's addresses inside the local subnets (at most one per IP family), put on
+    /// the device and used as the preferred source of routes to remote clusters of that family.
+    pub health_check_ips: Vec<IpAddr>,
     /// The UDP port WireGuard listens on.
     pub listen_port: u16,
     /// The pre-shared key for every peer, derived from the PSK string as Submariner does.
@@ -84,7 +84,22 @@ impl DriverConfig {
                 ));
             }
         }
-        if let Some(hc) = self.health_check_ip {
+        if self
+            .health_check_ips
+            .iter()
+            .filter(|ip| ip.is_ipv4())
+            .count()
+            > 1
+            || self
+                .health_check_ips
+                .iter()
+                .filter(|ip| ip.is_ipv6())
+                .count()
+                > 1
+        {
+            problems.push("give at most one health-check IP per IP family".to_string());
+        }
+        for &hc in &self.health_check_ips {
             if !self.local_subnets.iter().any(|n| n.contains(&hc)) {
                 problems.push(format!(
                     "health-check IP {hc} is not inside the local subnets; pick an address of one of them"
@@ -128,8 +143,10 @@ impl DriverConfig {
 
     /// The address the device carries for `family_of`'s IP family, if any.
     pub(crate) fn source_for(&self, family_of: &IpNet) -> Option<IpAddr> {
-        self.health_check_ip
-            .filter(|ip| ip.is_ipv4() == matches!(family_of, IpNet::V4(_)))
+        self.health_check_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == matches!(family_of, IpNet::V4(_)))
     }
 }
 
@@ -145,7 +162,7 @@ mod tests {
             private_ip: "192.168.77.11".parse().expect("ip"),
             public_ip: None,
             nat: false,
-            health_check_ip: Some("10.201.0.1".parse().expect("ip")),
+            health_check_ips: vec!["10.201.0.1".parse().expect("ip")],
             listen_port: DEFAULT_PORT,
             preshared_key: PresharedKey::from_passphrase(wgcable_keys::DEFAULT_PSK),
             device: DEFAULT_DEVICE.into(),
@@ -164,7 +181,7 @@ mod tests {
     fn every_problem_is_reported() {
         let mut c = sample();
         c.cluster_id = "Bad_Id".into();
-        c.health_check_ip = Some("10.9.9.9".parse().expect("ip"));
+        c.health_check_ips = vec!["10.9.9.9".parse().expect("ip")];
         c.table = 254;
         c.device = "a-name-that-is-too-long".into();
         c.listen_port = 0;
@@ -187,7 +204,7 @@ mod tests {
             "0.0.0.0/0".parse().expect("cidr"),
             "10.1.2.3/16".parse().expect("cidr"),
         ];
-        c.health_check_ip = None;
+        c.health_check_ips = Vec::new();
         let msg = c.validate().expect_err("invalid").to_string();
         assert!(msg.contains("default route"), "{msg}");
         assert!(msg.contains("did you mean 10.1.0.0/16"), "{msg}");

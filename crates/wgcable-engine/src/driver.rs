@@ -204,9 +204,16 @@ impl WireGuardDriver {
             nat_enabled: c.nat,
             backend: CABLE_DRIVER_NAME.to_string(),
             health_check_ip: c
-                .health_check_ip
+                .health_check_ips
+                .first()
                 .map(|ip| ip.to_string())
                 .unwrap_or_default(),
+            // Upstream's dual-stack list; only written when there is more than one address.
+            health_check_ips: if c.health_check_ips.len() > 1 {
+                c.health_check_ips.iter().map(|ip| ip.to_string()).collect()
+            } else {
+                Vec::new()
+            },
             ..EndpointSpec::default()
         };
         spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, self.public_key.to_base64());
@@ -436,9 +443,7 @@ impl WireGuardDriver {
             .filter(|a| matches!(a, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80))
             .copied()
             .collect();
-        if let Some(hc) = c.health_check_ip {
-            wanted.push(IpNet::from(hc));
-        }
+        wanted.extend(c.health_check_ips.iter().map(|&hc| IpNet::from(hc)));
         let addrs = wgcable_netlink::ensure_addrs(&*self.netlink, link.index, &wanted)
             .await
             .map_err(Error::netlink(format!(

@@ -174,7 +174,10 @@ fn config() -> DriverConfig {
         private_ip: "192.168.77.11".parse().expect("ip"),
         public_ip: None,
         nat: false,
-        health_check_ip: Some("10.201.0.1".parse().expect("ip")),
+        health_check_ips: vec![
+            "10.201.0.1".parse().expect("ip"),
+            "fd00:201::1".parse().expect("ip"),
+        ],
         listen_port: DEFAULT_PORT,
         preshared_key: PresharedKey::from_passphrase(wgcable_keys::DEFAULT_PSK),
         device: DEFAULT_DEVICE.into(),
@@ -302,16 +305,15 @@ async fn connect_configures_peer_routes_rule_and_link() {
         let want: Option<IpAddr> = if r.dst.addr().is_ipv4() {
             Some("10.201.0.1".parse().expect("ip"))
         } else {
-            None
+            Some("fd00:201::1".parse().expect("ip"))
         };
         assert_eq!(r.pref_src, want, "route {}", r.dst);
     }
     assert!(link.up, "device is up");
     assert_eq!(link.mtu, 1420, "underlay 1500 - 80");
-    assert_eq!(
-        h.netlink.addrs(link.index),
-        vec!["10.201.0.1/32".parse::<IpNet>().expect("cidr")]
-    );
+    let mut addrs = h.netlink.addrs(link.index);
+    addrs.sort();
+    assert_eq!(addrs, nets(&["10.201.0.1/32", "fd00:201::1/128"]));
     let rules = h.netlink.rules();
     for family in [IpFamily::V4, IpFamily::V6] {
         assert!(

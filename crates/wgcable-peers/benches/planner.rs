@@ -3,9 +3,9 @@
 //!
 //! - `plan`: [`plan`] alone (observed device -> minimal changes), nothing to change and one
 //!   endpoint moved.
-//! - `desired_peers`: endpoints -> peers, with every endpoint validated and checked for
-//!   overlapping subnets, duplicate keys and clusters.
-//! - `desired_peers+plan`: both, which is what every reconcile runs.
+//! - `desired_peers+plan`: endpoints -> peers (every endpoint validated and checked for
+//!   overlapping subnets, duplicate keys and clusters), then the plan: what every reconcile
+//!   runs. One endpoint has moved.
 //!
 //! Run with `cargo bench -p wgcable-peers --bench planner`; `cargo xtask bench` runs it and
 //! reads the medians from `target/criterion/planner/*/new/estimates.json`. No I/O, no root.
@@ -123,9 +123,6 @@ fn planner(c: &mut Criterion) {
             &n,
             |b, _| b.iter(|| plan(black_box(&moved_desired), black_box(Some(&f.observed)))),
         );
-        group.bench_with_input(BenchmarkId::new("desired_peers", n), &n, |b, _| {
-            b.iter(|| desired_peers(black_box(&local), black_box(&f.endpoints)))
-        });
         group.bench_with_input(BenchmarkId::new("desired_peers+plan", n), &n, |b, _| {
             b.iter(|| {
                 let desired = desired_peers(black_box(&local), black_box(&moved));

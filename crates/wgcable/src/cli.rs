@@ -89,9 +89,10 @@ pub struct GatewayArgs {
     /// The hostname published in the Endpoint (default: this host's name).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// An address inside the local subnets, put on the device as the source of routed traffic.
-    #[arg(long)]
-    pub health_check_ip: Option<IpAddr>,
+    /// The gateway's address inside the local subnets (one per IP family, comma-separated),
+    /// put on the device as the source of traffic it sends to remote clusters.
+    #[arg(long, value_delimiter = ',')]
+    pub health_check_ip: Vec<IpAddr>,
     /// The WireGuard UDP port.
     #[arg(long, env = "CE_IPSEC_NATTPORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
@@ -183,7 +184,7 @@ impl GatewayArgs {
             private_ip: self.private_ip,
             public_ip: self.public_ip,
             nat: self.nat,
-            health_check_ip: self.health_check_ip,
+            health_check_ips: self.health_check_ip,
             listen_port: self.port,
             preshared_key: PresharedKey::from_passphrase(&self.psk),
             device: self.device,
