@@ -341,17 +341,21 @@ impl WireGuardDriver {
     ) -> Result<ReconcileReport, Error> {
         let c = &self.config;
         let mut report = ReconcileReport::default();
-        let repair = |what: &str, happened: bool| {
-            if happened && trigger == Trigger::Resync {
-                tracing::warn!(what, "drift repaired");
-                self.metrics.inc_repair(what);
-            }
-        };
 
         // 1. Plan the peers first: a refused endpoint is dropped here, before anything is
         // touched, so it cannot leave half-applied state or disturb the others.
         let infos: Vec<NatEndpointInfo> = st.remotes.iter().map(|r| r.info.clone()).collect();
         let desired = wgcable_peers::desired_peers(&self.local_peer_config(), &infos);
+        // Clusters that were refused and are accepted now are intended changes, not drift.
+        let newly_accepted = st
+            .refused
+            .keys()
+            .any(|c| !desired.rejected.iter().any(|(r, _)| r == c));
+        let trigger = if newly_accepted {
+            Trigger::Intent
+        } else {
+            trigger
+        };
         let mut refused = BTreeMap::new();
         for (cluster, err) in &desired.rejected {
             let msg = crate::error::chain(err);
@@ -363,6 +367,13 @@ impl WireGuardDriver {
             refused.insert(cluster.clone(), msg);
         }
         st.refused = refused;
+
+        let repair = |what: &str, happened: bool| {
+            if happened && trigger == Trigger::Resync {
+                tracing::warn!(what, "drift repaired");
+                self.metrics.inc_repair(what);
+            }
+        };
 
         // 2. The device exists and carries our key and port.
         let created = self
@@ -764,16 +775,22 @@ impl CableDriver for WireGuardDriver {
                 None
             }
         };
-        // Plan before touching anything: a refused endpoint is forgotten and reported, and
-        // neither it nor the other clusters see any change.
+        // Plan before touching anything: a refused endpoint is reported and neither it nor
+        // the other clusters see any change.
         let infos: Vec<NatEndpointInfo> = st.remotes.iter().map(|r| r.info.clone()).collect();
         let planned = wgcable_peers::desired_peers(&self.local_peer_config(), &infos);
         if let Some((_, source)) = planned.rejected.into_iter().find(|(c, _)| *c == cluster) {
             match (previous, old) {
+                // A cluster that was fine keeps its last good endpoint.
                 (Some(i), Some(old)) => st.remotes[i] = old,
-                _ => st
-                    .remotes
-                    .retain(|r| r.info.endpoint.spec.cluster_id != cluster),
+                // A new one waits, refused and listed as such, at the back of the queue: it
+                // is planned again at every reconcile, so it connects once the conflict is
+                // gone (say, the cluster whose subnets it overlaps leaves), and it can never
+                // take over what an earlier cluster holds.
+                _ => {
+                    st.refused
+                        .insert(cluster.clone(), crate::error::chain(&source));
+                }
             }
             self.metrics.inc_endpoint_rejected("refused");
             return Err(Error::Refused {

@@ -484,14 +484,56 @@ async fn refused_endpoints_touch_nothing() {
     );
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
     assert_eq!(h.device.status().peers.len(), 1);
-    // The refused ones are not remembered: connections lists cluster-b only.
+    // The refused ones that are valid wait, listed as errors with the reason; the invalid one
+    // is not remembered at all. A resync still touches nothing.
     let conns = h.driver.connections().await.expect("connections");
-    assert_eq!(
-        conns
-            .iter()
-            .map(|c| c.endpoint.cluster_id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["cluster-b"]
+    let listed: Vec<(&str, ConnectionStatus)> = conns
+        .iter()
+        .map(|c| (c.endpoint.cluster_id.as_str(), c.status))
+        .collect();
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    assert!(!listed.iter().any(|(c, _)| *c == "evil-5"), "{listed:?}");
+    for c in &conns {
+        if c.endpoint.cluster_id != "cluster-b" {
+            assert_eq!(c.status, ConnectionStatus::Error);
+            assert!(
+                c.status_message.starts_with("refused: "),
+                "{}",
+                c.status_message
+            );
+        }
+    }
+    let report = h.driver.reconcile(Trigger::Resync).await.expect("resync");
+    assert!(report.is_noop(), "{report:?}");
+    assert_eq!(report.refused.len(), 5, "{report:?}");
+    assert!(h.netlink.writes().is_empty(), "{:?}", h.netlink.writes());
+}
+
+#[tokio::test]
+async fn a_waiting_endpoint_connects_once_its_conflict_is_gone() {
+    let h = harness().await;
+    h.driver.init().await.expect("init");
+    let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16"]);
+    h.connect(&b).await.expect("b");
+    // A new cluster reusing B's subnets (say B was rebuilt under a new id) is refused while B
+    // holds them, then connects on its own once B leaves.
+    let b2 = remote("cluster-b2", "192.168.77.22", &["10.202.0.0/16"]);
+    h.connect(&b2).await.expect_err("overlaps cluster-b");
+    assert!(h.device.peer(&b2.key.public_key()).is_none());
+    h.driver
+        .disconnect_from_endpoint(&b.endpoint)
+        .await
+        .expect("b leaves");
+    assert!(h.device.peer(&b.key.public_key()).is_none());
+    assert!(
+        h.device.peer(&b2.key.public_key()).is_some(),
+        "b2 connected"
+    );
+    assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
+    let text = h.metrics.encode_text().expect("text");
+    assert!(
+        !text.contains("wgcable_repairs_total{"),
+        "an accepted endpoint is not drift: {text}"
     );
 }
 
