@@ -246,14 +246,7 @@ impl WireGuardDriver {
         infos: Vec<NatEndpointInfo>,
     ) -> Result<ReconcileReport, Error> {
         let mut st = self.state.lock().await;
-        let observed = self
-            .device
-            .read(&self.config.device)
-            .await
-            .map_err(Error::device(format!(
-                "reading device {}",
-                self.config.device
-            )))?;
+        let observed = self.read_device().await?;
         // Clusters whose key is already on the device are incumbents: they go first, so a
         // newcomer that claims their subnets cannot take their traffic across a restart.
         let on_device: Vec<PublicKey> = observed
@@ -292,6 +285,14 @@ impl WireGuardDriver {
             source: Box::new(wgcable_peers::PeerError::InvalidUseIp(info.use_ip.clone())),
         })?;
         Ok(Remote { info, use_ip })
+    }
+
+    async fn read_device(&self) -> Result<Option<DeviceStatus>, Error> {
+        let name = &self.config.device;
+        self.device
+            .read(name)
+            .await
+            .map_err(Error::device(format!("reading WireGuard device {name}")))
     }
 
     fn local_peer_config(&self) -> LocalPeerConfig {
@@ -386,14 +387,7 @@ impl WireGuardDriver {
             )))?;
         report.device_created = created;
         repair("device", created && st.reconciled);
-        let observed = self
-            .device
-            .read(&c.device)
-            .await
-            .map_err(Error::device(format!(
-                "reading WireGuard device {}",
-                c.device
-            )))?;
+        let observed = self.read_device().await?;
         let plan = wgcable_peers::plan(&desired.peers, observed.as_ref());
         let mut update = plan.to_update();
         if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
@@ -729,14 +723,7 @@ impl CableDriver for WireGuardDriver {
                 "creating WireGuard device {}",
                 c.device
             )))?;
-        let observed = self
-            .device
-            .read(&c.device)
-            .await
-            .map_err(Error::device(format!(
-                "reading WireGuard device {}",
-                c.device
-            )))?;
+        let observed = self.read_device().await?;
         // Only the identity is set here; peers are left alone until the first reconcile
         // knows every endpoint, so adopting a running device cuts no traffic.
         if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
@@ -820,14 +807,7 @@ impl CableDriver for WireGuardDriver {
 
     async fn connections(&self) -> Result<Vec<Connection>, Error> {
         let mut st = self.state.lock().await;
-        let observed = self
-            .device
-            .read(&self.config.device)
-            .await
-            .map_err(Error::device(format!(
-                "reading WireGuard device {}",
-                self.config.device
-            )))?;
+        let observed = self.read_device().await?;
         let conns = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
         st.last_connections = conns.clone();
         if let Ok(mut s) = self.snapshot.lock() {
