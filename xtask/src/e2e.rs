@@ -801,11 +801,38 @@ fn bad_input(topo: &mut Topology) -> Result<String> {
             }
         }
         let pairs = ping_all_pairs(topo, 5)?;
-        wait_mesh(topo, Duration::from_secs(5))?;
+        // The real remotes stay connected. A refused endpoint may be listed (as an error that
+        // says why, which helps an operator) but never as connected.
+        let mut refused = Vec::new();
+        for i in 0..topo.clusters.len() {
+            let id = &topo.clusters[i].id;
+            let conns = state::connections(topo, i)?;
+            for r in topo.remotes(i) {
+                ensure!(
+                    conns.iter().any(|(c, s)| c == r && s == "connected"),
+                    "gateway {id} no longer reports {r} connected: {conns:?}"
+                );
+            }
+            for (cluster, status) in conns
+                .iter()
+                .filter(|(c, _)| !topo.remotes(i).contains(&c.as_str()))
+            {
+                ensure!(
+                    status != "connected",
+                    "gateway {id} reports the refused {cluster} connected"
+                );
+                refused.push(format!("{cluster}={status} on {id}"));
+            }
+        }
+        let listed = if refused.is_empty() {
+            "not listed in /connections".to_string()
+        } else {
+            format!("listed as {}", refused.join(", "))
+        };
         Ok(format!(
             "malformed, invalid-key and overlapping ({a_subnet}) endpoints rejected with log lines on all gateways \
-             within {logged:.2}s; no route to 10.250.0.0/16, no hostile peer, {a_subnet} still via a's peer; \
-             {pairs}/{pairs} pod pairs answered 5/5 pings, all connected"
+             within {logged:.2}s; no route to 10.250.0.0/16, no hostile peer ({listed}), {a_subnet} still via a's \
+             peer; {pairs}/{pairs} pod pairs answered 5/5 pings, remotes still connected"
         ))
     })();
     for (name, _, _) in &files {

@@ -453,8 +453,18 @@ fn baseline_cold(remotes: &[Remote], psk: &PresharedKey, dir: &Path) -> Result<D
     let batch_arg = batch_path.to_string_lossy().into_owned();
 
     let start = Instant::now();
-    // Without -f, wireguard-go returns once the device and its control socket exist.
-    run("wireguard-go", &[BASELINE_DEVICE])?;
+    // Without -f, wireguard-go returns once the device and its control socket exist. Its
+    // daemon keeps whatever stdout/stderr it is given: no pipes, or we would wait forever.
+    let status = Command::new("wireguard-go")
+        .arg(BASELINE_DEVICE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("starting wireguard-go: {e}"))?;
+    if !status.success() {
+        return Err(format!("wireguard-go {BASELINE_DEVICE} failed: {status}").into());
+    }
     let t_dev = start.elapsed();
     run("wg", &["setconf", BASELINE_DEVICE, &conf_arg])?;
     let t_conf = start.elapsed();

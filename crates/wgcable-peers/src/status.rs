@@ -63,22 +63,39 @@ fn with_status(prev: &PeerTrack, status: ConnectionStatus, message: String) -> P
     }
 }
 
+fn connected_message(peer: &PeerStatus) -> String {
+    format!("Rx={} Bytes, Tx={} Bytes", peer.rx_bytes, peer.tx_bytes)
+}
+
 /// Judges a peer: `prev` is the previous verdict for the same peer (`None` the first time).
 pub fn judge(prev: Option<&PeerTrack>, peer: &PeerStatus, now: SystemTime) -> PeerTrack {
+    // A handshake completed within the timeout proves the peer is there: it holds the private
+    // key of the public key we configured and answered us. Upstream waits a keepalive interval
+    // and a byte delta before saying so, which shows every fresh or adopted connection as
+    // `connecting` for 10 s; we say `connected` as soon as the proof is there.
+    let fresh = peer
+        .last_handshake
+        .filter(|hs| now.duration_since(*hs).unwrap_or_default() <= HANDSHAKE_TIMEOUT);
     let Some(prev) = prev else {
-        let message = if peer.last_handshake.is_some() {
-            "handshake done, waiting for traffic"
-        } else {
-            "waiting for the initial handshake"
+        let (status, message) = match fresh {
+            Some(_) => (ConnectionStatus::Connected, connected_message(peer)),
+            None if peer.last_handshake.is_some() => (
+                ConnectionStatus::Connecting,
+                "handshake too old, waiting for a new one".to_owned(),
+            ),
+            None => (
+                ConnectionStatus::Connecting,
+                "waiting for the initial handshake".to_owned(),
+            ),
         };
         return PeerTrack {
             first_seen: now,
             last_checked: now,
             rx_bytes: peer.rx_bytes,
             tx_bytes: peer.tx_bytes,
-            status: ConnectionStatus::Connecting,
-            message: message.to_owned(),
-            established: None,
+            status,
+            message,
+            established: fresh,
         };
     };
 
@@ -88,7 +105,15 @@ pub fn judge(prev: Option<&PeerTrack>, peer: &PeerStatus, now: SystemTime) -> Pe
         return rebased(prev, peer, now);
     };
     if since_check < KEEPALIVE {
-        // Too soon to expect a keepalive's worth of traffic.
+        // Too soon to expect a keepalive's worth of traffic, so no bad news yet; but a fresh
+        // handshake is good news that need not wait.
+        if let (Some(hs), false) = (fresh, prev.status == ConnectionStatus::Connected) {
+            let mut track = rebased(prev, peer, now);
+            track.status = ConnectionStatus::Connected;
+            track.message = connected_message(peer);
+            track.established = Some(hs);
+            return track;
+        }
         return prev.clone();
     }
     // Counters only go down when the peer was removed and added again: a new baseline.
@@ -120,12 +145,16 @@ pub fn judge(prev: Option<&PeerTrack>, peer: &PeerStatus, now: SystemTime) -> Pe
     // so they do prove the peer is alive. (Upstream counts either, and so reports a dead peer
     // as connected while it retries.)
     let received = peer.rx_bytes > prev.rx_bytes;
-    let moved = if since_handshake > HANDSHAKE_TIMEOUT { received } else { moved };
+    let moved = if since_handshake > HANDSHAKE_TIMEOUT {
+        received
+    } else {
+        moved
+    };
 
     if moved {
         let mut track = rebased(prev, peer, now);
         track.status = ConnectionStatus::Connected;
-        track.message = format!("Rx={} Bytes, Tx={} Bytes", peer.rx_bytes, peer.tx_bytes);
+        track.message = connected_message(peer);
         track.established = prev.established.or(Some(handshake));
         return track;
     }
@@ -219,24 +248,44 @@ mod tests {
                 baseline: (5, 0, 0),
             },
             Case {
-                name: "first look after a gateway restart: handshake present, no delta yet",
+                name: "first look after a gateway restart: a fresh handshake is connected at once",
                 prev: None,
                 peer: peer(Some(3), 100, 200),
                 now: 5,
-                status: Connecting,
-                message: "handshake done, waiting for traffic",
-                established: None,
+                status: Connected,
+                message: "Rx=100 Bytes, Tx=200 Bytes",
+                established: Some(3),
                 baseline: (5, 100, 200),
             },
             Case {
-                name: "less than keepalive since the last look: untouched even with traffic",
+                name: "first look with a stale handshake: connecting until a new one",
+                prev: None,
+                peer: peer(Some(3), 100, 200),
+                now: 200,
+                status: Connecting,
+                message: "handshake too old, waiting for a new one",
+                established: None,
+                baseline: (200, 100, 200),
+            },
+            Case {
+                name: "less than keepalive since the last look: a fresh handshake connects at once",
                 prev: Some(track(Connecting, 0, 0, 0, None)),
                 peer: peer(Some(2), 50, 50),
                 now: 9,
-                status: Connecting,
+                status: Connected,
+                message: "Rx=50 Bytes, Tx=50 Bytes",
+                established: Some(2),
+                baseline: (9, 50, 50),
+            },
+            Case {
+                name: "less than keepalive since the last look: no bad news yet",
+                prev: Some(track(Connected, 100, 1000, 1000, Some(4))),
+                peer: peer(Some(4), 1000, 1000),
+                now: 109,
+                status: Connected,
                 message: "previous",
-                established: None,
-                baseline: (0, 0, 0),
+                established: Some(4),
+                baseline: (100, 1000, 1000),
             },
             Case {
                 name: "upstream quirk fixed: no handshake, no traffic, young peer is connecting",
