@@ -353,15 +353,26 @@ fn metrics(topo: &mut Topology) -> Result<String> {
                         ts > now - 3600.0 && ts <= now + 60.0,
                         "remote {r}: established timestamp {ts} is not within the last hour"
                     );
-                    found.push((r.clone(), rx, tx, now - ts));
+                    // The health check pings the remote gateway through the tunnel every
+                    // second; its RTT is Submariner's latency metric.
+                    let latency = find(&samples, "submariner_connection_latency_seconds", r)
+                        .context("no connection_latency_seconds series (health check)")?
+                        .value;
+                    ensure!(
+                        latency > 0.0 && latency < 1.0,
+                        "remote {r}: latency {latency}s is not a plausible tunnel RTT"
+                    );
+                    found.push((r.clone(), rx, tx, now - ts, latency));
                 }
                 Ok(found)
             },
         )?;
         if example.is_empty() {
-            if let Some((r, rx, tx, age)) = found.first() {
-                example =
-                    format!("e.g. {id}->{r} rx={rx} tx={tx} bytes, established {age:.0}s ago");
+            if let Some((r, rx, tx, age, latency)) = found.first() {
+                example = format!(
+                    "e.g. {id}->{r} rx={rx} tx={tx} bytes, established {age:.0}s ago, latency {:.3}ms",
+                    latency * 1000.0
+                );
             }
         }
         let http = state::connections(topo, i)?;
@@ -384,7 +395,7 @@ fn metrics(topo: &mut Topology) -> Result<String> {
         );
     }
     Ok(format!(
-        "{n}/{n} gateways export status=\"connected\" 1, non-zero rx/tx bytes and a fresh established timestamp \
+        "{n}/{n} gateways export status=\"connected\" 1, non-zero rx/tx bytes, a fresh established timestamp and a latency \
          for both remotes ({example}); /connections == `wgcable show connections --json` on {n}/{n}",
         n = topo.clusters.len()
     ))

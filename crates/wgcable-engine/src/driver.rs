@@ -132,6 +132,8 @@ pub struct WireGuardDriver {
     state: tokio::sync::Mutex<State>,
     /// Mirrors of state for the HTTP server, which must never wait on a reconcile.
     snapshot: std::sync::Mutex<(Vec<Connection>, bool)>,
+    /// Pings each remote gateway's health-check IP through the tunnel (optional).
+    health: Option<Arc<crate::health::HealthChecker>>,
     /// Remote subnets already warned about for source NAT (warn once, not every resync).
     snat_warned: std::sync::Mutex<std::collections::BTreeSet<IpNet>>,
 }
@@ -169,7 +171,16 @@ impl WireGuardDriver {
             state: tokio::sync::Mutex::new(State::default()),
             snapshot: std::sync::Mutex::new((Vec::new(), false)),
             snat_warned: std::sync::Mutex::new(Default::default()),
+            health: None,
         })
+    }
+
+    /// Adds health checking: the checker is told which remote gateways to ping whenever the
+    /// set of connections changes, and its verdicts feed the connections' latency and status.
+    /// The caller runs it (`HealthChecker::run`); the driver spawns nothing.
+    pub fn with_health(mut self, health: Arc<crate::health::HealthChecker>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// The driver's configuration.
@@ -528,6 +539,22 @@ impl WireGuardDriver {
         });
         st.desired = new_desired;
         self.metrics.set_peers(st.desired.len());
+        if let Some(health) = &self.health {
+            let targets = st
+                .remotes
+                .iter()
+                .filter(|r| st.desired.contains_key(&r.info.endpoint.spec.cluster_id))
+                .filter_map(|r| {
+                    let spec = r.info.endpoint.spec.validate().ok()?;
+                    crate::health::HealthTarget::pick(
+                        &spec.cluster_id,
+                        &spec.health_check_ips,
+                        &c.health_check_ips,
+                    )
+                })
+                .collect();
+            health.set_targets(targets);
+        }
         Ok(report)
     }
 
@@ -675,7 +702,6 @@ impl WireGuardDriver {
                 self.metrics.remove_cable(&p.labels);
             }
             let track = wgcable_peers::judge(prev.map(|t| &t.track), status, now);
-            self.metrics.set_connection_status(&labels, track.status);
             self.metrics
                 .set_traffic(&labels, status.rx_bytes, status.tx_bytes);
             if let Some(est) = track
@@ -693,6 +719,22 @@ impl WireGuardDriver {
             }
             conn.status = track.status;
             conn.status_message = track.message.clone();
+            // The health check, when there is one and it has a verdict, refines WireGuard's:
+            // a handshake proves the peer's key, a ping proves the path through the tunnel.
+            if let Some(h) = self.health.as_ref().and_then(|h| h.status(cluster)) {
+                conn.latency_rtt = h.latency.clone();
+                if let Some(rtt) = h.last_rtt {
+                    self.metrics.set_latency(&labels, rtt.as_secs_f64());
+                }
+                if h.failed && conn.status == ConnectionStatus::Connected {
+                    conn.status = ConnectionStatus::Error;
+                    conn.status_message = format!(
+                        "Failed to successfully ping the remote endpoint IP {:?} ({} lost in a row)",
+                        spec.health_check_ip, h.consecutive_lost
+                    );
+                }
+            }
+            self.metrics.set_connection_status(&labels, conn.status);
             st.tracked
                 .insert(cluster.clone(), Tracked { key, track, labels });
             out.push(conn);

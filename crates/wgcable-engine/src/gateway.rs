@@ -14,6 +14,7 @@ use wgcable_peers::{BackendPreference, WgDevice};
 
 use crate::broker::{EndpointEvent, EndpointSource, FileBroker};
 use crate::driver::{CableDriver, Trigger, WireGuardDriver};
+use crate::health::HealthChecker;
 use crate::{DriverConfig, Error};
 
 /// Everything `wgcable gateway` is configured with.
@@ -35,6 +36,18 @@ pub struct GatewayConfig {
     pub resync_interval: Duration,
     /// How often the broker directory is rescanned besides inotify.
     pub rescan_interval: Duration,
+    /// Pinging remote gateways through the tunnels; `None` turns it off.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// Submariner's gateway health check: one ICMP echo per interval to each remote gateway's
+/// health-check IP, through the tunnel; more than `max_lost` lost in a row is an error.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthCheckConfig {
+    /// Time between pings (Submariner: 1 s).
+    pub interval: Duration,
+    /// Consecutive losses tolerated (Submariner: 5).
+    pub max_lost: u32,
 }
 
 /// What the HTTP server sees of the driver: the last judged connections and readiness.
@@ -84,13 +97,26 @@ pub async fn run(
     tracing::info!(backend = %device.kind(), device = %config.driver.device, "WireGuard backend selected");
 
     let metrics = Arc::new(GatewayMetrics::new().map_err(Error::Metrics)?);
-    let driver = Arc::new(WireGuardDriver::new(
+    let mut driver = WireGuardDriver::new(
         config.driver.clone(),
         private_key,
         netlink,
         device,
         metrics.clone(),
-    )?);
+    )?;
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(hc) = config.health_check {
+        let health = Arc::new(
+            HealthChecker::new(hc.interval, hc.interval.max(Duration::from_secs(1)))
+                .with_max_lost(hc.max_lost),
+        );
+        // One task for all pingers; it ends when the gateway stops.
+        tokio::spawn(health.clone().run(async move {
+            let _ = health_stopped.await;
+        }));
+        driver = driver.with_health(health);
+    }
+    let driver = Arc::new(driver);
 
     // Bind before touching the host: a port in use is a configuration error.
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
@@ -182,6 +208,7 @@ pub async fn run(
 
     tracing::info!("stopping; the data path stays in place (run `wgcable cleanup` to remove it)");
     let _ = stop_http.send(());
+    let _ = stop_health.send(());
     match tokio::time::timeout(Duration::from_secs(2), http).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),

@@ -18,6 +18,7 @@ pub mod config;
 pub mod driver;
 mod error;
 pub mod gateway;
+pub mod health;
 pub mod snat;
 
 pub use broker::{EndpointEvent, EndpointSource, FileBroker};
@@ -25,3 +26,4 @@ pub use config::DriverConfig;
 pub use driver::{CableDriver, ReconcileReport, Trigger, WireGuardDriver};
 pub use error::{chain, Error};
 pub use gateway::GatewayConfig;
+pub use health::{HealthChecker, HealthStatus, HealthTarget};

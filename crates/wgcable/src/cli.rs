@@ -135,6 +135,27 @@ pub struct GatewayArgs {
     /// How often the broker directory is rescanned besides inotify.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub rescan_interval: Duration,
+    /// Ping each remote gateway's health-check IP through the tunnel (latency, path check).
+    #[arg(long, env = "SUBMARINER_HEALTHCHECKENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub health_check: bool,
+    /// Time between health-check pings (a bare number is seconds, as Submariner's variable).
+    #[arg(long, env = "SUBMARINER_HEALTHCHECKINTERVAL", default_value = "1s", value_parser = seconds_or_duration)]
+    pub health_check_interval: Duration,
+    /// Consecutive lost pings after which a connection is in error.
+    #[arg(
+        long,
+        env = "SUBMARINER_HEALTHCHECKMAXPACKETLOSSCOUNT",
+        default_value_t = 5
+    )]
+    pub health_check_max_lost: u32,
+}
+
+/// Submariner's interval variables are bare seconds; people write `500ms` or `2s`.
+fn seconds_or_duration(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1, 1s, 500ms)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +182,7 @@ impl GatewayArgs {
             ("--status-interval", self.status_interval),
             ("--resync-interval", self.resync_interval),
             ("--rescan-interval", self.rescan_interval),
+            ("--health-check-interval", self.health_check_interval),
         ] {
             if d < min {
                 return Err(UsageError(format!(
@@ -204,6 +226,12 @@ impl GatewayArgs {
             status_interval: self.status_interval,
             resync_interval: self.resync_interval,
             rescan_interval: self.rescan_interval,
+            health_check: self
+                .health_check
+                .then_some(wgcable_engine::gateway::HealthCheckConfig {
+                    interval: self.health_check_interval,
+                    max_lost: self.health_check_max_lost,
+                }),
         })
     }
 }

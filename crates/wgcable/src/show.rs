@@ -39,6 +39,7 @@ pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
         "STATUS",
         "LAST HANDSHAKE",
         "RX/TX",
+        "RTT AVG.",
     ]
     .map(String::from)];
     for c in &conns {
@@ -58,9 +59,13 @@ pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
                 (Some(r), Some(t)) => format!("{}/{}", human_bytes(*r), human_bytes(*t)),
                 _ => "-".into(),
             },
+            c.latency_rtt
+                .as_ref()
+                .map(|l| l.average.clone())
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for row in &rows {
