@@ -119,6 +119,8 @@ struct State {
     last_connections: Vec<Connection>,
     /// At least one reconcile went through: later device/rule creations are repairs.
     reconciled: bool,
+    /// The endpoint we last configured for each peer (see roaming in `reconcile_inner`).
+    applied_endpoints: HashMap<PublicKey, std::net::SocketAddr>,
 }
 
 /// The WireGuard cable driver.
@@ -399,7 +401,26 @@ impl WireGuardDriver {
         report.device_created = created;
         repair("device", created && st.reconciled);
         let observed = self.read_device().await?;
-        let plan = wgcable_peers::plan(&desired.peers, observed.as_ref());
+        // Roaming: behind NAT the peer's packets may come from another address or port than
+        // the one published, and WireGuard then follows them. Setting the published one again
+        // at every resync would undo that and could cut the tunnel, so for NAT'd peers the
+        // endpoint is only set when what the remote publishes changed since we last set it.
+        let nat: std::collections::HashSet<&str> = st
+            .remotes
+            .iter()
+            .filter(|r| r.info.use_nat)
+            .map(|r| r.info.endpoint.spec.cluster_id.as_str())
+            .collect();
+        let mut planned = desired.peers.clone();
+        for p in &mut planned {
+            if nat.contains(p.cluster_id.as_str())
+                && p.config.endpoint.is_some()
+                && st.applied_endpoints.get(&p.config.public_key) == p.config.endpoint.as_ref()
+            {
+                p.config.endpoint = None;
+            }
+        }
+        let plan = wgcable_peers::plan(&planned, observed.as_ref());
         let mut update = plan.to_update();
         if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
             update.private_key = Some(self.private_key.clone());
@@ -420,6 +441,26 @@ impl WireGuardDriver {
                 )))?;
         }
         repair("peer", !plan.is_empty() && !created);
+        let touched: std::collections::HashSet<PublicKey> = plan
+            .add
+            .iter()
+            .chain(&plan.update)
+            .map(|p| p.public_key)
+            .collect();
+        st.applied_endpoints
+            .retain(|k, _| desired.peers.iter().any(|p| p.config.public_key == *k));
+        for p in &desired.peers {
+            let key = p.config.public_key;
+            let on_device = observed
+                .as_ref()
+                .and_then(|d| d.peers.iter().find(|o| o.config.public_key == key))
+                .and_then(|o| o.config.endpoint);
+            if let Some(e) = p.config.endpoint {
+                if touched.contains(&key) || on_device == Some(e) {
+                    st.applied_endpoints.insert(key, e);
+                }
+            }
+        }
 
         // 3. The link: up, MTU, the gateway's address.
         let link = self

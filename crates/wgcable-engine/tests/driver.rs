@@ -748,3 +748,75 @@ async fn local_endpoint_publishes_key_port_and_interface() {
         "private key never published"
     );
 }
+
+#[tokio::test]
+async fn a_natted_peer_may_roam_but_a_new_public_ip_is_applied() {
+    let h = harness().await;
+    h.driver.init().await.expect("init");
+    let mut b = remote("cluster-b", "10.0.0.12", &["10.202.0.0/16"]);
+    b.endpoint.spec.nat_enabled = true;
+    b.endpoint.spec.public_ip = "198.51.100.12".into();
+    assert_eq!(h.connect(&b).await.expect("b"), "198.51.100.12");
+    let key = b.key.public_key();
+    assert_eq!(
+        h.device.peer(&key).expect("peer").config.endpoint,
+        Some("198.51.100.12:4500".parse().expect("addr"))
+    );
+
+    // The NAT maps the remote to another port; WireGuard follows its packets there.
+    {
+        let mut devs = h.device.devices.lock().expect("lock");
+        let dev = devs.get_mut(DEFAULT_DEVICE).expect("device");
+        let p = dev
+            .peers
+            .iter_mut()
+            .find(|p| p.config.public_key == key)
+            .expect("peer");
+        p.config.endpoint = Some("198.51.100.12:61000".parse().expect("addr"));
+    }
+    let applies = h.device.applies();
+    let report = h.driver.reconcile(Trigger::Resync).await.expect("resync");
+    assert!(report.is_noop(), "roaming is not drift: {report:?}");
+    assert_eq!(h.device.applies(), applies);
+    assert_eq!(
+        h.device.peer(&key).expect("peer").config.endpoint,
+        Some("198.51.100.12:61000".parse().expect("addr"))
+    );
+
+    // The remote publishes a new public IP: that is applied.
+    let mut moved = Remote {
+        key: b.key.clone(),
+        endpoint: b.endpoint.clone(),
+    };
+    moved.endpoint.spec.public_ip = "203.0.113.12".into();
+    h.connect(&moved).await.expect("moved");
+    assert_eq!(
+        h.device.peer(&key).expect("peer").config.endpoint,
+        Some("203.0.113.12:4500".parse().expect("addr"))
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_natted_is_put_back_on_its_endpoint() {
+    let h = harness().await;
+    h.driver.init().await.expect("init");
+    let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16"]);
+    h.connect(&b).await.expect("b");
+    let key = b.key.public_key();
+    {
+        let mut devs = h.device.devices.lock().expect("lock");
+        let dev = devs.get_mut(DEFAULT_DEVICE).expect("device");
+        let p = dev
+            .peers
+            .iter_mut()
+            .find(|p| p.config.public_key == key)
+            .expect("peer");
+        p.config.endpoint = Some("192.168.77.99:4500".parse().expect("addr"));
+    }
+    let report = h.driver.reconcile(Trigger::Resync).await.expect("resync");
+    assert_eq!(report.peers_updated, 1, "{report:?}");
+    assert_eq!(
+        h.device.peer(&key).expect("peer").config.endpoint,
+        Some("192.168.77.12:4500".parse().expect("addr"))
+    );
+}
