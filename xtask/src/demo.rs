@@ -103,13 +103,15 @@ fn print_look_around(topo: &Topology) -> Result<()> {
     println!("namespaces:   ip netns list | grep {}", topo.prefix);
     for (i, c) in topo.clusters.iter().enumerate() {
         println!(
-            "cluster {}: subnet {}, gateway netns {} (underlay {}), pod netns {} (pod {}), log {}",
+            "cluster {}: subnets {} and {}, gateway netns {} (underlay {}), pod netns {} (pod {} and {}), log {}",
             c.id,
             c.subnet,
+            c.subnet6,
             c.gw_ns,
             c.underlay_ip,
             c.pod_ns,
             c.pod_ip,
+            c.pod_ip6,
             c.log.display()
         );
         println!("  metrics:     {}", get(i, "/metrics"));
@@ -122,12 +124,21 @@ fn print_look_around(topo: &Topology) -> Result<()> {
             show(&topo.gw(i, "wg", ["show", DEVICE]))
         );
         println!(
-            "  routes:      {}; {}",
+            "  routes:      {}; {}; {}",
             show(&topo.ip(i, ["route", "show", "table", &TABLE.to_string()])),
+            show(&topo.ip(i, ["-6", "route", "show", "table", &TABLE.to_string()])),
             show(&topo.ip(i, ["rule"]))
         );
         let to = (i + 1) % topo.clusters.len();
         println!("  ping:        {}", state::ping_hint(topo, i, to));
+        println!(
+            "  ping (IPv6): {}",
+            show(&topo.pod(
+                i,
+                "ping",
+                ["-c", "3", &topo.clusters[to].pod_ip6.to_string()]
+            ))
+        );
     }
     println!(
         "(the gateways run in private mount namespaces: reach them with the nsenter lines above)"

@@ -1,8 +1,9 @@
 //! `cargo xtask e2e [--cleanup] [--keep]`: real gateways, real WireGuard, real traffic in
-//! network namespaces (see `topology`), and the eight scenarios of issue 7. Each scenario
-//! checks real state (kernel routes and rules, the WireGuard device, metrics text, pings and a
-//! checksummed TCP transfer) and prints `PASS name: what it measured` or `FAIL name: why`;
-//! the last line is `N passed, N failed`.
+//! network namespaces (see `topology`), the eight scenarios of issue 7 and `ipv6` (the clusters
+//! are dual-stack over an IPv4 underlay). Each scenario checks real state (kernel routes and
+//! rules of both families, the WireGuard device, metrics text, pings and checksummed TCP
+//! transfers) and prints `PASS name: what it measured` or `FAIL name: why`; the last line is
+//! `N passed, N failed`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -17,7 +18,7 @@ use nix::unistd::Pid;
 use crate::cmd::{self, cmd, poll, read, spawn};
 use crate::interrupt;
 use crate::state::{self, Sample};
-use crate::topology::{self, Options, Topology, DEVICE, TABLE};
+use crate::topology::{self, Family, Options, Topology, DEVICE, TABLE};
 
 const USAGE: &str = "usage: cargo xtask e2e [--cleanup] [--keep]";
 /// Short enough that drift repair is quick to observe, long enough to be a real period.
@@ -31,8 +32,9 @@ const TRANSFER_PORT: &str = "5201";
 
 type Scenario = fn(&mut Topology) -> Result<String>;
 
-const SCENARIOS: [(&str, Scenario); 8] = [
+const SCENARIOS: [(&str, Scenario); 9] = [
     ("full-mesh", full_mesh),
+    ("ipv6", ipv6),
     ("metrics", metrics),
     ("disconnect", disconnect),
     ("key-change", key_change),
@@ -127,13 +129,26 @@ fn wait_mesh(topo: &Topology, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Waits until pod `from` gets an answer from pod `to`; returns how long it took.
+/// Waits until pod `from` gets an answer from pod `to` over IPv4; returns how long it took.
 fn wait_ping(topo: &Topology, from: usize, to: usize, timeout: Duration) -> Result<Duration> {
+    wait_ping_of(topo, from, to, Family::V4, timeout)
+}
+
+/// Waits until pod `from` gets an answer from pod `to`'s address of `family`.
+fn wait_ping_of(
+    topo: &Topology,
+    from: usize,
+    to: usize,
+    family: Family,
+    timeout: Duration,
+) -> Result<Duration> {
     let start = Instant::now();
-    let dst = topo.clusters[to].pod_ip.to_string();
+    let dst = topo.clusters[to].pod_addr(family).to_string();
     let what = format!(
-        "pod-{} to answer a ping from pod-{}",
-        topo.clusters[to].id, topo.clusters[from].id
+        "pod-{} to answer an {} ping from pod-{}",
+        topo.clusters[to].id,
+        family.name(),
+        topo.clusters[from].id
     );
     poll(&what, timeout, || {
         ensure!(state::ping_once(topo, from, &dst)?, "no reply from {dst}");
@@ -141,21 +156,23 @@ fn wait_ping(topo: &Topology, from: usize, to: usize, timeout: Duration) -> Resu
     })
 }
 
-/// Pings every pod from every other pod; fails on any loss. Returns the number of pairs.
-fn ping_all_pairs(topo: &Topology, count: u32) -> Result<usize> {
+/// Pings every pod from every other pod at its address of `family`; fails on any loss.
+/// Returns the number of pairs.
+fn ping_all_pairs(topo: &Topology, count: u32, family: Family) -> Result<usize> {
     let mut pairs = 0;
     for from in 0..topo.clusters.len() {
         for to in 0..topo.clusters.len() {
             if from == to {
                 continue;
             }
-            let dst = topo.clusters[to].pod_ip.to_string();
+            let dst = topo.clusters[to].pod_addr(family).to_string();
             let (sent, received) = state::ping_many(topo, from, &dst, count)?;
             ensure!(
                 sent == u64::from(count) && received == sent,
-                "pod-{} -> pod-{}: {received} of {sent} pings answered",
+                "pod-{} -> pod-{} ({dst}): {received} of {sent} {} pings answered",
                 topo.clusters[from].id,
-                topo.clusters[to].id
+                topo.clusters[to].id,
+                family.name()
             );
             pairs += 1;
         }
@@ -163,25 +180,33 @@ fn ping_all_pairs(topo: &Topology, count: u32) -> Result<usize> {
     Ok(pairs)
 }
 
-/// The subnets of the clusters other than `i`, sorted.
+/// The IPv4 subnets of the clusters other than `i`, sorted.
 fn remote_subnets(topo: &Topology, i: usize) -> Vec<String> {
+    remote_subnets_of(topo, i, Family::V4)
+}
+
+/// The subnets of `family` of the clusters other than `i`, sorted.
+fn remote_subnets_of(topo: &Topology, i: usize, family: Family) -> Vec<String> {
     let mut subnets: Vec<String> = topo
         .clusters
         .iter()
         .enumerate()
         .filter(|(j, _)| *j != i)
-        .map(|(_, c)| c.subnet.clone())
+        .map(|(_, c)| c.subnet_of(family).to_string())
         .collect();
     subnets.sort();
     subnets
 }
 
-/// Sends `bytes` from pod `from` to pod `to` over TCP and compares both sides' SHA-256.
-/// Returns the throughput in MB/s.
-fn transfer(topo: &Topology, from: usize, to: usize, bytes: u64) -> Result<f64> {
+/// Sends `bytes` from pod `from` to pod `to`'s address of `family` over TCP and compares both
+/// sides' SHA-256. Returns the throughput in MB/s.
+fn transfer(topo: &Topology, from: usize, to: usize, family: Family, bytes: u64) -> Result<f64> {
     let exe = topology::xtask_exe()?;
+    let dst = topo.clusters[to].pod_addr(family).to_string();
+    // The receiver listens on that one address, so only a connection of that family to it
+    // can deliver the bytes.
     let mut receiver = spawn(
-        topo.pod(to, &exe, ["internal", "tcp-recv", TRANSFER_PORT])
+        topo.pod(to, &exe, ["internal", "tcp-recv", TRANSFER_PORT, &dst])
             .stdin(Stdio::null())
             .stdout(Stdio::piped()),
     )?;
@@ -200,7 +225,7 @@ fn transfer(topo: &Topology, from: usize, to: usize, bytes: u64) -> Result<f64> 
         [
             "internal",
             "tcp-send",
-            &topo.clusters[to].pod_ip.to_string(),
+            &dst,
             TRANSFER_PORT,
             &bytes.to_string(),
         ],
@@ -297,14 +322,150 @@ fn full_mesh(topo: &mut Topology) -> Result<String> {
             peers.len()
         );
     }
-    let pairs = ping_all_pairs(topo, 5)?;
-    let rate = transfer(topo, 0, 1, TRANSFER_BYTES)?;
+    let pairs = ping_all_pairs(topo, 5, Family::V4)?;
+    let rate = transfer(topo, 0, 1, Family::V4, TRANSFER_BYTES)?;
     Ok(format!(
         "{n} gateways, {c} connections each connected {connected:.1}s after start; first pod-a -> pod-b ping \
          {first_ping:.2}s after start; devices isolated, keys distinct; table {TABLE} holds the remote subnets; \
          {pairs}/{pairs} pod pairs answered 5/5 pings; {mib} MiB pod-a -> pod-b sha256 match ({rate:.1} MB/s)",
         n = topo.clusters.len(),
         c = topo.clusters.len() - 1,
+        mib = TRANSFER_BYTES / (1024 * 1024),
+    ))
+}
+
+/// 1b. Dual-stack over the IPv4 underlay: each gateway routes the remote /48s through the
+///     device from its IPv6 health-check IP, looks table 150 up for IPv6 too and gives every
+///     peer both subnets of its cluster; pods ping each other over IPv6 and a checksummed TCP
+///     transfer over IPv6 passes through the tunnel.
+fn ipv6(topo: &mut Topology) -> Result<String> {
+    ensure_mesh(topo)?;
+    let n = topo.clusters.len();
+    let keys: Vec<String> = (0..n)
+        .map(|i| state::public_key(topo, i))
+        .collect::<Result<_>>()?;
+    let mut peers_checked = 0;
+    let mut priorities6 = Vec::new();
+    for i in 0..n {
+        let id = topo.clusters[i].id.clone();
+        for family in Family::ALL {
+            let src = topo.clusters[i].health_check_addr(family).to_string();
+            let mut routes = state::route_entries(topo, i, family)?;
+            routes.sort_by(|a, b| a.dst.cmp(&b.dst));
+            let dsts: Vec<String> = routes.iter().map(|r| r.dst.clone()).collect();
+            let want = remote_subnets_of(topo, i, family);
+            ensure!(
+                dsts == want,
+                "gateway {id}: {} routes of table {TABLE} are {dsts:?}, expected {want:?}",
+                family.name()
+            );
+            for r in &routes {
+                ensure!(
+                    r.dev.as_deref() == Some(DEVICE) && r.prefsrc.as_deref() == Some(src.as_str()),
+                    "gateway {id}: route {} is dev {:?} src {:?}, expected dev {DEVICE} src {src}",
+                    r.dst,
+                    r.dev,
+                    r.prefsrc
+                );
+            }
+            // The source of a family's routes must be an address of the device, or the kernel
+            // would not use it.
+            let host_len = match family {
+                Family::V4 => 32,
+                Family::V6 => 128,
+            };
+            let addrs = state::device_addrs(topo, i, family)?;
+            ensure!(
+                addrs.contains(&format!("{src}/{host_len}")),
+                "gateway {id}: {DEVICE} has {} addresses {addrs:?}, not {src}/{host_len}",
+                family.name()
+            );
+        }
+        let rules4 = state::rules_of(topo, i, Family::V4)?;
+        let rules6 = state::rules_of(topo, i, Family::V6)?;
+        ensure!(
+            !rules6.is_empty(),
+            "gateway {id} has no IPv6 rule looking up table {TABLE}"
+        );
+        ensure!(
+            rules6 == rules4,
+            "gateway {id}: IPv6 rules for table {TABLE} at priorities {rules6:?}, IPv4 ones at {rules4:?}"
+        );
+        priorities6 = rules6;
+        let peers = state::peers(topo, i)?;
+        ensure!(
+            peers.len() == n - 1,
+            "gateway {id} has {} peers",
+            peers.len()
+        );
+        for p in &peers {
+            let j = keys
+                .iter()
+                .position(|k| *k == p.public_key)
+                .with_context(|| format!("gateway {id} has a peer of no cluster"))?;
+            let mut got = p.allowed_ips.clone();
+            got.sort();
+            let mut want = topo.clusters[j].subnets();
+            want.sort();
+            ensure!(
+                got == want,
+                "gateway {id}'s peer for {} allows {got:?}, expected {want:?}",
+                topo.clusters[j].id
+            );
+            peers_checked += 1;
+        }
+    }
+
+    // Neighbour discovery on the pod links happens on the first packets: wait for one answer
+    // per pair before counting losses.
+    let start = Instant::now();
+    for from in 0..n {
+        for to in (0..n).filter(|&to| to != from) {
+            wait_ping_of(topo, from, to, Family::V6, WAIT)?;
+        }
+    }
+    let answered = secs(start.elapsed());
+    let pairs = ping_all_pairs(topo, 5, Family::V6)?;
+
+    // The transfer must go through the sender's peer for the receiver: its transmit counter grows by at least the
+    // payload (plus IPv6, TCP and WireGuard headers).
+    let (from, to) = (0, n - 1);
+    let tx_to = |topo: &Topology| -> Result<u64> {
+        let key = &keys[to];
+        state::peers(topo, from)?
+            .iter()
+            .find(|p| p.public_key == *key)
+            .map(|p| p.tx)
+            .with_context(|| {
+                format!(
+                    "gateway {} has no peer for {}",
+                    topo.clusters[from].id, topo.clusters[to].id
+                )
+            })
+    };
+    let tx_before = tx_to(topo)?;
+    let rate = transfer(topo, from, to, Family::V6, TRANSFER_BYTES)?;
+    let tunnel_tx = tx_to(topo)?.saturating_sub(tx_before);
+    let (a, c) = (&topo.clusters[from], &topo.clusters[to]);
+    ensure!(
+        tunnel_tx >= TRANSFER_BYTES,
+        "the IPv6 transfer passed but {}'s peer for {} sent only {tunnel_tx} bytes: it did not go through the tunnel",
+        a.id,
+        c.id
+    );
+    Ok(format!(
+        "{n}/{n} gateways route the remote /48s in table {TABLE} dev {DEVICE} src their IPv6 health-check IP \
+         (e.g. {a_id}: {a6} -> {remote6:?}; IPv4 routes src {a4}), IPv6 rule priority {priorities6:?} lookup \
+         {TABLE}; {peers_checked}/{peers_checked} peers allow both families; all {pairs} pod pairs answered over \
+         IPv6 within {answered:.2}s, then 5/5 pings each; {mib} MiB pod-{a_id} [{a_pod}] -> pod-{c_id} [{c_pod}] \
+         over IPv6 sha256 match ({rate:.1} MB/s, {a_id}'s peer for {c_id} tx +{tunnel_tx} bytes)",
+        a_id = a.id,
+        c_id = c.id,
+        a6 = a.health_check_ip6,
+        a4 = a.health_check_ip,
+        remote6 = remote_subnets_of(topo, from, Family::V6),
+        a_pod = a.pod_ip6,
+        c_pod = c.pod_ip6,
         mib = TRANSFER_BYTES / (1024 * 1024),
     ))
 }
@@ -408,6 +569,7 @@ fn disconnect(topo: &mut Topology) -> Result<String> {
     let c = 2;
     let c_id = topo.clusters[c].id.clone();
     let c_subnet = topo.clusters[c].subnet.clone();
+    let c_subnet6 = topo.clusters[c].subnet6.clone();
     let file = topo.broker_dir.join(format!("{c_id}.yaml"));
     let content = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let c_key = state::public_key(topo, c)?;
@@ -438,6 +600,11 @@ fn disconnect(topo: &mut Topology) -> Result<String> {
                     !routes.contains(&c_subnet),
                     "table {TABLE} still routes {c_subnet}"
                 );
+                let routes6 = state::routes_of(topo, i, Family::V6)?;
+                ensure!(
+                    !routes6.contains(&c_subnet6),
+                    "table {TABLE} still routes {c_subnet6}"
+                );
                 ensure!(
                     state::peers(topo, i)?.iter().all(|p| p.public_key != c_key),
                     "the device still has {c_id}'s peer"
@@ -466,15 +633,17 @@ fn disconnect(topo: &mut Topology) -> Result<String> {
     for i in 0..2 {
         state::wait_connected(topo, i, &topo.remotes(i), WAIT)?;
     }
-    wait_ping(topo, 0, c, WAIT)?;
-    wait_ping(topo, 1, c, WAIT)?;
+    for family in Family::ALL {
+        wait_ping_of(topo, 0, c, family, WAIT)?;
+        wait_ping_of(topo, 1, c, family, WAIT)?;
+    }
     let reconnected = secs(restored_at.elapsed());
     topo.start_gateway(c)?;
     wait_mesh(topo, WAIT)?;
     Ok(format!(
-        "without {c_id}.yaml, a and b dropped {c_id}'s peer, {c_subnet} from table {TABLE}, its connection and its \
-         metric series within {removed:.2}s (pod-a -> pod-{c_id} unreachable); restored: connected and pinging \
-         again within {reconnected:.2}s"
+        "without {c_id}.yaml, a and b dropped {c_id}'s peer, {c_subnet} and {c_subnet6} from table {TABLE}, its \
+         connection and its metric series within {removed:.2}s (pod-a -> pod-{c_id} unreachable); restored: \
+         connected and pinging again (IPv4 and IPv6) within {reconnected:.2}s"
     ))
 }
 
@@ -497,7 +666,7 @@ fn key_change(topo: &mut Topology) -> Result<String> {
     })?;
     for i in 0..2 {
         let id = topo.clusters[i].id.clone();
-        let subnet = topo.clusters[c].subnet.clone();
+        let subnets = topo.clusters[c].subnets();
         poll(
             &format!("gateway {id} to replace {c_id}'s peer"),
             WAIT,
@@ -508,10 +677,9 @@ fn key_change(topo: &mut Topology) -> Result<String> {
                     "the old peer is still there"
                 );
                 ensure!(
-                    peers
-                        .iter()
-                        .any(|p| p.public_key == new_key && p.allowed_ips.contains(&subnet)),
-                    "no peer with the new key and allowed-ips {subnet}"
+                    peers.iter().any(|p| p.public_key == new_key
+                        && subnets.iter().all(|s| p.allowed_ips.contains(s))),
+                    "no peer with the new key and allowed-ips {subnets:?}"
                 );
                 Ok(())
             },
@@ -617,51 +785,73 @@ fn hitless_restart(topo: &mut Topology) -> Result<String> {
     ))
 }
 
-/// 6. Routes, the rule and a peer deleted by hand on A come back within one resync period.
+/// 6. Routes and rules of both families and a peer deleted by hand on A come back within one
+///    resync period.
 fn drift_repair(topo: &mut Topology) -> Result<String> {
     ensure_mesh(topo)?;
     // One period plus the time to notice (poll step) and carry the repair out.
     let bound = RESYNC + Duration::from_secs(1);
-    let expected = remote_subnets(topo, 0);
+    let table = TABLE.to_string();
+    let expected: Vec<(Family, Vec<String>)> = Family::ALL
+        .iter()
+        .map(|&f| (f, remote_subnets_of(topo, 0, f)))
+        .collect();
 
-    cmd::run(&mut topo.ip(0, ["route", "flush", "table", &TABLE.to_string()]))?;
-    let start = Instant::now();
-    poll("a's table 150 routes to come back", WAIT, || {
-        let mut routes = state::routes(topo, 0)?;
-        routes.sort();
-        ensure!(routes == expected, "routes {routes:?}");
-        Ok(())
-    })?;
-    let routes_back = start.elapsed();
-
-    let priorities = state::rules(topo, 0)?;
-    ensure!(
-        !priorities.is_empty(),
-        "a has no rule for table {TABLE} to delete"
-    );
-    for p in &priorities {
-        cmd::run(&mut topo.ip(
-            0,
-            [
-                "rule",
-                "del",
-                "priority",
-                &p.to_string(),
-                "table",
-                &TABLE.to_string(),
-            ],
-        ))?;
+    // Both families' routes go at once: one resync must bring back both.
+    for family in Family::ALL {
+        cmd::run(&mut topo.ip(0, [family.flag(), "route", "flush", "table", &table]))?;
     }
     let start = Instant::now();
-    poll("a's rule to come back", WAIT, || {
-        let now = state::rules(topo, 0)?;
-        ensure!(now.len() >= priorities.len(), "rules {now:?}");
+    poll(
+        "a's table 150 routes (IPv4 and IPv6) to come back",
+        WAIT,
+        || {
+            for (family, want) in &expected {
+                let mut routes = state::routes_of(topo, 0, *family)?;
+                routes.sort();
+                ensure!(routes == *want, "{} routes {routes:?}", family.name());
+            }
+            Ok(())
+        },
+    )?;
+    let routes_back = start.elapsed();
+
+    let mut deleted = Vec::new();
+    for family in Family::ALL {
+        let priorities = state::rules_of(topo, 0, family)?;
+        ensure!(
+            !priorities.is_empty(),
+            "a has no {} rule for table {TABLE} to delete",
+            family.name()
+        );
+        for p in &priorities {
+            cmd::run(&mut topo.ip(
+                0,
+                [
+                    family.flag(),
+                    "rule",
+                    "del",
+                    "priority",
+                    &p.to_string(),
+                    "table",
+                    &table,
+                ],
+            ))?;
+        }
+        deleted.push((family, priorities.len()));
+    }
+    let start = Instant::now();
+    poll("a's rules (IPv4 and IPv6) to come back", WAIT, || {
+        for (family, count) in &deleted {
+            let now = state::rules_of(topo, 0, *family)?;
+            ensure!(now.len() >= *count, "{} rules {now:?}", family.name());
+        }
         Ok(())
     })?;
     let rule_back = start.elapsed();
 
     let b_key = state::public_key(topo, 1)?;
-    let b_subnet = topo.clusters[1].subnet.clone();
+    let b_subnets = topo.clusters[1].subnets();
     cmd::run(&mut topo.gw(0, "wg", ["set", DEVICE, "peer", &b_key, "remove"]))?;
     let start = Instant::now();
     poll("a's peer for b to come back", WAIT, || {
@@ -669,21 +859,24 @@ fn drift_repair(topo: &mut Topology) -> Result<String> {
         ensure!(
             peers
                 .iter()
-                .any(|p| p.public_key == b_key && p.allowed_ips.contains(&b_subnet)),
-            "no peer for b"
+                .any(|p| p.public_key == b_key
+                    && b_subnets.iter().all(|s| p.allowed_ips.contains(s))),
+            "no peer for b allowing {b_subnets:?}"
         );
         Ok(())
     })?;
     let peer_back = start.elapsed();
     let ping_back = wait_ping(topo, 0, 1, WAIT)?;
+    let ping6_back = wait_ping_of(topo, 0, 1, Family::V6, WAIT)?;
 
     let measured = format!(
-        "routes back after {:.2}s, rule after {:.2}s, b's peer after {:.2}s (pod-a -> pod-b ping {:.2}s later); \
-         resync period {}s",
+        "IPv4+IPv6 routes back after {:.2}s, IPv4+IPv6 rules after {:.2}s, b's peer after {:.2}s (pod-a -> pod-b \
+         ping {:.2}s later, over IPv6 {:.2}s); resync period {}s",
         secs(routes_back),
         secs(rule_back),
         secs(peer_back),
         secs(ping_back),
+        secs(ping6_back),
         RESYNC.as_secs()
     );
     for (what, took) in [
@@ -811,7 +1004,7 @@ fn bad_input(topo: &mut Topology) -> Result<String> {
                 );
             }
         }
-        let pairs = ping_all_pairs(topo, 5)?;
+        let pairs = ping_all_pairs(topo, 5, Family::V4)?;
         // The real remotes stay connected. A refused endpoint may be listed (as an error that
         // says why, which helps an operator) but never as connected.
         let mut refused = Vec::new();
@@ -912,13 +1105,20 @@ fn cleanup(topo: &mut Topology) -> Result<String> {
                     !state::links(topo, i)?.iter().any(|l| l == DEVICE),
                     "device {DEVICE} remains"
                 );
-                let routes = state::routes(topo, i)?;
-                ensure!(routes.is_empty(), "table {TABLE} still holds {routes:?}");
-                let rules = state::rules(topo, i)?;
-                ensure!(
-                    rules.is_empty(),
-                    "rules for table {TABLE} remain at priorities {rules:?}"
-                );
+                for family in Family::ALL {
+                    let routes = state::routes_of(topo, i, family)?;
+                    ensure!(
+                        routes.is_empty(),
+                        "table {TABLE} still holds {} routes {routes:?}",
+                        family.name()
+                    );
+                    let rules = state::rules_of(topo, i, family)?;
+                    ensure!(
+                        rules.is_empty(),
+                        "{} rules for table {TABLE} remain at priorities {rules:?}",
+                        family.name()
+                    );
+                }
                 let procs: Vec<(i32, String)> = state::processes_in_netns(&ns)
                     .into_iter()
                     .filter(|(_, comm)| comm.starts_with("wireguard"))
@@ -938,13 +1138,17 @@ fn cleanup(topo: &mut Topology) -> Result<String> {
         )?;
     }
     let gone = secs(start.elapsed());
-    ensure!(
-        !state::ping_once(topo, 0, &topo.clusters[1].pod_ip.to_string())?,
-        "pod-a still reaches pod-b after cleanup"
-    );
+    for family in Family::ALL {
+        let dst = topo.clusters[1].pod_addr(family).to_string();
+        ensure!(
+            !state::ping_once(topo, 0, &dst)?,
+            "pod-a still reaches pod-b ({dst}) after cleanup"
+        );
+    }
     Ok(format!(
-        "after `wgcable cleanup` in {n}/{n} gateways: no {DEVICE} device, no table {TABLE} route or rule, no \
-         wireguard-go process or socket (checked within {gone:.2}s); pod-a no longer reaches pod-b",
+        "after `wgcable cleanup` in {n}/{n} gateways: no {DEVICE} device, no table {TABLE} route or rule of either \
+         family, no wireguard-go process or socket (checked within {gone:.2}s); pod-a no longer reaches pod-b over \
+         IPv4 or IPv6",
         n = topo.clusters.len()
     ))
 }

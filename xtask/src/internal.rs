@@ -3,19 +3,21 @@
 //!
 //! - `http-get URL`: an HTTP/1.0 GET over a plain `TcpStream`; prints the body, fails on a
 //!   status other than 200.
-//! - `tcp-recv PORT`: accepts one connection, prints `listening` as soon as it listens, then
-//!   `bytes=N sha256=HEX` for everything received.
-//! - `tcp-send HOST PORT BYTES`: sends BYTES of a deterministic pseudo-random stream and prints
-//!   `bytes=N sha256=HEX` for what it sent.
+//! - `tcp-recv PORT [ADDR]`: accepts one connection on ADDR (IPv4 or IPv6; default 0.0.0.0),
+//!   prints `listening` as soon as it listens, then `bytes=N sha256=HEX` for everything
+//!   received.
+//! - `tcp-send HOST PORT BYTES`: sends BYTES of a deterministic pseudo-random stream to HOST (an
+//!   IPv4 or IPv6 address, or a name) and prints `bytes=N sha256=HEX` for what it sent.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
-const USAGE: &str = "usage: xtask internal http-get URL | tcp-recv PORT | tcp-send HOST PORT BYTES";
+const USAGE: &str =
+    "usage: xtask internal http-get URL | tcp-recv PORT [ADDR] | tcp-send HOST PORT BYTES";
 
 pub fn run(args: &[String]) -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -25,7 +27,16 @@ pub fn run(args: &[String]) -> Result<()> {
             std::io::stdout().write_all(body.as_bytes())?;
             Ok(())
         }
-        ["tcp-recv", port] => tcp_recv(port.parse().context("PORT")?, Duration::from_secs(30)),
+        ["tcp-recv", port] => tcp_recv(
+            Ipv4Addr::UNSPECIFIED.into(),
+            port.parse().context("PORT")?,
+            Duration::from_secs(30),
+        ),
+        ["tcp-recv", port, addr] => tcp_recv(
+            addr.parse().context("ADDR (an IPv4 or IPv6 address)")?,
+            port.parse().context("PORT")?,
+            Duration::from_secs(30),
+        ),
         ["tcp-send", host, port, bytes] => {
             let (n, sum) = tcp_send(
                 host,
@@ -148,11 +159,18 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn tcp_recv(port: u16, timeout: Duration) -> Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", port))
-        .with_context(|| format!("listening on port {port}"))?;
+fn tcp_recv(addr: IpAddr, port: u16, timeout: Duration) -> Result<()> {
+    let addr = SocketAddr::new(addr, port);
+    let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     println!("listening");
     std::io::stdout().flush()?;
+    let (total, sum) = receive(listener, timeout)?;
+    println!("bytes={total} sha256={sum}");
+    Ok(())
+}
+
+/// Accepts one connection within `timeout` and returns (bytes, sha256) of what it carried.
+fn receive(listener: TcpListener, timeout: Duration) -> Result<(u64, String)> {
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + timeout;
     let mut stream = loop {
@@ -177,8 +195,7 @@ fn tcp_recv(port: u16, timeout: Duration) -> Result<()> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    println!("bytes={total} sha256={}", hex(&hasher.finalize()));
-    Ok(())
+    Ok((total, hex(&hasher.finalize())))
 }
 
 fn tcp_send(host: &str, port: u16, bytes: u64) -> Result<(u64, String)> {
@@ -252,6 +269,19 @@ mod tests {
         let received = receiver.join().expect("receiver thread");
         assert_eq!(sent, received);
         assert_eq!(sent.0, 300_001);
+    }
+
+    #[test]
+    fn a_transfer_over_ipv6_loopback_arrives_intact() {
+        // The receiver side as `tcp-recv PORT ::1` runs it, the sender given an IPv6 literal.
+        let listener = TcpListener::bind("[::1]:0").expect("bind ::1 (IPv6 loopback)");
+        let port = listener.local_addr().expect("addr").port();
+        let receiver =
+            std::thread::spawn(move || receive(listener, Duration::from_secs(10)).expect("recv"));
+        let sent = tcp_send("::1", port, 200_003).expect("send");
+        let received = receiver.join().expect("receiver thread");
+        assert_eq!(sent, received);
+        assert_eq!(sent.0, 200_003);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::cmd::{output, read};
-use crate::topology::{Topology, DEVICE, METRICS_URL, TABLE};
+use crate::topology::{Family, Topology, DEVICE, METRICS_URL, TABLE};
 
 /// One Prometheus sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,13 +127,43 @@ pub fn parse_wg_dump(text: &str) -> Result<Vec<Peer>> {
         .collect()
 }
 
-/// The destinations of `ip -j route show table N`.
-pub fn parse_routes(json: &str) -> Result<Vec<String>> {
+/// One route of `ip -j route show`: where to, through which link, from which source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: String,
+    pub dev: Option<String>,
+    /// `src` of the route (iproute2 calls it `prefsrc`).
+    pub prefsrc: Option<String>,
+}
+
+/// The routes of `ip -j route show table N`, with their link and source.
+pub fn parse_route_entries(json: &str) -> Result<Vec<Route>> {
     let routes: Vec<Value> = serde_json::from_str(json).context("parsing `ip -j route` output")?;
+    let text = |r: &Value, key: &str| r.get(key).and_then(Value::as_str).map(str::to_string);
     Ok(routes
         .iter()
-        .filter_map(|r| r.get("dst").and_then(Value::as_str))
-        .map(str::to_string)
+        .filter_map(|r| {
+            Some(Route {
+                dst: text(r, "dst")?,
+                dev: text(r, "dev"),
+                prefsrc: text(r, "prefsrc"),
+            })
+        })
+        .collect())
+}
+
+/// The `local/prefixlen` addresses of `ip -j addr show dev X`.
+pub fn parse_addrs(json: &str) -> Result<Vec<String>> {
+    let links: Vec<Value> = serde_json::from_str(json).context("parsing `ip -j addr` output")?;
+    Ok(links
+        .iter()
+        .filter_map(|l| l.get("addr_info").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|a| {
+            let local = a.get("local").and_then(Value::as_str)?;
+            let len = a.get("prefixlen").and_then(Value::as_u64)?;
+            Some(format!("{local}/{len}"))
+        })
         .collect())
 }
 
@@ -189,26 +219,61 @@ pub fn parse_ping(text: &str) -> Result<(u64, u64)> {
 
 // Probes of one cluster's real state.
 
-/// Destinations in the gateway's route table 150; an absent table is an empty one.
+/// IPv4 destinations in the gateway's route table 150; an absent table is an empty one.
 pub fn routes(topo: &Topology, i: usize) -> Result<Vec<String>> {
-    let out = output(&mut topo.ip(i, ["-j", "route", "show", "table", &TABLE.to_string()]))?;
+    routes_of(topo, i, Family::V4)
+}
+
+/// Destinations of `family` in the gateway's route table 150.
+pub fn routes_of(topo: &Topology, i: usize, family: Family) -> Result<Vec<String>> {
+    Ok(route_entries(topo, i, family)?
+        .into_iter()
+        .map(|r| r.dst)
+        .collect())
+}
+
+/// The routes of `family` in the gateway's route table 150, with link and source.
+pub fn route_entries(topo: &Topology, i: usize, family: Family) -> Result<Vec<Route>> {
+    let table = TABLE.to_string();
+    let out = output(&mut topo.ip(i, [family.flag(), "-j", "route", "show", "table", &table]))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         if stderr.contains("does not exist") {
             return Ok(Vec::new());
         }
         bail!(
-            "listing routes of table {TABLE} in {}: {}",
+            "listing {} routes of table {TABLE} in {}: {}",
+            family.name(),
             topo.clusters[i].gw_ns,
             stderr.trim()
         );
     }
-    parse_routes(&String::from_utf8_lossy(&out.stdout))
+    // An empty IPv6 dump prints nothing at all rather than `[]`.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if stdout.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    parse_route_entries(&stdout)
 }
 
-/// Priorities of the gateway's rules that look up table 150.
+/// Priorities of the gateway's IPv4 rules that look up table 150.
 pub fn rules(topo: &Topology, i: usize) -> Result<Vec<u64>> {
-    parse_rules(&read(&mut topo.ip(i, ["-j", "rule", "show"]))?, TABLE)
+    rules_of(topo, i, Family::V4)
+}
+
+/// Priorities of the gateway's rules of `family` that look up table 150.
+pub fn rules_of(topo: &Topology, i: usize, family: Family) -> Result<Vec<u64>> {
+    parse_rules(
+        &read(&mut topo.ip(i, [family.flag(), "-j", "rule", "show"]))?,
+        TABLE,
+    )
+}
+
+/// The addresses of `family` on the gateway's WireGuard device.
+pub fn device_addrs(topo: &Topology, i: usize, family: Family) -> Result<Vec<String>> {
+    parse_addrs(&read(
+        &mut topo.ip(i, [family.flag(), "-j", "addr", "show", "dev", DEVICE]),
+    )?)
 }
 
 /// Names of the links in the gateway namespace.
@@ -408,12 +473,48 @@ up 1
     fn routes_and_rules_parse_from_ip_json() {
         let routes = r#"[{"dst":"10.202.0.0/16","dev":"submariner","scope":"link","flags":[]},{"dst":"10.203.0.0/16","dev":"submariner","flags":[]}]"#;
         assert_eq!(
-            parse_routes(routes).expect("ok"),
+            parse_route_entries(routes)
+                .expect("ok")
+                .into_iter()
+                .map(|r| r.dst)
+                .collect::<Vec<_>>(),
             ["10.202.0.0/16", "10.203.0.0/16"]
         );
         let rules = r#"[{"priority":0,"src":"all","table":"local"},{"priority":100,"src":"all","table":"150"},{"priority":32766,"src":"all","table":"main"}]"#;
         assert_eq!(parse_rules(rules, 150).expect("ok"), [100]);
         assert!(parse_rules(rules, 220).expect("ok").is_empty());
+    }
+
+    #[test]
+    fn ipv6_routes_parse_with_link_and_source() {
+        let json = r#"[{"dst":"fd00:202::/48","dev":"submariner","protocol":"boot","prefsrc":"fd00:201::1","metric":1024,"flags":[],"pref":"medium"},{"dst":"fd00:203::/48","dev":"submariner","metric":1024,"flags":[]},{"type":"unreachable","flags":[]}]"#;
+        let routes = parse_route_entries(json).expect("ok");
+        assert_eq!(
+            routes,
+            [
+                Route {
+                    dst: "fd00:202::/48".into(),
+                    dev: Some("submariner".into()),
+                    prefsrc: Some("fd00:201::1".into()),
+                },
+                Route {
+                    dst: "fd00:203::/48".into(),
+                    dev: Some("submariner".into()),
+                    prefsrc: None,
+                },
+            ]
+        );
+        assert!(parse_route_entries("not json").is_err());
+    }
+
+    #[test]
+    fn device_addrs_parse_as_local_and_prefix() {
+        let json = r#"[{"ifindex":5,"ifname":"submariner","addr_info":[{"family":"inet6","local":"fd00:201::1","prefixlen":128,"scope":"global"},{"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]},{"addr_info":[]}]"#;
+        assert_eq!(
+            parse_addrs(json).expect("ok"),
+            ["fd00:201::1/128", "fe80::1/64"]
+        );
+        assert!(parse_addrs("[]").expect("ok").is_empty());
     }
 
     #[test]

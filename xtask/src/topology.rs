@@ -4,14 +4,19 @@
 //! ```text
 //!   <p>ul:      br0 ── ul-a ─┬─ ul-b ── ul-c              (the underlay, 192.168.77.0/24)
 //!                            │
-//!   <p>gw-a:    eth0 192.168.77.11   pods 10.201.1.1/24   (+ the gateway's `submariner` device)
+//!   <p>gw-a:    eth0 192.168.77.11   pods 10.201.1.1/24, fd00:201:0:1::1/64   (+ `submariner`)
 //!                                     │
-//!   <p>pod-a:                        eth0 10.201.1.10/24, default via 10.201.1.1
+//!   <p>pod-a:                        eth0 10.201.1.10/24, fd00:201:0:1::10/64,
+//!                                         default via 10.201.1.1 and via fd00:201:0:1::1
 //! ```
 //!
-//! Cluster X (a, b, c) owns 10.20X.0.0/16, health-check IP 10.20X.0.1. Every link is created
-//! inside our own namespaces (`ip -n NS link add ... peer ... netns NS2`), so the host
-//! namespace's links, routes and rules are never touched.
+//! Clusters are dual-stack, the underlay is IPv4 only (as most real ones are): cluster X (a,
+//! b, c is X = 1, 2, 3) owns 10.20X.0.0/16 and fd00:20X::/48, with health-check IPs
+//! 10.20X.0.1 and fd00:20X::1. The pods' /64 is fd00:20X:0:1::/64: inside the /48 (a /48 is
+//! the first three groups, so `fd00:20X:1::` would lie outside it). IPv6 addresses are added with `nodad`: duplicate address
+//! detection would keep them unusable for a second or two, and nothing here can clash. Every
+//! link is created inside our own namespaces (`ip -n NS link add ... peer ... netns NS2`), so
+//! the host namespace's links, routes and rules are never touched.
 //!
 //! Each gateway also gets a private mount namespace with its own tmpfs on /run/wireguard, so
 //! the userspace control sockets (all `submariner.sock`) do not collide. A long-lived holder
@@ -25,7 +30,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,6 +54,33 @@ const PREFIX_ROOT: &str = "wgc";
 const RUN_DIR_ROOT: &str = "wgcable-xtask-";
 const CLUSTER_IDS: [&str; 3] = ["a", "b", "c"];
 
+/// An IP family of the clusters' subnets (the underlay is always IPv4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// iproute2's family flag (`ip -4 ...`, `ip -6 ...`).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+
+    /// "IPv4" or "IPv6", for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
 /// One cluster: a gateway namespace (with its holder) and a pod namespace.
 #[derive(Debug)]
 pub struct Cluster {
@@ -58,12 +90,48 @@ pub struct Cluster {
     /// The `sleep infinity` process whose mount namespace the gateway runs in.
     pub holder_pid: u32,
     pub underlay_ip: Ipv4Addr,
+    /// The IPv4 subnet (`10.20X.0.0/16`).
     pub subnet: String,
     pub pod_ip: Ipv4Addr,
     pub health_check_ip: Ipv4Addr,
+    /// The IPv6 subnet (`fd00:20X::/48`).
+    pub subnet6: String,
+    pub pod_ip6: Ipv6Addr,
+    pub health_check_ip6: Ipv6Addr,
     pub state_dir: PathBuf,
     pub log: PathBuf,
     gateway: Option<Child>,
+}
+
+impl Cluster {
+    /// The subnet of `family`.
+    pub fn subnet_of(&self, family: Family) -> &str {
+        match family {
+            Family::V4 => &self.subnet,
+            Family::V6 => &self.subnet6,
+        }
+    }
+
+    /// The pod's address of `family`.
+    pub fn pod_addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.pod_ip.into(),
+            Family::V6 => self.pod_ip6.into(),
+        }
+    }
+
+    /// The gateway's health-check IP of `family` (the source of that family's routes).
+    pub fn health_check_addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.health_check_ip.into(),
+            Family::V6 => self.health_check_ip6.into(),
+        }
+    }
+
+    /// Both subnets, as the gateway's `--subnets` takes them.
+    pub fn subnets(&self) -> Vec<String> {
+        vec![self.subnet.clone(), self.subnet6.clone()]
+    }
 }
 
 /// What to build and how to run the gateways.
@@ -156,6 +224,8 @@ impl Topology {
         let octet = 200 + n as u8;
         let gw_pod_ip = Ipv4Addr::new(10, octet, 1, 1);
         let pod_ip = Ipv4Addr::new(10, octet, 1, 10);
+        let v6 = Ipv6Plan::of(n);
+        let (gw_pod_ip6, pod_ip6) = (v6.gw_pod_ip, v6.pod_ip);
         let ip = |args: &[&str]| cmd::run(&mut cmd("ip", args));
 
         // Underlay: a veth from the bridge namespace straight into the gateway namespace.
@@ -188,6 +258,17 @@ impl Topology {
             "dev",
             "pods",
         ])?;
+        ip(&[
+            "-n",
+            &gw,
+            "-6",
+            "addr",
+            "add",
+            &format!("{gw_pod_ip6}/64"),
+            "dev",
+            "pods",
+            "nodad",
+        ])?;
         ip(&["-n", &gw, "link", "set", "pods", "up"])?;
         ip(&[
             "-n",
@@ -197,6 +278,17 @@ impl Topology {
             &format!("{pod_ip}/24"),
             "dev",
             "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &pod,
+            "-6",
+            "addr",
+            "add",
+            &format!("{pod_ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
         ])?;
         ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
         ip(&[
@@ -208,6 +300,16 @@ impl Topology {
             "via",
             &gw_pod_ip.to_string(),
         ])?;
+        ip(&[
+            "-n",
+            &pod,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw_pod_ip6.to_string(),
+        ])?;
         cmd::run(&mut cmd(
             "ip",
             [
@@ -217,6 +319,7 @@ impl Topology {
                 "sysctl",
                 "-qw",
                 "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
             ],
         ))?;
 
@@ -270,6 +373,9 @@ impl Topology {
             subnet: format!("10.{octet}.0.0/16"),
             pod_ip,
             health_check_ip: Ipv4Addr::new(10, octet, 0, 1),
+            subnet6: format!("{}/{}", v6.subnet, v6.prefix_len),
+            pod_ip6,
+            health_check_ip6: v6.health_check_ip,
             state_dir: self.run_dir.join(format!("state-{id}")),
             log: self.run_dir.join(format!("gw-{id}.log")),
             gateway: None,
@@ -354,13 +460,13 @@ impl Topology {
             "--cluster-id",
             &c.id,
             "--subnets",
-            &c.subnet,
+            &c.subnets().join(","),
             "--private-ip",
             &c.underlay_ip.to_string(),
             "--hostname",
             &format!("gw-{}", c.id),
             "--health-check-ip",
-            &c.health_check_ip.to_string(),
+            &format!("{},{}", c.health_check_ip, c.health_check_ip6),
             "--broker-dir",
             &self.broker_dir.to_string_lossy(),
             "--state-dir",
@@ -507,6 +613,31 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// The IPv6 addresses of cluster number `n` (1, 2, 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ipv6Plan {
+    subnet: Ipv6Addr,
+    prefix_len: u8,
+    health_check_ip: Ipv6Addr,
+    gw_pod_ip: Ipv6Addr,
+    pod_ip: Ipv6Addr,
+}
+
+impl Ipv6Plan {
+    fn of(n: usize) -> Ipv6Plan {
+        // fd00:20X:: mirrors 10.20X. (0x201 prints as "201"); the pods' /64 is the /48's
+        // subnet 1, as 10.20X.1.0/24 is the /16's.
+        let segment = 0x200 + u16::try_from(n).expect("at most 3 clusters");
+        Ipv6Plan {
+            subnet: Ipv6Addr::new(0xfd00, segment, 0, 0, 0, 0, 0, 0),
+            prefix_len: 48,
+            health_check_ip: Ipv6Addr::new(0xfd00, segment, 0, 0, 0, 0, 0, 1),
+            gw_pod_ip: Ipv6Addr::new(0xfd00, segment, 0, 1, 0, 0, 0, 1),
+            pod_ip: Ipv6Addr::new(0xfd00, segment, 0, 1, 0, 0, 0, 0x10),
+        }
     }
 }
 
@@ -709,6 +840,12 @@ pub fn check_prerequisites() -> Result<()> {
             problems.push(format!("`{program}` not found (package {package})"));
         }
     }
+    if !Path::new("/proc/sys/net/ipv6").exists() {
+        problems.push(
+            "the kernel has IPv6 disabled (boot without ipv6.disable=1): the clusters are dual-stack"
+                .to_string(),
+        );
+    }
     if !packages.is_empty() {
         problems.push(format!(
             "install with: apt-get install -y {}",
@@ -746,6 +883,39 @@ mod tests {
         let line = "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m refused \u{1b}[3mcluster\u{1b}[0m\u{1b}[2m=\u{1b}[0mevil";
         assert_eq!(strip_ansi(line), "2026  WARN refused cluster=evil");
         assert_eq!(strip_ansi("plain"), "plain");
+    }
+
+    /// Whether `addr` lies in the plan's subnet.
+    fn contains(plan: &Ipv6Plan, addr: Ipv6Addr) -> bool {
+        let mask = u128::MAX << (128 - u32::from(plan.prefix_len));
+        u128::from(addr) & mask == u128::from(plan.subnet) & mask
+    }
+
+    #[test]
+    fn ipv6_plan_keeps_every_address_inside_its_clusters_subnet() {
+        let plans: Vec<Ipv6Plan> = (1..=CLUSTER_IDS.len()).map(Ipv6Plan::of).collect();
+        assert_eq!(plans[0].subnet.to_string(), "fd00:201::");
+        assert_eq!(plans[2].health_check_ip.to_string(), "fd00:203::1");
+        assert_eq!(plans[1].pod_ip.to_string(), "fd00:202:0:1::10");
+        for (i, p) in plans.iter().enumerate() {
+            // The gateway routes and allows only its subnet: a pod outside it is unreachable.
+            for addr in [p.health_check_ip, p.gw_pod_ip, p.pod_ip] {
+                assert!(
+                    contains(p, addr),
+                    "{addr} outside {}/{}",
+                    p.subnet,
+                    p.prefix_len
+                );
+            }
+            for (j, other) in plans.iter().enumerate().filter(|(j, _)| *j != i) {
+                assert!(!contains(other, p.pod_ip), "pod {i} inside cluster {j}");
+            }
+        }
+        // A /48 is the first three groups: fd00:201:1:: is not in fd00:201::/48.
+        assert!(!contains(
+            &plans[0],
+            "fd00:201:1::10".parse().expect("addr")
+        ));
     }
 
     #[test]
