@@ -585,9 +585,9 @@ impl WireGuardDriver {
                 .remotes
                 .iter()
                 .filter(|r| st.desired.contains_key(&r.info.endpoint.spec.cluster_id))
-                .filter_map(|r| {
-                    let spec = r.info.endpoint.spec.validate().ok()?;
-                    crate::health::HealthTarget::pick(
+                .filter_map(|r| r.info.endpoint.spec.validate().ok())
+                .flat_map(|spec| {
+                    crate::health::HealthTarget::per_family(
                         &spec.cluster_id,
                         &spec.health_check_ips,
                         &c.health_check_ips,
@@ -762,17 +762,30 @@ impl WireGuardDriver {
             conn.status_message = track.message.clone();
             // The health check, when there is one and it has a verdict, refines WireGuard's:
             // a handshake proves the peer's key, a ping proves the path through the tunnel.
-            if let Some(h) = self.health.as_ref().and_then(|h| h.status(cluster)) {
-                conn.latency_rtt = h.latency.clone();
-                if let Some(rtt) = h.last_rtt {
-                    self.metrics.set_latency(&labels, rtt.as_secs_f64());
+            if let Some(health) = &self.health {
+                // One pinger per IP family; latency is reported for the first family that has
+                // a verdict (IPv4 first, as Submariner's single healthCheckIP), and either
+                // family failing is an error: a dual-stack tunnel that drops IPv6 is broken.
+                let verdicts: Vec<(String, crate::health::HealthStatus)> =
+                    crate::health::family_keys(cluster)
+                        .into_iter()
+                        .filter_map(|k| health.status(&k).map(|h| (k, h)))
+                        .collect();
+                if let Some((_, h)) = verdicts.iter().find(|(_, h)| h.latency.is_some()) {
+                    conn.latency_rtt = h.latency.clone();
+                    if let Some(rtt) = h.last_rtt {
+                        self.metrics.set_latency(&labels, rtt.as_secs_f64());
+                    }
                 }
-                if h.failed && conn.status == ConnectionStatus::Connected {
-                    conn.status = ConnectionStatus::Error;
-                    conn.status_message = format!(
-                        "Failed to successfully ping the remote endpoint IP {:?} ({} lost in a row)",
-                        spec.health_check_ip, h.consecutive_lost
-                    );
+                if let Some((key, h)) = verdicts.iter().find(|(_, h)| h.failed) {
+                    if conn.status == ConnectionStatus::Connected {
+                        let family = key.rsplit('/').next().unwrap_or("ip");
+                        conn.status = ConnectionStatus::Error;
+                        conn.status_message = format!(
+                            "Failed to successfully ping the remote endpoint's {family} health-check IP ({} lost in a row)",
+                            h.consecutive_lost
+                        );
+                    }
                 }
             }
             self.metrics.set_connection_status(&labels, conn.status);

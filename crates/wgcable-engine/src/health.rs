@@ -252,6 +252,42 @@ impl HealthTarget {
     }
 }
 
+/// The health-check keys of one cluster's targets, primary family first: see
+/// [`HealthTarget::per_family`].
+pub fn family_keys(cluster_id: &str) -> [String; 2] {
+    [format!("{cluster_id}/ipv4"), format!("{cluster_id}/ipv6")]
+}
+
+impl HealthTarget {
+    /// One target per IP family both sides have a health-check IP of (a dual-stack tunnel is
+    /// two paths, and either can break alone), keyed `<cluster>/ipv4` and `<cluster>/ipv6`
+    /// (see [`family_keys`]); when the families do not meet, [`HealthTarget::pick`]'s fallback
+    /// under the `<cluster>/ipv4` or `<cluster>/ipv6` key of the destination.
+    pub fn per_family(cluster_id: &str, remote: &[IpAddr], local: &[IpAddr]) -> Vec<Self> {
+        let [v4, v6] = family_keys(cluster_id);
+        let key = |ip: &IpAddr| if ip.is_ipv4() { v4.clone() } else { v6.clone() };
+        let mut out: Vec<Self> = [true, false]
+            .into_iter()
+            .filter_map(|want_v4| {
+                let dst = remote.iter().find(|r| r.is_ipv4() == want_v4)?;
+                let src = local.iter().find(|l| l.is_ipv4() == want_v4)?;
+                Some(HealthTarget {
+                    cluster_id: key(dst),
+                    dst: *dst,
+                    src: Some(*src),
+                })
+            })
+            .collect();
+        if out.is_empty() {
+            out.extend(Self::pick(cluster_id, remote, local).map(|t| HealthTarget {
+                cluster_id: key(&t.dst),
+                ..t
+            }));
+        }
+        out
+    }
+}
+
 /// What the health check says of one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthStatus {
@@ -899,6 +935,43 @@ mod tests {
         let t = HealthTarget::pick("east", &[v4, v6], &[]).expect("target");
         assert_eq!((t.dst, t.src), (v4, None));
         assert_eq!(HealthTarget::pick("east", &[], &local), None);
+    }
+
+    #[test]
+    fn one_target_per_family_both_sides_have() {
+        let (r4, r6, l4, l6) = (
+            ip("10.1.0.1"),
+            ip("fd00:1::1"),
+            ip("10.2.0.1"),
+            ip("fd00:2::1"),
+        );
+        let ts = HealthTarget::per_family("east", &[r4, r6], &[l4, l6]);
+        let got: Vec<_> = ts
+            .iter()
+            .map(|t| (t.cluster_id.as_str(), t.dst, t.src))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("east/ipv4", r4, Some(l4)), ("east/ipv6", r6, Some(l6))]
+        );
+        let ts = HealthTarget::per_family("east", &[r4, r6], &[l6]);
+        let got: Vec<_> = ts
+            .iter()
+            .map(|t| (t.cluster_id.as_str(), t.dst, t.src))
+            .collect();
+        assert_eq!(got, vec![("east/ipv6", r6, Some(l6))]);
+        // Families that do not meet: the remote's first address, no source.
+        let ts = HealthTarget::per_family("east", &[r4], &[l6]);
+        let got: Vec<_> = ts
+            .iter()
+            .map(|t| (t.cluster_id.as_str(), t.dst, t.src))
+            .collect();
+        assert_eq!(got, vec![("east/ipv4", r4, None)]);
+        assert!(HealthTarget::per_family("east", &[], &[l4]).is_empty());
+        assert_eq!(
+            family_keys("east"),
+            ["east/ipv4".to_string(), "east/ipv6".to_string()]
+        );
     }
 
     #[tokio::test(start_paused = true)]
