@@ -9,6 +9,7 @@
 //! kernel state it leaves): it links none of the workspace's crates, so it tests what users
 //! run. Every external command is printed before it runs.
 
+mod bench;
 mod cmd;
 mod demo;
 mod e2e;
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
         "test" => test::run(rest),
         "e2e" => e2e::run(rest),
         "demo" => demo::run(rest),
+        "bench" => bench::run(rest),
         "internal" => internal::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

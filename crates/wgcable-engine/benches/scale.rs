@@ -54,6 +54,9 @@ const MTU: u32 = 1420;
 const LOCAL_SUBNET: &str = "172.16.0.0/16";
 const HEALTH_CHECK_IP: &str = "172.16.0.1";
 const UNDERLAY_IP: &str = "192.168.0.1";
+/// The underlay next hop towards the generated remote gateways (nobody answers there).
+const NEXT_HOP: &str = "192.168.0.2";
+const NEXT_HOP_MAC: &str = "02:00:00:00:00:02";
 /// How many times each status poll is timed within one run (the median is printed).
 const POLLS: usize = 5;
 
@@ -395,7 +398,18 @@ fn ensure_underlay() -> Result<()> {
     run("ip", &["link", "set", "lo", "up"])?;
     run(
         "ip",
-        &["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"],
+        &[
+            "link",
+            "add",
+            "ul0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ul0p",
+            "address",
+            NEXT_HOP_MAC,
+        ],
     )?;
     run(
         "ip",
@@ -403,10 +417,25 @@ fn ensure_underlay() -> Result<()> {
     )?;
     run("ip", &["link", "set", "ul0", "up"])?;
     run("ip", &["link", "set", "ul0p", "up"])?;
+    // A permanent neighbour for the next hop: with an unresolved one, the kernel parks every
+    // handshake in the ARP queue, charged to wireguard-go's socket, until its send buffer is
+    // full and sends block for seconds (1,000 peers with keepalive then take minutes to
+    // configure, with `wg` as with wgcable: a test-bed artefact, not a WireGuard cost).
     run(
         "ip",
-        &["route", "add", "198.18.0.0/15", "via", "192.168.0.2"],
+        &[
+            "neigh",
+            "replace",
+            NEXT_HOP,
+            "lladdr",
+            NEXT_HOP_MAC,
+            "dev",
+            "ul0",
+            "nud",
+            "permanent",
+        ],
     )?;
+    run("ip", &["route", "add", "198.18.0.0/15", "via", NEXT_HOP])?;
     Ok(())
 }
 
