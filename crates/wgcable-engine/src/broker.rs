@@ -88,7 +88,10 @@ impl FileBroker {
         )))?;
         let (tx, wake) = mpsc::channel(1);
         let watcher = match notify::recommended_watcher(
-            move |_res: notify::Result<notify::Event>| {
+            move |res: notify::Result<notify::Event>| {
+                if res.as_ref().is_ok_and(|e| is_read_only(&e.kind)) {
+                    return;
+                }
                 // A full channel already holds a wake-up; the rescan reads everything anyway.
                 let _ = tx.try_send(());
             },
@@ -249,6 +252,14 @@ impl FileBroker {
     }
 }
 
+/// Whether an inotify event only says that a file was opened, read or closed without writing.
+/// Scans read every file, so waking up on those would make each scan trigger the next one,
+/// forever (a busy loop that ate a core until the benchmarks caught it).
+fn is_read_only(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, notify::EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
+}
+
 /// Parses and validates one endpoint file; the error is (metric reason, message).
 fn parse_endpoint(path: &Path, content: &[u8]) -> Result<Endpoint, (&'static str, String)> {
     let text = std::str::from_utf8(content)
@@ -292,6 +303,33 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), Error> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
+    use notify::EventKind;
+
+    #[test]
+    fn reads_do_not_wake_the_broker_but_changes_do() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(super::is_read_only(&kind), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(!super::is_read_only(&kind), "{kind:?}");
+        }
+    }
 }
 
 #[async_trait]
