@@ -1,7 +1,7 @@
 //! Planning: which peers the device should have, and what to change to get there. Pure: no
 //! I/O, no clock.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -97,6 +97,60 @@ fn normalized(nets: &[IpNet]) -> BTreeSet<IpNet> {
     nets.iter().map(IpNet::trunc).collect()
 }
 
+/// Subnets claimed by remote clusters, indexed so that finding an overlap costs
+/// O(prefix length x log n) rather than a scan of every claim: two prefixes overlap exactly
+/// when one contains the other, so a new subnet overlaps a claim either because a claim is one
+/// of its (at most 129) supernets, or because a claim's network address lies inside it.
+#[derive(Debug, Default)]
+struct Claims {
+    /// (is IPv6, network address, prefix length) -> the claiming cluster.
+    by_net: BTreeMap<(bool, u128, u8), String>,
+}
+
+fn claim_key(net: &IpNet) -> (bool, u128, u8) {
+    match net {
+        IpNet::V4(n) => (false, u128::from(u32::from(n.network())), n.prefix_len()),
+        IpNet::V6(n) => (true, u128::from(n.network()), n.prefix_len()),
+    }
+}
+
+impl Claims {
+    fn insert(&mut self, net: IpNet, cluster: &str) {
+        self.by_net
+            .insert(claim_key(&net.trunc()), cluster.to_owned());
+    }
+
+    fn overlapping(&self, net: &IpNet) -> Option<(IpNet, &str)> {
+        let net = net.trunc();
+        let as_net = |(v6, addr, len): (bool, u128, u8)| -> Option<IpNet> {
+            let ip: IpAddr = if v6 {
+                std::net::Ipv6Addr::from(addr).into()
+            } else {
+                std::net::Ipv4Addr::from(u32::try_from(addr).ok()?).into()
+            };
+            IpNet::new(ip, len).ok()
+        };
+        // A claim that contains `net` (or is `net`).
+        for len in 0..=net.prefix_len() {
+            let sup = IpNet::new(net.addr(), len).ok()?.trunc();
+            if let Some(cluster) = self.by_net.get(&claim_key(&sup)) {
+                return Some((sup, cluster));
+            }
+        }
+        // A claim inside `net`: its network address falls in net's range.
+        let (v6, start, _) = claim_key(&net);
+        let end = match net {
+            IpNet::V4(n) => u128::from(u32::from(n.broadcast())),
+            IpNet::V6(n) => u128::from(n.broadcast()),
+        };
+        let (key, cluster) = self
+            .by_net
+            .range((v6, start, 0)..=(v6, end, u8::MAX))
+            .next()?;
+        Some((as_net(*key)?, cluster))
+    }
+}
+
 /// The peers the device should have for `endpoints`, and the endpoints refused.
 ///
 /// Order is priority: when two endpoints claim overlapping subnets, the same key or the same
@@ -108,7 +162,7 @@ pub fn desired_peers(local: &LocalPeerConfig, endpoints: &[NatEndpointInfo]) -> 
     let mut keys: HashMap<PublicKey, String> = HashMap::new();
     let mut clusters: HashMap<String, String> = HashMap::new();
     // Subnets claimed so far, with the cluster that claimed each.
-    let mut claimed: Vec<(IpNet, String)> = Vec::new();
+    let mut claimed = Claims::default();
     let local_subnets: Vec<IpNet> = local.local_subnets.iter().map(IpNet::trunc).collect();
 
     for info in endpoints {
@@ -118,12 +172,9 @@ pub fn desired_peers(local: &LocalPeerConfig, endpoints: &[NatEndpointInfo]) -> 
             Ok(peer) => {
                 keys.insert(peer.config.public_key, cluster_id.clone());
                 clusters.insert(cluster_id.clone(), info.endpoint.name().to_owned());
-                claimed.extend(
-                    peer.config
-                        .allowed_ips
-                        .iter()
-                        .map(|net| (*net, cluster_id.clone())),
-                );
+                for net in &peer.config.allowed_ips {
+                    claimed.insert(*net, &cluster_id);
+                }
                 out.peers.push(peer);
             }
             Err(e) => out.rejected.push((cluster_id, e)),
@@ -138,7 +189,7 @@ fn desired_peer(
     info: &NatEndpointInfo,
     keys: &HashMap<PublicKey, String>,
     clusters: &HashMap<String, String>,
-    claimed: &[(IpNet, String)],
+    claimed: &Claims,
 ) -> Result<DesiredPeer, PeerError> {
     if info.endpoint.spec.cluster_id == local.cluster_id {
         return Err(PeerError::OwnCluster);
@@ -183,12 +234,11 @@ fn desired_peer(
                 local: *local,
             });
         }
-        if let Some((other, other_cluster)) = claimed.iter().find(|(net, _)| overlaps(subnet, net))
-        {
+        if let Some((other, other_cluster)) = claimed.overlapping(subnet) {
             return Err(PeerError::OverlapsRemote {
                 subnet: *subnet,
-                other_cluster: other_cluster.clone(),
-                other: *other,
+                other_cluster: other_cluster.to_owned(),
+                other,
             });
         }
     }
@@ -689,5 +739,52 @@ mod tests {
         let fresh = plan(&want, None).to_update();
         assert_eq!(fresh.peers.len(), 1000);
         assert!(fresh.peers.iter().all(|c| matches!(c, PeerChange::Add(_))));
+    }
+
+    #[test]
+    fn claims_find_exactly_the_overlaps_a_scan_finds() {
+        let claims_in = [
+            "10.0.0.0/16",
+            "10.1.2.0/24",
+            "192.168.0.0/30",
+            "fd00:1::/48",
+            "fd00:2:0:5::/64",
+            "172.16.0.0/12",
+        ];
+        let mut claims = Claims::default();
+        let mut list: Vec<IpNet> = Vec::new();
+        for (i, c) in claims_in.iter().enumerate() {
+            let net: IpNet = c.parse().expect("cidr");
+            claims.insert(net, &format!("c{i}"));
+            list.push(net);
+        }
+        let probes = [
+            "10.0.5.0/24",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.128/25",
+            "10.2.0.0/16",
+            "192.168.0.2/31",
+            "192.168.0.4/30",
+            "0.0.0.0/0",
+            "fd00::/16",
+            "fd00:2::/48",
+            "fd00:3::/48",
+            "fd00:1:0:1::/64",
+            "172.31.0.0/16",
+            "172.32.0.0/16",
+            "11.0.0.0/8",
+            "::/0",
+        ];
+        for p in probes {
+            let net: IpNet = p.parse().expect("cidr");
+            let scan = list.iter().find(|c| overlaps(&net, c)).is_some();
+            let indexed = claims.overlapping(&net);
+            assert_eq!(indexed.is_some(), scan, "{p}: indexed {indexed:?}");
+            if let Some((other, _)) = indexed {
+                assert!(overlaps(&net, &other), "{p} vs {other}");
+                assert!(list.contains(&other), "{other} is a claim");
+            }
+        }
     }
 }
