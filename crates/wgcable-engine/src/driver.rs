@@ -95,6 +95,9 @@ impl ReconcileReport {
 #[derive(Clone, Debug)]
 struct Remote {
     info: NatEndpointInfo,
+    /// Validated once, when the endpoint arrives: planning thousands of endpoints at every
+    /// reconcile must not decode every key and parse every address again.
+    spec: wgcable_api::ValidatedSpec,
     use_ip: IpAddr,
 }
 
@@ -286,7 +289,8 @@ impl WireGuardDriver {
 
     fn remote(&self, info: NatEndpointInfo) -> Result<Remote, Error> {
         let cluster_id = info.endpoint.spec.cluster_id.clone();
-        info.endpoint
+        let spec = info
+            .endpoint
             .spec
             .validate()
             .map_err(|source| Error::InvalidEndpoint {
@@ -297,7 +301,7 @@ impl WireGuardDriver {
             cluster_id: cluster_id.clone(),
             source: Box::new(wgcable_peers::PeerError::InvalidUseIp(info.use_ip.clone())),
         })?;
-        Ok(Remote { info, use_ip })
+        Ok(Remote { info, spec, use_ip })
     }
 
     async fn read_device(&self) -> Result<Option<DeviceStatus>, Error> {
@@ -358,8 +362,10 @@ impl WireGuardDriver {
 
         // 1. Plan the peers first: a refused endpoint is dropped here, before anything is
         // touched, so it cannot leave half-applied state or disturb the others.
-        let infos: Vec<NatEndpointInfo> = st.remotes.iter().map(|r| r.info.clone()).collect();
-        let desired = wgcable_peers::desired_peers(&self.local_peer_config(), &infos);
+        let desired = wgcable_peers::desired_peers_validated(
+            &self.local_peer_config(),
+            st.remotes.iter().map(|r| (&r.info, &r.spec)),
+        );
         // Clusters that were refused and are accepted now are intended changes, not drift.
         let newly_accepted = st
             .refused
@@ -585,11 +591,10 @@ impl WireGuardDriver {
                 .remotes
                 .iter()
                 .filter(|r| st.desired.contains_key(&r.info.endpoint.spec.cluster_id))
-                .filter_map(|r| r.info.endpoint.spec.validate().ok())
-                .flat_map(|spec| {
+                .flat_map(|r| {
                     crate::health::HealthTarget::per_family(
-                        &spec.cluster_id,
-                        &spec.health_check_ips,
+                        &r.spec.cluster_id,
+                        &r.spec.health_check_ips,
                         &c.health_check_ips,
                     )
                 })
@@ -860,8 +865,10 @@ impl CableDriver for WireGuardDriver {
         };
         // Plan before touching anything: a refused endpoint is reported and neither it nor
         // the other clusters see any change.
-        let infos: Vec<NatEndpointInfo> = st.remotes.iter().map(|r| r.info.clone()).collect();
-        let planned = wgcable_peers::desired_peers(&self.local_peer_config(), &infos);
+        let planned = wgcable_peers::desired_peers_validated(
+            &self.local_peer_config(),
+            st.remotes.iter().map(|r| (&r.info, &r.spec)),
+        );
         if let Some((_, source)) = planned.rejected.into_iter().find(|(c, _)| *c == cluster) {
             match (previous, old) {
                 // A cluster that was fine keeps its last good endpoint.

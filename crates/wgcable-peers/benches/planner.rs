@@ -15,7 +15,9 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 use wgcable_api::{Endpoint, EndpointSpec, NatEndpointInfo, BACKEND_WIREGUARD};
 use wgcable_keys::{PresharedKey, PublicKey};
-use wgcable_peers::{desired_peers, plan, DeviceStatus, LocalPeerConfig, PeerStatus};
+use wgcable_peers::{
+    desired_peers, desired_peers_validated, plan, DeviceStatus, LocalPeerConfig, PeerStatus,
+};
 
 /// A distinct, valid-looking public key per cluster (planning never does curve arithmetic,
 /// so any 32 bytes will do).
@@ -129,6 +131,22 @@ fn planner(c: &mut Criterion) {
                 plan(&desired.peers, black_box(Some(&f.observed)))
             })
         });
+        // What the engine runs at every reconcile: endpoints are validated once, on arrival.
+        let validated: Vec<_> = moved
+            .iter()
+            .map(|i| i.endpoint.spec.validate().expect("valid fixture"))
+            .collect();
+        group.bench_with_input(
+            BenchmarkId::new("desired_peers_validated+plan", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    let desired =
+                        desired_peers_validated(black_box(&local), moved.iter().zip(&validated));
+                    plan(&desired.peers, black_box(Some(&f.observed)))
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -60,8 +60,8 @@ pub use device::{
 pub use error::Error;
 pub use kernel::KernelDevice;
 pub use plan::{
-    desired_peers, plan, DesiredPeer, DesiredPeers, LocalPeerConfig, PeerError, PeerPlan,
-    DEFAULT_LISTEN_PORT,
+    desired_peers, desired_peers_validated, plan, DesiredPeer, DesiredPeers, LocalPeerConfig,
+    PeerError, PeerPlan, DEFAULT_LISTEN_PORT,
 };
 pub use select::{select_backend, select_backend_with};
 pub use status::{judge, PeerTrack, HANDSHAKE_TIMEOUT, KEEPALIVE};
