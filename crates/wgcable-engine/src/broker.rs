@@ -305,33 +305,6 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
-    use notify::EventKind;
-
-    #[test]
-    fn reads_do_not_wake_the_broker_but_changes_do() {
-        for kind in [
-            EventKind::Access(AccessKind::Open(AccessMode::Any)),
-            EventKind::Access(AccessKind::Read),
-            EventKind::Access(AccessKind::Close(AccessMode::Read)),
-            EventKind::Access(AccessKind::Any),
-        ] {
-            assert!(super::is_read_only(&kind), "{kind:?}");
-        }
-        for kind in [
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            EventKind::Create(CreateKind::File),
-            EventKind::Modify(ModifyKind::Any),
-            EventKind::Remove(RemoveKind::File),
-            EventKind::Any,
-        ] {
-            assert!(!super::is_read_only(&kind), "{kind:?}");
-        }
-    }
-}
-
 #[async_trait]
 impl EndpointSource for FileBroker {
     async fn publish(&mut self, endpoint: &Endpoint) -> Result<(), Error> {
@@ -371,6 +344,33 @@ impl EndpointSource for FileBroker {
             if let Err(e) = self.scan() {
                 tracing::warn!(error = %crate::error::chain(&e), "scanning the broker directory failed; retrying at the next rescan");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
+    use notify::EventKind;
+
+    #[test]
+    fn reads_do_not_wake_the_broker_but_changes_do() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(super::is_read_only(&kind), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(!super::is_read_only(&kind), "{kind:?}");
         }
     }
 }
