@@ -24,6 +24,7 @@ struct FakeDevice {
     netlink: Arc<FakeNetlink>,
     devices: Mutex<BTreeMap<String, DeviceStatus>>,
     applies: Mutex<Vec<DeviceUpdate>>,
+    reads: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeDevice {
@@ -32,6 +33,7 @@ impl FakeDevice {
             netlink,
             devices: Mutex::default(),
             applies: Mutex::default(),
+            reads: Default::default(),
         })
     }
     fn status(&self) -> DeviceStatus {
@@ -95,12 +97,17 @@ impl WgDevice for FakeDevice {
         Ok(true)
     }
     async fn read(&self, name: &str) -> Result<Option<DeviceStatus>, wgcable_peers::Error> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(self.devices.lock().expect("lock").get(name).cloned())
     }
     async fn apply(&self, name: &str, update: &DeviceUpdate) -> Result<(), wgcable_peers::Error> {
         self.applies.lock().expect("lock").push(update.clone());
         let mut devs = self.devices.lock().expect("lock");
-        let dev = devs.get_mut(name).expect("apply to an existing device");
+        let Some(dev) = devs.get_mut(name) else {
+            return Err(wgcable_peers::Error::NoDevice {
+                device: name.to_string(),
+            });
+        };
         if let Some(k) = &update.private_key {
             dev.public_key = Some(k.public_key());
         }
@@ -819,4 +826,77 @@ async fn a_peer_that_is_not_natted_is_put_back_on_its_endpoint() {
         h.device.peer(&key).expect("peer").config.endpoint,
         Some("192.168.77.12:4500".parse().expect("addr"))
     );
+}
+
+#[tokio::test]
+async fn a_connect_after_a_reconcile_is_applied_from_the_plan_alone() {
+    let h = harness().await;
+    h.driver.init().await.expect("init");
+    let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16"]);
+    let c = remote("cluster-c", "192.168.77.13", &["10.203.0.0/16"]);
+    h.connect(&b).await.expect("b");
+    h.connect(&c).await.expect("c");
+
+    h.netlink.clear_ops();
+    let reads = h.device.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let applies = h.device.applies();
+    let d = remote(
+        "cluster-d",
+        "192.168.77.14",
+        &["10.204.0.0/16", "fd00:204::/48"],
+    );
+    h.connect(&d).await.expect("d");
+    assert_eq!(
+        h.device.reads.load(std::sync::atomic::Ordering::SeqCst),
+        reads,
+        "no device read-back"
+    );
+    assert_eq!(h.device.applies(), applies + 1, "one device update");
+    assert_eq!(
+        h.netlink.ops().len(),
+        1,
+        "one netlink request, no dumps: {:?}",
+        h.netlink.ops()
+    );
+    assert_eq!(h.netlink.calls(wgcable_netlink::Method::RouteAdd), 1);
+    assert_eq!(
+        h.routes(),
+        nets(&[
+            "10.202.0.0/16",
+            "10.203.0.0/16",
+            "10.204.0.0/16",
+            "fd00:204::/48"
+        ])
+    );
+
+    h.netlink.clear_ops();
+    h.driver
+        .disconnect_from_endpoint(&c.endpoint)
+        .await
+        .expect("c leaves");
+    assert_eq!(h.netlink.ops().len(), 1, "{:?}", h.netlink.ops());
+    assert_eq!(
+        h.routes(),
+        nets(&["10.202.0.0/16", "10.204.0.0/16", "fd00:204::/48"])
+    );
+    assert!(h.device.peer(&c.key.public_key()).is_none());
+
+    // What the incremental path did is exactly what a full reconcile wants.
+    let report = h.driver.reconcile(Trigger::Resync).await.expect("resync");
+    assert!(report.is_noop(), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_stale_cache_falls_back_to_a_full_reconcile() {
+    let h = harness().await;
+    h.driver.init().await.expect("init");
+    let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16"]);
+    h.connect(&b).await.expect("b");
+    // The device vanishes between reconciles (its userspace process was killed).
+    h.device.delete(DEFAULT_DEVICE).await.expect("delete");
+    let c = remote("cluster-c", "192.168.77.13", &["10.203.0.0/16"]);
+    h.connect(&c).await.expect("c connects all the same");
+    assert!(h.device.peer(&b.key.public_key()).is_some());
+    assert!(h.device.peer(&c.key.public_key()).is_some());
+    assert_eq!(h.routes(), nets(&["10.202.0.0/16", "10.203.0.0/16"]));
 }
