@@ -119,8 +119,6 @@ struct State {
     /// Clusters refused by the last plan, with the reason.
     refused: BTreeMap<String, String>,
     tracked: HashMap<String, Tracked>,
-    /// The connections of the last status poll, for `/connections`.
-    last_connections: Vec<Connection>,
     /// At least one reconcile went through: later device/rule creations are repairs.
     reconciled: bool,
     /// The endpoint we last configured for each peer (see roaming in `reconcile_inner`).
@@ -148,7 +146,7 @@ pub struct WireGuardDriver {
     metrics: Arc<GatewayMetrics>,
     state: tokio::sync::Mutex<State>,
     /// Mirrors of state for the HTTP server, which must never wait on a reconcile.
-    snapshot: std::sync::Mutex<(Vec<Connection>, bool)>,
+    snapshot: std::sync::Mutex<(Arc<Vec<Connection>>, bool)>,
     /// Pings each remote gateway's health-check IP through the tunnel (optional).
     health: Option<Arc<crate::health::HealthChecker>>,
     /// Remote subnets already warned about for source NAT (warn once, not every resync).
@@ -186,7 +184,7 @@ impl WireGuardDriver {
             device,
             metrics,
             state: tokio::sync::Mutex::new(State::default()),
-            snapshot: std::sync::Mutex::new((Vec::new(), false)),
+            snapshot: std::sync::Mutex::new((Arc::default(), false)),
             snat_warned: std::sync::Mutex::new(Default::default()),
             health: None,
         })
@@ -346,8 +344,19 @@ impl WireGuardDriver {
         st: &mut State,
         trigger: Trigger,
     ) -> Result<ReconcileReport, Error> {
+        self.reconcile_planned(st, trigger, None).await
+    }
+
+    /// A reconcile with the peers already planned from `st.remotes` (connect plans first, to
+    /// refuse before touching anything, and need not plan twice).
+    async fn reconcile_planned(
+        &self,
+        st: &mut State,
+        trigger: Trigger,
+        planned: Option<wgcable_peers::DesiredPeers>,
+    ) -> Result<ReconcileReport, Error> {
         self.metrics.inc_reconcile();
-        let result = self.reconcile_inner(st, trigger).await;
+        let result = self.reconcile_inner(st, trigger, planned).await;
         match &result {
             Ok(report) => {
                 if !report.is_noop() {
@@ -368,16 +377,19 @@ impl WireGuardDriver {
         &self,
         st: &mut State,
         trigger: Trigger,
+        planned: Option<wgcable_peers::DesiredPeers>,
     ) -> Result<ReconcileReport, Error> {
         let c = &self.config;
         let mut report = ReconcileReport::default();
 
         // 1. Plan the peers first: a refused endpoint is dropped here, before anything is
         // touched, so it cannot leave half-applied state or disturb the others.
-        let desired = wgcable_peers::desired_peers_validated(
-            &self.local_peer_config(),
-            st.remotes.iter().map(|r| (&r.info, &r.spec)),
-        );
+        let desired = planned.unwrap_or_else(|| {
+            wgcable_peers::desired_peers_validated(
+                &self.local_peer_config(),
+                st.remotes.iter().map(|r| (&r.info, &r.spec)),
+            )
+        });
         // Clusters that were refused and are accepted now are intended changes, not drift.
         let newly_accepted = st
             .refused
@@ -789,11 +801,23 @@ impl WireGuardDriver {
         }
     }
 
+    /// Judges every connection now, feeds the metrics and keeps the result for
+    /// [`WireGuardDriver::last_connections`]; [`CableDriver::connections`] is this plus a copy.
+    pub async fn poll(&self) -> Result<Arc<Vec<Connection>>, Error> {
+        let mut st = self.state.lock().await;
+        let observed = self.read_device().await?;
+        let conns = Arc::new(self.judge_all(&mut st, observed.as_ref(), SystemTime::now()));
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.0 = conns.clone();
+        }
+        Ok(conns)
+    }
+
     /// The last judged connections, without waiting for a reconcile (for the HTTP server).
     pub fn last_connections(&self) -> Vec<Connection> {
         self.snapshot
             .lock()
-            .map(|s| s.0.clone())
+            .map(|s| s.0.as_ref().clone())
             .unwrap_or_default()
     }
 
@@ -1057,7 +1081,9 @@ impl CableDriver for WireGuardDriver {
             &self.local_peer_config(),
             st.remotes.iter().map(|r| (&r.info, &r.spec)),
         );
-        if let Some((_, source)) = planned.rejected.into_iter().find(|(c, _)| *c == cluster) {
+        if let Some(i) = planned.rejected.iter().position(|(c, _)| *c == cluster) {
+            let mut planned = planned;
+            let (_, source) = planned.rejected.swap_remove(i);
             match (previous, old) {
                 // A cluster that was fine keeps its last good endpoint.
                 (Some(i), Some(old)) => st.remotes[i] = old,
@@ -1076,7 +1102,8 @@ impl CableDriver for WireGuardDriver {
                 source: Box::new(source),
             });
         }
-        self.reconcile_locked(&mut st, Trigger::Intent).await?;
+        self.reconcile_planned(&mut st, Trigger::Intent, Some(planned))
+            .await?;
         tracing::info!(cluster = %cluster, using_ip = %used, "connected to endpoint");
         Ok(used)
     }
@@ -1097,14 +1124,7 @@ impl CableDriver for WireGuardDriver {
     }
 
     async fn connections(&self) -> Result<Vec<Connection>, Error> {
-        let mut st = self.state.lock().await;
-        let observed = self.read_device().await?;
-        let conns = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
-        st.last_connections = conns.clone();
-        if let Ok(mut s) = self.snapshot.lock() {
-            s.0 = conns.clone();
-        }
-        Ok(conns)
+        Ok(self.poll().await?.as_ref().clone())
     }
 
     async fn active_connections(&self) -> Result<Vec<Connection>, Error> {

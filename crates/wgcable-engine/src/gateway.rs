@@ -158,7 +158,7 @@ pub async fn run(
     if let Err(e) = driver.set_endpoints(infos).await {
         tracing::warn!(error = %crate::error::chain(&e), "first reconcile failed; retrying at the next resync");
     }
-    let _ = driver.connections().await;
+    let _ = driver.poll().await;
 
     let mut resync = tokio::time::interval(config.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,7 +178,7 @@ pub async fn run(
                     if let Err(e) = driver.connect_to_endpoint(&info).await {
                         tracing::warn!(cluster = %cluster, error = %crate::error::chain(&e), "cannot connect to endpoint");
                     }
-                    let _ = driver.connections().await;
+                    let _ = driver.poll().await;
                 }
                 Some(EndpointEvent::Remove { cluster_id }) => {
                     let mut endpoint = Endpoint::new(Default::default());
@@ -186,7 +186,7 @@ pub async fn run(
                     if let Err(e) = driver.disconnect_from_endpoint(&endpoint).await {
                         tracing::warn!(cluster = %cluster_id, error = %crate::error::chain(&e), "cannot disconnect from endpoint");
                     }
-                    let _ = driver.connections().await;
+                    let _ = driver.poll().await;
                 }
                 None => {
                     tracing::warn!("the endpoint source ended; no more endpoint changes will be seen");
@@ -199,7 +199,7 @@ pub async fn run(
                 driver.check_snat().await;
             }
             _ = status.tick() => {
-                if let Err(e) = driver.connections().await {
+                if let Err(e) = driver.poll().await {
                     tracing::warn!(error = %crate::error::chain(&e), "reading connection status failed");
                 }
             }
