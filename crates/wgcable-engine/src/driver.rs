@@ -834,6 +834,9 @@ impl WireGuardDriver {
     ) -> Vec<Connection> {
         let c = &self.config;
         let mut out = Vec::new();
+        let by_key: HashMap<PublicKey, &PeerStatus> = observed
+            .map(|d| d.peers.iter().map(|p| (p.config.public_key, p)).collect())
+            .unwrap_or_default();
         for remote in &st.remotes {
             let spec = &remote.info.endpoint.spec;
             let cluster = &spec.cluster_id;
@@ -863,7 +866,7 @@ impl WireGuardDriver {
                 continue;
             };
             let key = peer.config.public_key;
-            let status = observed.and_then(|d| d.peers.iter().find(|p| p.config.public_key == key));
+            let status = by_key.get(&key).copied();
             let Some(status) = status else {
                 conn.status = ConnectionStatus::Connecting;
                 conn.status_message = "peer not configured on the device yet".into();
@@ -966,15 +969,21 @@ fn record_endpoints(
         .chain(&plan.update)
         .map(|p| p.public_key)
         .collect();
-    st.applied_endpoints
-        .retain(|k, _| peers.iter().any(|p| p.config.public_key == *k));
+    let wanted: std::collections::HashSet<PublicKey> =
+        peers.iter().map(|p| p.config.public_key).collect();
+    st.applied_endpoints.retain(|k, _| wanted.contains(k));
+    let on_device: HashMap<PublicKey, std::net::SocketAddr> = observed
+        .map(|d| {
+            d.peers
+                .iter()
+                .filter_map(|o| Some((o.config.public_key, o.config.endpoint?)))
+                .collect()
+        })
+        .unwrap_or_default();
     for p in peers {
         let key = p.config.public_key;
-        let on_device = observed
-            .and_then(|d| d.peers.iter().find(|o| o.config.public_key == key))
-            .and_then(|o| o.config.endpoint);
         if let Some(e) = p.config.endpoint {
-            if touched.contains(&key) || on_device == Some(e) {
+            if touched.contains(&key) || on_device.get(&key) == Some(&e) {
                 st.applied_endpoints.insert(key, e);
             }
         }

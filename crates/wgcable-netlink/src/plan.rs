@@ -2,7 +2,7 @@
 //!
 //! No I/O here, so every rule of "what is already right" is unit-tested without a kernel.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use ipnet::IpNet;
 
@@ -42,12 +42,22 @@ pub fn diff_routes(current: &[Route], desired: &[RouteSpec], table: u32, oif: u3
         .iter()
         .filter(|r| r.table == table && r.oif == Some(oif))
         .collect();
+    // By prefix, so thousands of routes diff in linear time (a prefix is usually there once;
+    // the kernel can hold it more than once, e.g. with another source).
+    let mut by_dst: HashMap<IpNet, Vec<&Route>> = HashMap::with_capacity(ours.len());
+    for r in &ours {
+        by_dst.entry(r.dst.trunc()).or_default().push(r);
+    }
 
     let mut seen = HashSet::new();
     let to_add = desired
         .iter()
         .filter(|spec| seen.insert(spec.dst.trunc()))
-        .filter(|spec| !ours.iter().any(|r| spec.is_satisfied_by(r)))
+        .filter(|spec| {
+            !by_dst
+                .get(&spec.dst.trunc())
+                .is_some_and(|rs| rs.iter().any(|r| spec.is_satisfied_by(r)))
+        })
         .cloned()
         .collect();
     let to_del = ours
