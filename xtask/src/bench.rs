@@ -217,10 +217,12 @@ fn scale_executable(cargo_json: &str) -> Option<PathBuf> {
 
 // ---- Case 6: planner -----------------------------------------------------------------------
 
-const PLANNER_BENCHES: [&str; 3] = [
+const PLANNER_BENCHES: [&str; 4] = [
     "plan-nothing-to-change/10000",
     "plan-one-endpoint-moved/10000",
     "desired_peers+plan/10000",
+    // What the engine runs at every reconcile (endpoints validated once, on arrival).
+    "desired_peers_validated+plan/10000",
 ];
 
 fn planner(samples: &mut Samples) -> Result<()> {
@@ -975,7 +977,7 @@ fn rows(samples: &Samples) -> Vec<Row> {
             &format!("planner.{bench}"),
             None,
             "ms",
-            if bench.starts_with("desired_peers") {
+            if bench.starts_with("desired_peers_validated") {
                 Target::AtMost(10.0)
             } else {
                 Target::None
