@@ -444,7 +444,7 @@ impl WireGuardDriver {
             }
         }
 
-        // 2. The device exists and carries our key and port.
+        // 2. The device exists.
         let created = self
             .device
             .ensure(&c.device)
@@ -455,39 +455,17 @@ impl WireGuardDriver {
             )))?;
         report.device_created = created;
         repair("device", created && st.reconciled);
-        let observed = self.read_device().await?;
-        let planned = mask_roaming(st, &desired.peers);
-        let plan = wgcable_peers::plan(&planned, observed.as_ref());
-        let mut update = plan.to_update();
-        if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
-            update.private_key = Some(self.private_key.clone());
-            update.listen_port = Some(c.listen_port);
-            report.device_configured = true;
-        }
-        report.peers_added = plan.add.len();
-        report.peers_updated = plan.update.len();
-        report.peers_removed = plan.remove.len();
-        if !is_empty_update(&update) {
-            self.device
-                .apply(&c.device, &update)
-                .await
-                .map_err(Error::device(format!(
-                    "configuring {} peer change(s) on device {}",
-                    plan.len(),
-                    c.device
-                )))?;
-        }
-        repair("peer", !plan.is_empty() && !created);
-        record_endpoints(st, &desired.peers, &plan, observed.as_ref());
-
-        // 3. The link: up, MTU, the gateway's address.
+        // 3. The link: up, MTU, the gateway's address, before any peer is configured: a
+        // userspace device whose link is down when a peer is added sends that peer nothing,
+        // so a handshake the other side started before it knew us would only be retried
+        // after WireGuard's 5 s rekey timeout (seen as a 5 s first connection).
         let link = self
             .netlink
             .link_get(&c.device)
             .await
             .map_err(Error::netlink(format!("looking up link {}", c.device)))?
             .ok_or_else(|| Error::Config {
-                message: format!("device {} was configured but its link is missing", c.device),
+                message: format!("device {} exists but its link is missing", c.device),
             })?;
         let mtu = match c.mtu {
             Some(m) => m,
@@ -529,7 +507,33 @@ impl WireGuardDriver {
         report.link_changes += addr_changes;
         repair("addr", addr_changes > 0 && !created);
 
-        // 4. Routes to every accepted remote subnet, in our table, through the device.
+        // 4. The peers, and the device's key and port.
+        let observed = self.read_device().await?;
+        let planned = mask_roaming(st, &desired.peers);
+        let plan = wgcable_peers::plan(&planned, observed.as_ref());
+        let mut update = plan.to_update();
+        if needs_identity(observed.as_ref(), &self.public_key, c.listen_port) {
+            update.private_key = Some(self.private_key.clone());
+            update.listen_port = Some(c.listen_port);
+            report.device_configured = true;
+        }
+        report.peers_added = plan.add.len();
+        report.peers_updated = plan.update.len();
+        report.peers_removed = plan.remove.len();
+        if !is_empty_update(&update) {
+            self.device
+                .apply(&c.device, &update)
+                .await
+                .map_err(Error::device(format!(
+                    "configuring {} peer change(s) on device {}",
+                    plan.len(),
+                    c.device
+                )))?;
+        }
+        repair("peer", !plan.is_empty() && !created);
+        record_endpoints(st, &desired.peers, &plan, observed.as_ref());
+
+        // 5. Routes to every accepted remote subnet, in our table, through the device.
         let routes = self.route_specs(&desired.peers, link.index);
         let diff = wgcable_netlink::sync_routes(&*self.netlink, c.table, link.index, &routes)
             .await
@@ -541,7 +545,7 @@ impl WireGuardDriver {
         report.routes_removed = diff.to_del.len();
         repair("route", !diff.to_add.is_empty() && !created);
 
-        // 5. One rule per IP family in use, sending traffic to our table.
+        // 6. One rule per IP family in use, sending traffic to our table.
         let mut families = vec![IpFamily::V4];
         if c.local_subnets
             .iter()
@@ -563,7 +567,7 @@ impl WireGuardDriver {
             repair("rule", added && st.reconciled);
         }
 
-        // 6. Remember what the host looks like now, and what is connected.
+        // 7. Remember what the host looks like now, and what is connected.
         let mut device = observed.unwrap_or_else(|| DeviceStatus {
             name: c.device.clone(),
             public_key: None,
