@@ -395,11 +395,7 @@ impl WireGuardDriver {
             .refused
             .keys()
             .any(|c| !desired.rejected.iter().any(|(r, _)| r == c));
-        let trigger = if newly_accepted {
-            Trigger::Intent
-        } else {
-            trigger
-        };
+        let counts_as_drift = trigger == Trigger::Resync && !newly_accepted;
         let mut refused = BTreeMap::new();
         for (cluster, err) in &desired.rejected {
             let msg = crate::error::chain(err);
@@ -413,7 +409,7 @@ impl WireGuardDriver {
         st.refused = refused;
 
         let repair = |what: &str, happened: bool| {
-            if happened && trigger == Trigger::Resync {
+            if happened && counts_as_drift {
                 tracing::warn!(what, "drift repaired");
                 self.metrics.inc_repair(what);
             }
