@@ -1160,6 +1160,9 @@ impl CableDriver for WireGuardDriver {
         }
         st.remotes.clear();
         st.desired.clear();
+        st.refused.clear();
+        st.cache = None;
+        st.applied_endpoints.clear();
         self.set_ready(false);
         Ok(())
     }
