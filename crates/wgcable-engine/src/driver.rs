@@ -879,21 +879,6 @@ impl WireGuardDriver {
                 self.metrics.remove_cable(&p.labels);
             }
             let track = wgcable_peers::judge(prev.map(|t| &t.track), status, now);
-            self.metrics
-                .set_traffic(&labels, status.rx_bytes, status.tx_bytes);
-            if let Some(est) = track
-                .established
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            {
-                self.metrics.set_established(&labels, est.as_secs_f64());
-            }
-            if let Some(age) = status
-                .last_handshake
-                .and_then(|t| now.duration_since(t).ok())
-            {
-                self.metrics
-                    .set_last_handshake_age(&labels, age.as_secs_f64());
-            }
             conn.status = track.status;
             conn.status_message = track.message.clone();
             // The health check, when there is one and it has a verdict, refines WireGuard's:
@@ -924,7 +909,22 @@ impl WireGuardDriver {
                     }
                 }
             }
-            self.metrics.set_connection_status(&labels, conn.status);
+            self.metrics.record_poll(
+                &labels,
+                &wgcable_metrics::CablePoll {
+                    status: conn.status,
+                    rx_bytes: status.rx_bytes,
+                    tx_bytes: status.tx_bytes,
+                    established: track
+                        .established
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs_f64()),
+                    last_handshake_age: status
+                        .last_handshake
+                        .and_then(|t| now.duration_since(t).ok())
+                        .map(|d| d.as_secs_f64()),
+                },
+            );
             st.tracked
                 .insert(cluster.clone(), Tracked { key, track, labels });
             out.push(conn);

@@ -102,6 +102,33 @@ impl CableLabels {
 struct Book {
     statuses: HashMap<CableLabels, &'static str>,
     published_short: HashSet<(String, &'static str)>,
+    /// Each polled cable's series, looked up once: a status poll of 1,000 cables then hashes
+    /// each cable's labels once instead of once per metric family.
+    handles: HashMap<CableLabels, CableHandles>,
+}
+
+#[derive(Debug)]
+struct CableHandles {
+    rx_bytes: prometheus::Gauge,
+    tx_bytes: prometheus::Gauge,
+    // Created on their first value: a series at 0 would read as "established in 1970".
+    established: Option<prometheus::Gauge>,
+    last_handshake_age: Option<prometheus::Gauge>,
+}
+
+/// What one status poll learned about one cable, for [`GatewayMetrics::record_poll`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CablePoll {
+    /// The connection's status.
+    pub status: ConnectionStatus,
+    /// WireGuard's received-bytes counter.
+    pub rx_bytes: u64,
+    /// WireGuard's transmitted-bytes counter.
+    pub tx_bytes: u64,
+    /// Unix time of the first handshake of the current connection, if established.
+    pub established: Option<f64>,
+    /// Seconds since the latest handshake, if any.
+    pub last_handshake_age: Option<f64>,
 }
 
 /// The gateway's metrics, in a registry of their own.
@@ -235,6 +262,52 @@ impl GatewayMetrics {
         &self.registry
     }
 
+    /// Records everything a status poll learned about a cable, under one lock and with one
+    /// lookup of the cable's series: the same as [`Self::set_connection_status`],
+    /// [`Self::set_traffic`], [`Self::set_established`] and [`Self::set_last_handshake_age`].
+    pub fn record_poll(&self, cable: &CableLabels, poll: &CablePoll) {
+        let mut book = self.book();
+        if !book.handles.contains_key(cable) {
+            let values = cable.values();
+            let handles = CableHandles {
+                rx_bytes: self.rx_bytes.with_label_values(&values),
+                tx_bytes: self.tx_bytes.with_label_values(&values),
+                established: None,
+                last_handshake_age: None,
+            };
+            book.handles.insert(cable.clone(), handles);
+        }
+        if let Some(h) = book.handles.get_mut(cable) {
+            h.rx_bytes.set(poll.rx_bytes as f64);
+            h.tx_bytes.set(poll.tx_bytes as f64);
+            if let Some(t) = poll.established {
+                h.established
+                    .get_or_insert_with(|| self.established.with_label_values(&cable.values()))
+                    .set(t);
+            }
+            if let Some(age) = poll.last_handshake_age {
+                h.last_handshake_age
+                    .get_or_insert_with(|| {
+                        self.last_handshake_age.with_label_values(&cable.values())
+                    })
+                    .set(age);
+            }
+        }
+        let status = poll.status.as_str();
+        if book.statuses.get(cable) == Some(&status) {
+            return;
+        }
+        self.connections
+            .with_label_values(&cable.values_with_status(status))
+            .set(1.0);
+        if let Some(previous) = book.statuses.insert(cable.clone(), status) {
+            let _ = self
+                .connections
+                .remove_label_values(&cable.values_with_status(previous));
+        }
+        self.recount_short(&mut book);
+    }
+
     /// Records a cable's current status: exactly one `submariner_connections` series per cable,
     /// and `submariner_connections_short` recounted.
     pub fn set_connection_status(&self, cable: &CableLabels, status: ConnectionStatus) {
@@ -309,6 +382,7 @@ impl GatewayMetrics {
         ] {
             let _ = gauge.remove_label_values(&values);
         }
+        book.handles.remove(cable);
         if book.statuses.remove(cable).is_some() {
             self.recount_short(&mut book);
         }
@@ -703,6 +777,66 @@ mod tests {
                 scrape.series(name)
             );
         }
+    }
+
+    #[test]
+    fn record_poll_is_the_same_as_the_separate_setters() {
+        let by_poll = GatewayMetrics::new().expect("metrics register");
+        let by_setters = GatewayMetrics::new().expect("metrics register");
+        let west = cable("west", "203.0.113.7");
+        let polls = [
+            CablePoll {
+                status: ConnectionStatus::Connecting,
+                rx_bytes: 0,
+                tx_bytes: 148,
+                established: None,
+                last_handshake_age: None,
+            },
+            CablePoll {
+                status: ConnectionStatus::Connected,
+                rx_bytes: 92,
+                tx_bytes: 296,
+                established: Some(1_700_000_000.0),
+                last_handshake_age: Some(2.0),
+            },
+            CablePoll {
+                status: ConnectionStatus::Connected,
+                rx_bytes: 184,
+                tx_bytes: 444,
+                established: Some(1_700_000_000.0),
+                last_handshake_age: Some(7.0),
+            },
+        ];
+        for poll in &polls {
+            by_poll.record_poll(&west, poll);
+            by_setters.set_connection_status(&west, poll.status);
+            by_setters.set_traffic(&west, poll.rx_bytes, poll.tx_bytes);
+            if let Some(t) = poll.established {
+                by_setters.set_established(&west, t);
+            }
+            if let Some(a) = poll.last_handshake_age {
+                by_setters.set_last_handshake_age(&west, a);
+            }
+            assert_eq!(
+                by_poll.encode_text().expect("encode"),
+                by_setters.encode_text().expect("encode")
+            );
+        }
+        by_poll.remove_cable(&west);
+        let scrape = scraped(&by_poll);
+        for name in PER_CABLE {
+            assert!(scrape.series(name).is_empty(), "{name}");
+        }
+        // A cable polled again after removal gets fresh series.
+        by_poll.record_poll(&west, &polls[2]);
+        assert_eq!(
+            statuses_of(&scraped(&by_poll), &west),
+            vec!["connected".to_owned()]
+        );
+        assert_eq!(
+            scraped(&by_poll).value(names::GATEWAY_RX_BYTES, &labels(&west)),
+            Some(184.0)
+        );
     }
 
     #[test]
