@@ -1015,40 +1015,8 @@ mod tests {
 #[cfg(test)]
 mod kernel_tests {
     use super::*;
-    use nix::sched::{unshare, CloneFlags};
+    use wgcable_netlink::testing::in_netns;
     use wgcable_netlink::{LinkKind, Netlink, RtNetlink};
-
-    /// Runs `body` on a current-thread runtime in a new network namespace with `lo` up.
-    /// Without the privilege: one "skipped" line, or a failure when `CI` is set.
-    fn in_netns<F, Fut>(test: &str, body: F)
-    where
-        F: FnOnce(RtNetlink) -> Fut + Send + 'static,
-        Fut: Future<Output = ()>,
-    {
-        let outcome = std::thread::spawn(move || -> Result<(), String> {
-            unshare(CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("cannot create a network namespace ({e}): run as root"))?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("build a runtime");
-            runtime.block_on(async move {
-                let (nl, conn) = RtNetlink::connect().expect("open rtnetlink");
-                tokio::spawn(conn);
-                let lo = nl.link_get("lo").await.expect("get lo").expect("lo exists");
-                nl.link_set_up(lo.index, true).await.expect("bring lo up");
-                body(nl).await;
-            });
-            Ok(())
-        })
-        .join();
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) if std::env::var_os("CI").is_some() => panic!("{test}: {why}"),
-            Ok(Err(why)) => println!("skipped: {test}: {why}"),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
 
     /// A link that is up and drops what is routed to it, like a tunnel that is down: a dummy,
     /// else one end of a veth pair whose other end has no such address.

@@ -67,6 +67,9 @@ mod error;
 mod fake;
 mod plan;
 mod rtnl;
+/// Helpers for privileged tests (a fresh network namespace per test).
+#[cfg(feature = "testing")]
+pub mod testing;
 mod types;
 
 pub use ensure::{ensure_addrs, ensure_link, ensure_rule, source_for, sync_routes, underlay_mtu};

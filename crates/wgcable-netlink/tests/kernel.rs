@@ -8,48 +8,15 @@ use std::net::IpAddr;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use nix::sched::{unshare, CloneFlags};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
+use wgcable_netlink::testing::in_netns;
 use wgcable_netlink::{
     ensure_addrs, ensure_link, ensure_rule, source_for, sync_routes, underlay_mtu, Error, IpFamily,
     Link, LinkKind, Netlink, RouteSpec, RtNetlink, Rule,
 };
-
-/// Runs `body` on a current-thread runtime in a new network namespace, with `lo` up.
-fn in_netns<F, Fut>(test: &str, body: F)
-where
-    F: FnOnce(RtNetlink) -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let outcome = std::thread::spawn(move || -> Result<(), String> {
-        // Only this thread moves to the new namespace; the netlink socket is opened here,
-        // after the move, so it belongs to the new namespace.
-        unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("cannot create a network namespace ({e}): run as root"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build a runtime");
-        runtime.block_on(async move {
-            let (nl, conn) = RtNetlink::connect().expect("open rtnetlink");
-            tokio::spawn(conn);
-            let lo = nl.link_get("lo").await.expect("get lo").expect("lo exists");
-            nl.link_set_up(lo.index, true).await.expect("bring lo up");
-            body(nl).await;
-        });
-        Ok(())
-    })
-    .join();
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) if std::env::var_os("CI").is_some() => panic!("{test}: {why}"),
-        Ok(Err(why)) => println!("skipped: {test}: {why}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
 
 fn net(s: &str) -> IpNet {
     s.parse().expect("test prefix")
