@@ -513,19 +513,7 @@ impl WireGuardDriver {
             update.listen_port = Some(c.listen_port);
             report.device_configured = true;
         }
-        report.peers_added = plan.add.len();
-        report.peers_updated = plan.update.len();
-        report.peers_removed = plan.remove.len();
-        if !is_empty_update(&update) {
-            self.device
-                .apply(&c.device, &update)
-                .await
-                .map_err(Error::device(format!(
-                    "configuring {} peer change(s) on device {}",
-                    plan.len(),
-                    c.device
-                )))?;
-        }
+        self.apply_peers(&plan, &update, &mut report).await?;
         repair("peer", !plan.is_empty() && !created);
         record_endpoints(st, &desired.peers, &plan, observed.as_ref());
 
@@ -624,6 +612,30 @@ impl WireGuardDriver {
         }
     }
 
+    /// Applies a peer plan (and any identity change in `update`) as one device update, and
+    /// reports it.
+    async fn apply_peers(
+        &self,
+        plan: &wgcable_peers::PeerPlan,
+        update: &DeviceUpdate,
+        report: &mut ReconcileReport,
+    ) -> Result<(), Error> {
+        report.peers_added = plan.add.len();
+        report.peers_updated = plan.update.len();
+        report.peers_removed = plan.remove.len();
+        if update.is_empty() {
+            return Ok(());
+        }
+        let name = &self.config.device;
+        self.device
+            .apply(name, update)
+            .await
+            .map_err(Error::device(format!(
+                "configuring {} peer change(s) on device {name}",
+                plan.len()
+            )))
+    }
+
     /// Routes to every accepted remote subnet, in our table, through the device.
     fn route_specs(&self, peers: &[DesiredPeer], link_index: u32) -> Vec<RouteSpec> {
         let c = &self.config;
@@ -653,19 +665,7 @@ impl WireGuardDriver {
         let planned = mask_roaming(st, peers);
         let plan = wgcable_peers::plan(&planned, Some(&cache.device));
         let update = plan.to_update();
-        if !update.is_empty() {
-            self.device
-                .apply(&c.device, &update)
-                .await
-                .map_err(Error::device(format!(
-                    "configuring {} peer change(s) on device {}",
-                    plan.len(),
-                    c.device
-                )))?;
-        }
-        report.peers_added = plan.add.len();
-        report.peers_updated = plan.update.len();
-        report.peers_removed = plan.remove.len();
+        self.apply_peers(&plan, &update, report).await?;
         record_endpoints(st, peers, &plan, Some(&cache.device));
         apply_to(&mut cache.device, &update);
 
@@ -1028,10 +1028,6 @@ fn needs_identity(observed: Option<&DeviceStatus>, key: &PublicKey, port: u16) -
         None => true,
         Some(d) => d.public_key.as_ref() != Some(key) || d.listen_port != Some(port),
     }
-}
-
-fn is_empty_update(u: &DeviceUpdate) -> bool {
-    u.private_key.is_none() && u.listen_port.is_none() && u.peers.is_empty()
 }
 
 #[async_trait]

@@ -212,6 +212,22 @@ pub(crate) fn validate_device_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// Runs blocking work (control socket, generic netlink, /proc) on tokio's blocking pool, for
+/// both backends.
+pub(crate) async fn blocking<T, F>(device: &str, op: &'static str, work: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|source| Error::Task {
+            device: device.to_owned(),
+            op,
+            source,
+        })?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

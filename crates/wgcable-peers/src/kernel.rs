@@ -16,8 +16,8 @@ use wgcable_netlink::{Link, LinkKind, Netlink};
 use wireguard_control as wgc;
 
 use crate::device::{
-    validate_device_name, BackendKind, DeviceStatus, DeviceUpdate, PeerChange, PeerConfig,
-    PeerStatus, WgDevice,
+    blocking, validate_device_name, BackendKind, DeviceStatus, DeviceUpdate, PeerChange,
+    PeerConfig, PeerStatus, WgDevice,
 };
 use crate::Error;
 
@@ -194,20 +194,6 @@ fn from_wgc_device(name: &str, device: wgc::Device) -> Result<DeviceStatus, Erro
         listen_port: device.listen_port.filter(|&p| p != 0),
         peers,
     })
-}
-
-async fn blocking<T, F>(device: &str, op: &'static str, work: F) -> Result<T, Error>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, Error> + Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|source| Error::Task {
-            device: device.to_owned(),
-            op,
-            source,
-        })?
 }
 
 #[async_trait]

@@ -30,7 +30,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::{sleep, Instant};
 
-use crate::device::{validate_device_name, BackendKind, DeviceStatus, DeviceUpdate, WgDevice};
+use crate::device::{
+    blocking, validate_device_name, BackendKind, DeviceStatus, DeviceUpdate, WgDevice,
+};
 use crate::uapi::{self, Liveness};
 use crate::Error;
 
@@ -129,21 +131,6 @@ fn resolve_executable(implementation: &OsStr, path_var: Option<&OsStr>) -> Resul
         .map(|dir| dir.join(as_path))
         .find(|candidate| is_executable(candidate))
         .ok_or_else(|| not_found(format!(" in PATH ({})", path_var.to_string_lossy())))
-}
-
-/// Runs blocking work on tokio's blocking pool.
-async fn blocking<T, F>(device: &str, op: &'static str, work: F) -> Result<T, Error>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, Error> + Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|source| Error::Task {
-            device: device.to_owned(),
-            op,
-            source,
-        })?
 }
 
 /// A device whose data plane is a userspace implementation in its own process.
