@@ -699,21 +699,49 @@ async fn status_follows_handshakes_and_feeds_metrics() {
     );
     assert_eq!(conns[0].using_ip, "192.168.77.12");
 
-    h.device
-        .traffic(&b.key.public_key(), SystemTime::now(), 1000, 2000);
-    // The judge waits a keepalive between looks; a fresh driver state would too, so judge the
-    // transition through the pure function's contract: a later poll with bytes moving connects.
-    let mut status = ConnectionStatus::Connecting;
-    for _ in 0..2 {
-        status = h.driver.connections().await.expect("connections")[0].status;
-    }
+    // A fresh handshake proves the peer: connected at the next poll, with its counters and
+    // established time in the metrics.
+    let handshake = SystemTime::now();
+    h.device.traffic(&b.key.public_key(), handshake, 1000, 2000);
+    let conns = h.driver.connections().await.expect("connections");
+    assert_eq!(
+        conns[0].status,
+        ConnectionStatus::Connected,
+        "{:?}",
+        conns[0]
+    );
+    assert_eq!(conns[0].status_message, "Rx=1000 Bytes, Tx=2000 Bytes");
     let text = h.metrics.encode_text().expect("text");
-    assert!(text.contains("submariner_gateway_rx_bytes"), "{text}");
-    assert!(
-        text.contains(&format!("status=\"{}\"", status.as_str())),
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("remote_cluster=\"cluster-b\""))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        line("submariner_gateway_rx_bytes").as_deref(),
+        Some("1000"),
         "{text}"
     );
-    assert!(h.driver.last_connections().len() == 1);
+    assert_eq!(
+        line("submariner_gateway_tx_bytes").as_deref(),
+        Some("2000"),
+        "{text}"
+    );
+    let established: f64 = line("submariner_connection_established_timestamp")
+        .expect("established series")
+        .parse()
+        .expect("number");
+    let hs = handshake
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    assert!((established - hs).abs() < 1.0, "{established} vs {hs}");
+    assert!(text.contains("status=\"connected\"} 1"), "{text}");
+    assert!(
+        !text.contains("status=\"connecting\"}"),
+        "exactly one status series: {text}"
+    );
+    assert_eq!(h.driver.last_connections(), conns);
     assert!(h.driver.is_ready());
 }
 
