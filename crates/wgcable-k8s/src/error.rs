@@ -71,9 +71,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Kube { source, .. } => match source {
-                kube::Error::Api(status) => {
-                    matches!(status.code, 409 | 429) || status.code >= 500
-                }
+                kube::Error::Api(status) => matches!(status.code, 409 | 429) || status.code >= 500,
                 _ => true,
             },
             _ => false,
