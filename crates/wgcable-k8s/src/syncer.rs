@@ -123,9 +123,11 @@ pub(crate) fn run(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
         let mut role = inner.role.subscribe();
         let mut desired = inner.desired.subscribe();
         loop {
-            while !inner.leading() {
-                if role.changed().await.is_err() {
-                    return;
+            // Nothing to sync before this gateway leads and has published its Endpoint.
+            while !inner.leading() || desired.borrow().endpoint.is_none() {
+                tokio::select! {
+                    changed = role.changed() => if changed.is_err() { return; },
+                    changed = desired.changed() => if changed.is_err() { return; },
                 }
             }
             let ns = inner.config.namespace.clone();
