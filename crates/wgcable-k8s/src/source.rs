@@ -293,10 +293,22 @@ fn endpoint_events(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
             let restart = tokio::time::sleep(resync);
             tokio::pin!(restart);
             let mut buffer: Option<Vec<RawObject>> = None;
+            // A watch that reconnects quietly yields nothing to tell recovery by; while
+            // unhealthy, a cheap read says when the server answers again.
+            let mut probe = tokio::time::interval(PROBE_INTERVAL);
             loop {
                 let event = tokio::select! {
                     event = events.next() => event,
                     _ = &mut restart => break,
+                    _ = probe.tick(), if !healthy => {
+                        if reachable(&api).await {
+                            healthy = true;
+                            if let Some(h) = inner.set_health(HealthPart::Endpoints, None) {
+                                yield SourceEvent::Health(h);
+                            }
+                        }
+                        continue;
+                    }
                 };
                 let event = match event {
                     Some(Ok(event)) => event,
@@ -359,6 +371,19 @@ fn endpoint_events(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
         }
     }
     .boxed()
+}
+
+/// How often an unhealthy part checks whether its server answers again.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Whether the server answers a minimal list of `api`'s resource.
+pub(crate) async fn reachable<K>(api: &Api<K>) -> bool
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&kube::api::ListParams::default().limit(1))
+        .await
+        .is_ok()
 }
 
 /// The object as handed to admission, or `None` when it is this cluster's own (or has no

@@ -144,12 +144,26 @@ pub(crate) fn run(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
             let mut tick = tokio::time::interval(RESYNC);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut watch_error: Option<String> = None;
+            let mut failing: Option<Which> = None;
+            let mut probe = tokio::time::interval(crate::source::PROBE_INTERVAL);
             loop {
                 let mut dirty = false;
                 tokio::select! {
+                    // A watch that reconnects quietly yields nothing to tell recovery by.
+                    _ = probe.tick(), if failing.is_some() => {
+                        if probe_side(&inner, failing).await {
+                            failing = None;
+                            watch_error = None;
+                            if let Some(h) = inner.set_health(crate::source::HealthPart::Syncer, None) {
+                                yield SourceEvent::Health(h);
+                            }
+                            dirty = true;
+                        }
+                    }
                     change = changes.next() => match change {
                         Some((which, Ok(event))) => {
                             stores.entry(store_name(which)).or_default().apply(event);
+                            failing = None;
                             if watch_error.take().is_some() {
                                 if let Some(h) = inner.set_health(crate::source::HealthPart::Syncer, None) {
                                     yield SourceEvent::Health(h);
@@ -162,6 +176,7 @@ pub(crate) fn run(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
                             if watch_error.as_deref() != Some(message.as_str()) {
                                 tracing::warn!(error = %message, "broker sync watch failed; retrying with backoff");
                                 watch_error = Some(message.clone());
+                                failing = Some(which);
                                 if let Some(h) = inner.set_health(crate::source::HealthPart::Syncer, Some(message)) {
                                     yield SourceEvent::Health(h);
                                 }
@@ -199,6 +214,17 @@ pub(crate) fn run(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
         }
     }
     .boxed()
+}
+
+/// Whether the server behind `which` answers again.
+async fn probe_side(inner: &Inner, which: Option<Which>) -> bool {
+    let (client, ns) = match (which, &inner.broker) {
+        (Some(Which::BrokerEndpoints | Which::BrokerClusters), Some((broker, ns))) => {
+            (broker.clone(), ns.clone())
+        }
+        _ => (inner.local.clone(), inner.config.namespace.clone()),
+    };
+    crate::source::reachable(&Api::<Raw<Endpoint>>::namespaced(client, &ns)).await
 }
 
 fn store_name(which: Which) -> &'static str {
@@ -303,7 +329,7 @@ async fn reconcile(
 
     // The broker: our objects, labelled; nothing else of ours.
     if let Some(endpoint) = &desired.endpoint {
-        let value = to_value(endpoint)?;
+        let value = exported(to_value(endpoint)?, ns);
         let current = own_endpoint
             .as_deref()
             .and_then(|n| lookup(stores, Which::BrokerEndpoints, n));
@@ -330,7 +356,7 @@ async fn reconcile(
         }
     }
     if let Some(cluster) = &desired.cluster {
-        let value = to_value(cluster)?;
+        let value = exported(to_value(cluster)?, ns);
         let current = own_cluster
             .as_deref()
             .and_then(|n| lookup(stores, Which::BrokerClusters, n));
@@ -403,6 +429,19 @@ fn to_value<T: serde::Serialize>(object: &T) -> Result<Value, Error> {
         source,
     })
 }
+
+/// An object as copied to the broker: labelled, as admiral's federator labels it, with the
+/// namespace it came from besides the cluster id.
+fn exported(mut value: Value, namespace: &str) -> Value {
+    if !value["metadata"]["labels"].is_object() {
+        value["metadata"]["labels"] = json!({});
+    }
+    value["metadata"]["labels"][ORIGINATING_NAMESPACE_LABEL] = json!(namespace);
+    value
+}
+
+/// The label admiral's federator adds beside the cluster id.
+pub const ORIGINATING_NAMESPACE_LABEL: &str = "submariner-io/originatingNamespace";
 
 /// The local copy of a broker object: its name and labels, and everything else but metadata
 /// (and status) as it is.
