@@ -20,13 +20,21 @@ fn spec(cluster: &str, host: &str, ip: &str) -> EndpointSpec {
         subnets: vec!["10.42.0.0/16".into()],
         private_ip: ip.into(),
         backend: "wireguard".into(),
-        backend_config: [("publicKey".to_owned(), "b98wRzVxljvjDMk9tpg4DKZtbSE/V/iyLBPXQhjn6Bo=".to_owned())].into(),
+        backend_config: [(
+            "publicKey".to_owned(),
+            "b98wRzVxljvjDMk9tpg4DKZtbSE/V/iyLBPXQhjn6Bo=".to_owned(),
+        )]
+        .into(),
         ..Default::default()
     }
 }
 
 fn report(role: Role, at: u64) -> GatewayReport {
-    let mut connection = Connection::new(spec("cluster-b", "cluster-b-worker", "172.18.0.11"), "172.18.0.11", false);
+    let mut connection = Connection::new(
+        spec("cluster-b", "cluster-b-worker", "172.18.0.11"),
+        "172.18.0.11",
+        false,
+    );
     connection.set_status(ConnectionStatus::Connected, "");
     connection.latency_rtt = Some(LatencyRtt {
         last: "1.2ms".into(),
@@ -52,12 +60,20 @@ fn source(server: &FakeApiServer) -> KubernetesSource {
 async fn the_gateway_object_after_a_connection_came_up() {
     let server = FakeApiServer::new();
     let source = source(&server);
-    source.report(&report(Role::Leader, 0)).await.expect("report");
+    source
+        .report(&report(Role::Leader, 0))
+        .await
+        .expect("report");
 
-    let gateway = server.get(GATEWAYS, NS, "node-a").expect("the Gateway is named after the node");
+    let gateway = server
+        .get(GATEWAYS, NS, "node-a")
+        .expect("the Gateway is named after the node");
     assert_eq!(gateway["apiVersion"], "submariner.io/v1");
     assert_eq!(gateway["kind"], "Gateway");
-    assert_eq!(gateway["metadata"]["annotations"]["update-timestamp"], "1767225600");
+    assert_eq!(
+        gateway["metadata"]["annotations"]["update-timestamp"],
+        "1767225600"
+    );
     let status = &gateway["status"];
     assert_eq!(status["version"], "wgcable-test");
     assert_eq!(status["haStatus"], "active");
@@ -92,10 +108,20 @@ async fn the_gateway_object_after_a_connection_came_up() {
     next.status_failure = "the cable driver failed".into();
     source.report(&next).await.expect("report");
     let gateway = server.get(GATEWAYS, NS, "node-a").expect("still there");
-    assert_eq!(gateway["metadata"]["annotations"]["update-timestamp"], "1767225605");
+    assert_eq!(
+        gateway["metadata"]["annotations"]["update-timestamp"],
+        "1767225605"
+    );
     assert_eq!(gateway["status"]["haStatus"], "passive");
-    assert_eq!(gateway["status"]["connections"], json!([]), "connections is [] rather than absent");
-    assert_eq!(gateway["status"]["statusFailure"], "the cable driver failed");
+    assert_eq!(
+        gateway["status"]["connections"],
+        json!([]),
+        "connections is [] rather than absent"
+    );
+    assert_eq!(
+        gateway["status"]["statusFailure"],
+        "the cable driver failed"
+    );
     assert_eq!(server.names(GATEWAYS, NS), ["node-a"]);
 }
 
@@ -103,7 +129,10 @@ async fn the_gateway_object_after_a_connection_came_up() {
 async fn a_conflicting_write_is_retried() {
     let server = FakeApiServer::new();
     let source = source(&server);
-    source.report(&report(Role::Leader, 0)).await.expect("first report");
+    source
+        .report(&report(Role::Leader, 0))
+        .await
+        .expect("first report");
     server.fail(
         FaultMatch {
             method: Some(http::Method::PUT),
@@ -113,9 +142,15 @@ async fn a_conflicting_write_is_retried() {
         1,
         FaultKind::Status(409),
     );
-    source.report(&report(Role::Leader, 5)).await.expect("retried after the conflict");
+    source
+        .report(&report(Role::Leader, 5))
+        .await
+        .expect("retried after the conflict");
     let gateway = server.get(GATEWAYS, NS, "node-a").expect("gateway");
-    assert_eq!(gateway["metadata"]["annotations"]["update-timestamp"], "1767225605");
+    assert_eq!(
+        gateway["metadata"]["annotations"]["update-timestamp"],
+        "1767225605"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -141,10 +176,16 @@ async fn the_active_gateway_deletes_stale_gateways_and_its_own_on_shutdown() {
 
     let source = source(&server);
     // A passive gateway only writes its own.
-    source.report(&report(Role::Follower { leader: None }, 100)).await.expect("report");
+    source
+        .report(&report(Role::Follower { leader: None }, 100))
+        .await
+        .expect("report");
     assert_eq!(server.names(GATEWAYS, NS).len(), 5);
     // The active one cleans up: 15 s or older, unreadable or missing timestamps.
-    source.report(&report(Role::Leader, 100)).await.expect("report");
+    source
+        .report(&report(Role::Leader, 100))
+        .await
+        .expect("report");
     let mut names = server.names(GATEWAYS, NS);
     names.sort();
     assert_eq!(names, ["node-a", "node-fresh"]);
