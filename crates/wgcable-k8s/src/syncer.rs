@@ -211,6 +211,11 @@ pub(crate) fn run(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
                     }
                 }
             }
+            // Not leading any more (or the watches ended): what the syncer reported no
+            // longer applies.
+            if let Some(h) = inner.set_health(crate::source::HealthPart::Syncer, None) {
+                yield SourceEvent::Health(h);
+            }
         }
     }
     .boxed()
