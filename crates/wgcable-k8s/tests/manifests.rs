@@ -31,7 +31,13 @@ fn documents() -> Vec<(String, Value)> {
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
             if !value.is_null() {
-                out.push((path.file_name().expect("name").to_string_lossy().into_owned(), value));
+                out.push((
+                    path.file_name()
+                        .expect("name")
+                        .to_string_lossy()
+                        .into_owned(),
+                    value,
+                ));
             }
         }
     }
@@ -43,7 +49,11 @@ fn typed<T: DeserializeOwned + Serialize>(file: &str, value: &Value) -> T {
     let object: T = serde_json::from_value(value.clone())
         .unwrap_or_else(|e| panic!("{file}: {} does not parse: {e}", value["kind"]));
     let back = serde_json::to_value(&object).expect("encodes");
-    assert_eq!(&back, value, "{file}: {} has fields k8s-openapi does not know", value["kind"]);
+    assert_eq!(
+        &back, value,
+        "{file}: {} has fields k8s-openapi does not know",
+        value["kind"]
+    );
     object
 }
 
@@ -95,7 +105,11 @@ fn rbac_is_exactly_what_the_operator_grants() {
         role.rules.expect("rules"),
         [
             rule(&[""], &["pods"], &["get", "update", "patch"]),
-            rule(&["submariner.io"], &["clusters", "endpoints", "gateways"], &crud),
+            rule(
+                &["submariner.io"],
+                &["clusters", "endpoints", "gateways"],
+                &crud
+            ),
             rule(&["coordination.k8s.io"], &["leases"], &crud),
         ]
     );
@@ -105,7 +119,11 @@ fn rbac_is_exactly_what_the_operator_grants() {
         cluster_role.rules.expect("rules"),
         [
             rule(&[""], &["configmaps"], &["get"]),
-            rule(&[""], &["pods", "services", "nodes"], &["get", "list", "watch"]),
+            rule(
+                &[""],
+                &["pods", "services", "nodes"],
+                &["get", "list", "watch"]
+            ),
         ]
     );
     for kind in ["RoleBinding", "ClusterRoleBinding"] {
@@ -119,30 +137,55 @@ fn rbac_is_exactly_what_the_operator_grants() {
 #[test]
 fn the_daemonset_keeps_restarts_hitless_and_passes_submariners_environment() {
     let docs = documents();
-    let (file, value) = docs.iter().find(|(_, v)| v["kind"] == "DaemonSet").expect("DaemonSet").clone();
+    let (file, value) = docs
+        .iter()
+        .find(|(_, v)| v["kind"] == "DaemonSet")
+        .expect("DaemonSet")
+        .clone();
     let ds: DaemonSet = typed(&file, &value);
     let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
     assert_eq!(pod.host_network, Some(true));
-    assert_eq!(pod.service_account_name.as_deref(), Some("submariner-gateway"));
     assert_eq!(
-        pod.node_selector.expect("node selector").get("submariner.io/gateway").map(String::as_str),
+        pod.service_account_name.as_deref(),
+        Some("submariner-gateway")
+    );
+    assert_eq!(
+        pod.node_selector
+            .expect("node selector")
+            .get("submariner.io/gateway")
+            .map(String::as_str),
         Some("true")
     );
     let container = &pod.containers[0];
     let command = container.command.clone().expect("command");
     let joined = command.join(" ");
     assert!(joined.contains("gateway --broker kubernetes"), "{joined}");
-    assert!(joined.contains("--backend kernel"), "the device must outlive the pod: {joined}");
+    assert!(
+        joined.contains("--backend kernel"),
+        "the device must outlive the pod: {joined}"
+    );
     assert!(joined.contains("--state-dir /var/lib/wgcable"), "{joined}");
-    assert!(container.lifecycle.is_none(), "nothing tears the data path down on stop");
+    assert!(
+        container.lifecycle.is_none(),
+        "nothing tears the data path down on stop"
+    );
     let state = pod
         .volumes
         .expect("volumes")
         .into_iter()
         .find(|v| v.name == "state")
         .expect("a state volume");
-    assert_eq!(state.host_path.expect("a hostPath").path, "/var/lib/wgcable");
-    let env: Vec<String> = container.env.clone().expect("env").into_iter().map(|e| e.name).collect();
+    assert_eq!(
+        state.host_path.expect("a hostPath").path,
+        "/var/lib/wgcable"
+    );
+    let env: Vec<String> = container
+        .env
+        .clone()
+        .expect("env")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     for name in [
         "SUBMARINER_NAMESPACE",
         "SUBMARINER_CLUSTERID",

@@ -120,6 +120,18 @@ async fn bad_input_is_handed_over_and_the_stream_goes_on() {
         }
         other => panic!("{other:?}"),
     }
+    // Unlabelled and claiming to be us (a Go gateway's own Endpoint is unlabelled locally):
+    // handed over unbound; admission refuses it for claiming the local cluster.
+    let mut unlabelled = endpoint("cluster-x", 15, None);
+    unlabelled["spec"]["cluster_id"] = json!("cluster-a");
+    server.insert(ENDPOINTS, NS, unlabelled);
+    match recv(&mut events, 60, "the unlabelled claimant").await {
+        SourceEvent::Apply(raw) => {
+            assert_eq!(raw.bound_cluster, None);
+            assert_eq!(parsed(&raw)["spec"]["cluster_id"], "cluster-a");
+        }
+        other => panic!("{other:?}"),
+    }
     // Malformed specs (a real server with a schema-less CRD stores anything).
     let mut malformed = endpoint("cluster-c", 12, Some("cluster-c"));
     malformed["spec"] = json!({"subnets": 5, "backend_config": ["x"], "private_ip": {"a": 1}});
