@@ -68,7 +68,7 @@ pub use plan::{
     desired_peers, desired_peers_of, desired_peers_validated, plan, plan_peers, DesiredPeer,
     DesiredPeers, LocalPeerConfig, PeerCandidate, PeerError, PeerPlan, DEFAULT_LISTEN_PORT,
 };
-pub use select::{select_backend, select_backend_with};
+pub use select::{find_existing, select_backend, select_backend_with};
 pub use status::{judge, PeerTrack, HANDSHAKE_TIMEOUT, KEEPALIVE};
 pub use userspace::{UserspaceConfig, UserspaceDevice};
 
