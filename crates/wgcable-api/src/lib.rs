@@ -16,6 +16,7 @@
 mod connection;
 mod endpoint;
 mod error;
+mod parse;
 mod serde_util;
 mod validate;
 
@@ -28,7 +29,11 @@ pub use endpoint::{
     KIND_ENDPOINT_LIST, MAX_CLUSTER_ID_LEN,
 };
 pub use error::ApiError;
-pub use validate::{ValidatedSpec, ValidationError, ValidationErrors};
+pub use parse::{
+    endpoints_from_json_value, parse_endpoint, parse_endpoints, Format, FoundType, Known, Location,
+    ParseError, ParseLimits, ParseProblem,
+};
+pub use validate::{Reason, ValidatedSpec, ValidationError, ValidationErrors};
 
 /// Re-exported so callers can name the key type of [`EndpointSpec::public_key`] without a
 /// direct dependency.
