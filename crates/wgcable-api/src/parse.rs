@@ -15,7 +15,9 @@
 //!    collection nested deeper than the limit, and refuses aliases. libyaml (under
 //!    serde_yaml_ng) keeps one "simple key" per flow level and re-checks all of them on every
 //!    token, so 50,000 nested `[` took 8.9 s and 120,000 took 64 s; the pre-scan aborts after
-//!    `max_depth` levels, so its own stacks stay small and its cost linear. A well-kept pull
+//!    `max_depth` levels (its scanner stops by itself at 255 flow levels), so its own stacks
+//!    stay small and its cost linear. It also bounds list lengths, map sizes and scalar lengths
+//!    before anything builds a tree. A well-kept pull
 //!    parser is used instead of a hand-written bracket counter because quotes, comments and
 //!    block scalars decide whether a `[` nests at all, and a scanner that gets one of them
 //!    wrong can be made to under-count;
@@ -428,7 +430,7 @@ pub fn parse_endpoints(
     let mut endpoints = Vec::new();
     match format {
         Format::Json => {
-            let value = parse_json(text)?;
+            let value = parse_json(text, limits)?;
             endpoints_from_document(value, None, limits, &mut endpoints)?;
         }
         Format::Yaml => {
@@ -461,7 +463,7 @@ pub fn parse_endpoint(
 ) -> Result<Endpoint, ParseError> {
     let text = check_bytes(input, limits)?;
     let value = match format {
-        Format::Json => parse_json(text)?,
+        Format::Json => parse_json(text, limits)?,
         Format::Yaml => {
             prescan_yaml(text, limits)?;
             let mut documents = serde_yaml_ng::Deserializer::from_str(text);
@@ -547,12 +549,14 @@ fn yaml_location(error: &serde_yaml_ng::Error) -> Option<Location> {
     })
 }
 
-fn parse_json(text: &str) -> Result<Value, ParseError> {
+fn parse_json(text: &str, limits: &ParseLimits) -> Result<Value, ParseError> {
     serde_json::from_str::<Value>(text).map_err(|e| {
         // serde_json stops at 128 levels by itself (in linear time); its message for that is
         // a fixed string, and only used to pick the problem, never shown.
         let problem = if e.to_string().starts_with("recursion limit exceeded") {
-            ParseProblem::TooDeep { max: 128 }
+            ParseProblem::TooDeep {
+                max: limits.max_depth.min(128),
+            }
         } else {
             ParseProblem::Syntax {
                 format: Format::Json,
@@ -571,7 +575,29 @@ fn parse_json(text: &str) -> Result<Value, ParseError> {
 fn prescan_yaml(text: &str, limits: &ParseLimits) -> Result<(), ParseError> {
     use saphyr_parser::{Event, Parser};
 
-    let mut depth = 0_usize;
+    // One entry per open collection: whether it is a mapping, how many nodes it holds so far
+    // (keys and values in a mapping), the problem its length is bounded by, and (mappings) the
+    // limit for a list under the key just read: `subnets` and the top-level `items` have their
+    // own. Checked here, a 100,000-item list is refused before anything builds a tree.
+    struct Open {
+        map: bool,
+        count: usize,
+        limit: (usize, ParseProblem),
+        next: (usize, ParseProblem),
+    }
+    let list_limit = (
+        limits.max_list_items,
+        ParseProblem::TooManyItems {
+            max: limits.max_list_items,
+        },
+    );
+    let map_limit = (
+        limits.max_map_entries,
+        ParseProblem::TooManyEntries {
+            max: limits.max_map_entries,
+        },
+    );
+    let mut open: Vec<Open> = Vec::new();
     let mut documents = 0_usize;
     let position = |span: &saphyr_parser::Span| {
         Some(Location {
@@ -583,17 +609,78 @@ fn prescan_yaml(text: &str, limits: &ParseLimits) -> Result<(), ParseError> {
         let (event, span) = match event {
             Ok(event) => event,
             Err(e) => {
-                return Err(ParseError::new(ParseProblem::Syntax {
-                    format: Format::Yaml,
-                })
-                .at(Some(Location {
-                    line: e.marker().line(),
-                    column: e.marker().col() + 1,
-                }))
-                .in_document((documents > 0).then_some(documents)))
+                // saphyr counts flow levels in a u8 and says so with this fixed text; it is only
+                // compared, never shown.
+                let problem = if e.info() == "recursion limit exceeded" {
+                    ParseProblem::TooDeep {
+                        max: limits.max_depth,
+                    }
+                } else {
+                    ParseProblem::Syntax {
+                        format: Format::Yaml,
+                    }
+                };
+                return Err(ParseError::new(problem)
+                    .at(Some(Location {
+                        line: e.marker().line(),
+                        column: e.marker().col() + 1,
+                    }))
+                    .in_document((documents > 0).then_some(documents)));
             }
         };
         let document = (documents > 0).then_some(documents);
+        let is_node = matches!(
+            event,
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(_)
+        );
+        // The limit a new sequence gets from where it stands.
+        let mut limit_here = list_limit.clone();
+        let top_level = open.len() == 1;
+        if let (true, Some(parent)) = (is_node, open.last_mut()) {
+            parent.count += 1;
+            let items = if parent.map {
+                parent.count.div_ceil(2)
+            } else {
+                parent.count
+            };
+            if items > parent.limit.0 {
+                return Err(ParseError::new(parent.limit.1.clone())
+                    .at(position(&span))
+                    .in_document(document));
+            }
+            if parent.map && parent.count % 2 == 1 {
+                // A key: remember the limit of a list that may follow as its value.
+                parent.next = match &event {
+                    Event::Scalar(key, ..) if key == "subnets" => (
+                        limits.max_subnets,
+                        ParseProblem::TooManySubnets {
+                            max: limits.max_subnets,
+                        },
+                    ),
+                    Event::Scalar(key, ..) if key == "items" && top_level => (
+                        limits.max_endpoints,
+                        ParseProblem::TooManyEndpoints {
+                            max: limits.max_endpoints,
+                        },
+                    ),
+                    _ => list_limit.clone(),
+                };
+            } else if parent.map {
+                limit_here = parent.next.clone();
+            }
+        }
+        if let Event::Scalar(value, ..) = &event {
+            if value.len() > limits.max_string_bytes {
+                return Err(ParseError::new(ParseProblem::StringTooLong {
+                    max: limits.max_string_bytes,
+                })
+                .at(position(&span))
+                .in_document(document));
+            }
+        }
         match event {
             Event::DocumentStart(_) => {
                 documents += 1;
@@ -605,8 +692,14 @@ fn prescan_yaml(text: &str, limits: &ParseLimits) -> Result<(), ParseError> {
                 }
             }
             Event::SequenceStart(..) | Event::MappingStart(..) => {
-                depth += 1;
-                if depth > limits.max_depth {
+                let map = matches!(event, Event::MappingStart(..));
+                open.push(Open {
+                    map,
+                    count: 0,
+                    limit: if map { map_limit.clone() } else { limit_here },
+                    next: list_limit.clone(),
+                });
+                if open.len() > limits.max_depth {
                     return Err(ParseError::new(ParseProblem::TooDeep {
                         max: limits.max_depth,
                     })
@@ -614,7 +707,9 @@ fn prescan_yaml(text: &str, limits: &ParseLimits) -> Result<(), ParseError> {
                     .in_document(document));
                 }
             }
-            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::SequenceEnd | Event::MappingEnd => {
+                open.pop();
+            }
             Event::Alias(_) => {
                 return Err(ParseError::new(ParseProblem::Alias)
                     .at(position(&span))
