@@ -243,7 +243,7 @@ impl Endpoint {
         parse_endpoint(text.as_bytes(), Format::Yaml, &ParseLimits::default()).map_err(|source| {
             ApiError::Parse {
                 what: "Endpoint from YAML",
-                source,
+                source: Box::new(source),
             }
         })
     }
@@ -254,7 +254,7 @@ impl Endpoint {
         parse_endpoint(text.as_bytes(), Format::Json, &ParseLimits::default()).map_err(|source| {
             ApiError::Parse {
                 what: "Endpoint from JSON",
-                source,
+                source: Box::new(source),
             }
         })
     }
@@ -281,7 +281,7 @@ impl Endpoint {
         parse_endpoints(text.as_bytes(), Format::Yaml, &ParseLimits::default()).map_err(|source| {
             ApiError::Parse {
                 what: "Endpoints from YAML",
-                source,
+                source: Box::new(source),
             }
         })
     }

@@ -14,7 +14,7 @@ pub enum ApiError {
     Parse {
         what: &'static str,
         #[source]
-        source: ParseError,
+        source: Box<ParseError>,
     },
 
     #[error("formatting {what} as YAML")]

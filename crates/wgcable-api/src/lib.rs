@@ -17,6 +17,7 @@ mod connection;
 mod endpoint;
 mod error;
 mod parse;
+mod policy;
 mod serde_util;
 mod validate;
 
@@ -33,6 +34,7 @@ pub use parse::{
     endpoints_from_json_value, parse_endpoint, parse_endpoints, Format, FoundType, Known, Location,
     ParseError, ParseLimits, ParseProblem,
 };
+pub use policy::{special_purpose_ranges, AdmissionPolicy, Problem, SpecialRange};
 pub use validate::{Reason, ValidatedSpec, ValidationError, ValidationErrors};
 
 /// Re-exported so callers can name the key type of [`EndpointSpec::public_key`] without a
