@@ -521,7 +521,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
     use std::time::Instant;
 
@@ -990,6 +990,171 @@ mod tests {
         drop((second, third));
         assert_eq!(admission.open_connections(), 0);
         assert!(admission.lock().per_ip.is_empty());
+    }
+
+    /// Sends one request from `ip` and reads the status code; `None` on any failure.
+    async fn scrape_from(ip: IpAddr, addr: SocketAddr) -> Option<u16> {
+        tokio::time::timeout(DEADLINE, async {
+            let mut stream = connect_from(ip, addr).await;
+            stream.write_all(&get("/metrics")).await.ok()?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).await.ok()?;
+            std::str::from_utf8(reply.get(9..12)?).ok()?.parse().ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    fn percentile(sorted: &[Duration], p: f64) -> Duration {
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+
+    /// Issue 13: legitimate scrapes keep succeeding while 500 slowloris sockets (from 50
+    /// addresses, reconnecting whenever they are closed) and a flood of 10,000 connections
+    /// (from 100 addresses, 250 at a time, each holding its socket silent until closed or
+    /// 100 ms) run, with the default limits. Asserts success counts only; the latencies are
+    /// printed as figures (`cargo test -p wgcable-metrics abuse -- --nocapture`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_succeed_under_slowloris_and_a_connection_flood_abuse() {
+        let server = Server::start(HttpConfig::default()).await;
+        let addr = server.addr;
+        let scraper: IpAddr = "127.0.0.1".parse().expect("ip");
+
+        let mut baseline = Vec::new();
+        for _ in 0..50 {
+            let started = Instant::now();
+            assert_eq!(
+                scrape_from(scraper, addr).await,
+                Some(200),
+                "baseline scrape"
+            );
+            baseline.push(started.elapsed());
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let lorises_connected = Arc::new(AtomicU64::new(0));
+        let mut attackers = JoinSet::new();
+        for i in 0..500_u32 {
+            let ip = IpAddr::from([127, 0, 1, (i % 50 + 1) as u8]);
+            let stop = Arc::clone(&stop);
+            let connected = Arc::clone(&lorises_connected);
+            attackers.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                        return;
+                    };
+                    if socket.bind(SocketAddr::new(ip, 0)).is_err() {
+                        return;
+                    }
+                    let Ok(mut stream) = socket.connect(addr).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    connected.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x").await;
+                    // One byte every 200 ms, never finishing the header.
+                    let mut sink = [0_u8; 64];
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let tick = tokio::time::sleep(Duration::from_millis(200));
+                        tokio::select! {
+                            read = stream.read(&mut sink) => match read {
+                                Ok(0) | Err(_) => break,
+                                Ok(_) => {}
+                            },
+                            () = tick => {
+                                if stream.write_all(b"x").await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // Let the slow clients take their places first.
+        tokio::time::timeout(DEADLINE, async {
+            while lorises_connected.load(Ordering::Relaxed) < 500 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the slow clients connect");
+
+        let flood_started = Instant::now();
+        let flooded = Arc::new(AtomicU64::new(0));
+        let flood_done = Arc::new(AtomicBool::new(false));
+        let mut flood = JoinSet::new();
+        for task in 0..250_u32 {
+            let flooded = Arc::clone(&flooded);
+            flood.spawn(async move {
+                for n in 0..40_u32 {
+                    let ip = IpAddr::from([127, 0, 2, ((task * 40 + n) % 100 + 1) as u8]);
+                    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                        continue;
+                    };
+                    if socket.bind(SocketAddr::new(ip, 0)).is_err() {
+                        continue;
+                    }
+                    if let Ok(mut stream) = socket.connect(addr).await {
+                        flooded.fetch_add(1, Ordering::Relaxed);
+                        let mut sink = [0_u8; 16];
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(100),
+                            stream.read(&mut sink),
+                        )
+                        .await;
+                    }
+                }
+            });
+        }
+        let scrapes = {
+            let flood_done = Arc::clone(&flood_done);
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                while !flood_done.load(Ordering::Relaxed) || results.len() < 100 {
+                    let started = Instant::now();
+                    let status = scrape_from(scraper, addr).await;
+                    results.push((status, started.elapsed()));
+                }
+                results
+            })
+        };
+        while flood.join_next().await.is_some() {}
+        let flood_time = flood_started.elapsed();
+        flood_done.store(true, Ordering::Relaxed);
+        let results = scrapes.await.expect("the scraper did not panic");
+        stop.store(true, Ordering::Relaxed);
+        attackers.shutdown().await;
+
+        let ok = results
+            .iter()
+            .filter(|(status, _)| *status == Some(200))
+            .count();
+        let mut during: Vec<Duration> = results.iter().map(|(_, took)| *took).collect();
+        during.sort();
+        baseline.sort();
+        println!(
+            "abuse figures: baseline scrape p50 {:?} p99 {:?}; under 500 slowloris + {} flood \
+             connections in {flood_time:?}: {ok}/{} scrapes ok, p50 {:?} p99 {:?} max {:?}; \
+             slowloris connects {}",
+            percentile(&baseline, 0.5),
+            percentile(&baseline, 0.99),
+            flooded.load(Ordering::Relaxed),
+            results.len(),
+            percentile(&during, 0.5),
+            percentile(&during, 0.99),
+            during.last().copied().unwrap_or_default(),
+            lorises_connected.load(Ordering::Relaxed),
+        );
+        assert!(flooded.load(Ordering::Relaxed) >= 9_000, "the flood ran");
+        assert!(results.len() >= 100);
+        assert_eq!(ok, results.len(), "every legitimate scrape succeeded");
+        server.shut_down().await;
     }
 
     #[tokio::test]
