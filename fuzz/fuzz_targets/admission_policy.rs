@@ -33,7 +33,9 @@ impl Net {
     fn net(&self) -> IpNet {
         let ip = self.0.ip();
         let max = if ip.is_ipv4() { 32 } else { 128 };
-        IpNet::new(ip, self.1 % (max + 1)).expect("prefix in range").trunc()
+        IpNet::new(ip, self.1 % (max + 1))
+            .expect("prefix in range")
+            .trunc()
     }
 }
 
@@ -87,13 +89,25 @@ fuzz_target!(|input: Input| {
         let problems = policy.check_remote_subnet(*subnet, &gateways);
         let allowed = policy.allowed_subnets.iter().any(|a| a.contains(subnet));
         if allowed {
-            assert!(problems.iter().all(|p| p.reason != Reason::SubnetNotAllowed));
+            assert!(problems
+                .iter()
+                .all(|p| p.reason != Reason::SubnetNotAllowed));
         }
-        let min = if subnet.addr().is_ipv4() { policy.min_prefix_len_v4 } else { policy.min_prefix_len_v6 };
+        let min = if subnet.addr().is_ipv4() {
+            policy.min_prefix_len_v4
+        } else {
+            policy.min_prefix_len_v6
+        };
         let clean = (policy.allowed_subnets.is_empty() || allowed)
             && subnet.prefix_len() >= min
-            && !special_purpose_ranges().iter().any(|r| overlaps(subnet, &r.net))
-            && !policy.local_underlay.iter().chain(&gateways).any(|ip| subnet.contains(ip))
+            && !special_purpose_ranges()
+                .iter()
+                .any(|r| overlaps(subnet, &r.net))
+            && !policy
+                .local_underlay
+                .iter()
+                .chain(&gateways)
+                .any(|ip| subnet.contains(ip))
             && !policy.local_subnets.iter().any(|l| overlaps(subnet, l));
         assert_eq!(problems.is_empty(), clean, "{subnet}: {problems:?}");
     }

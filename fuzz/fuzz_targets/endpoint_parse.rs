@@ -27,10 +27,14 @@ fuzz_target!(|data: &[u8]| {
                     }
                     // What we parsed, we can write and read back.
                     let yaml = endpoint.to_yaml().expect("an Endpoint serializes");
-                    let back = parse_endpoint(yaml.as_bytes(), Format::Yaml, &ParseLimits {
-                        max_bytes: usize::MAX,
-                        ..limits.clone()
-                    });
+                    let back = parse_endpoint(
+                        yaml.as_bytes(),
+                        Format::Yaml,
+                        &ParseLimits {
+                            max_bytes: usize::MAX,
+                            ..limits.clone()
+                        },
+                    );
                     assert_eq!(back.as_ref().ok(), Some(&endpoint), "{back:?}");
                 }
             }
