@@ -24,11 +24,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = key.public_key();
     }
     if let Err(error) = &public {
-        // Errors describe the problem, never the text.
-        let message = error.to_string();
-        if text.len() >= 8 {
-            assert!(!message.contains(&*text), "{message}");
-        }
+        // Formatting an error never fails or panics. (Whether it quotes the text is a unit test
+        // of wgcable-keys: here the fuzzer learned to feed the message's own words back as input,
+        // which a "does not contain the input" check cannot tell from a leak.)
+        let _ = error.to_string();
     }
     let _ = PresharedKey::from_passphrase(&text);
 });
