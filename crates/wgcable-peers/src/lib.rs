@@ -72,6 +72,10 @@ pub use select::{find_existing, select_backend, select_backend_with};
 pub use status::{judge, PeerTrack, HANDSHAKE_TIMEOUT, KEEPALIVE};
 pub use userspace::{UserspaceConfig, UserspaceDevice};
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use uapi::fuzz_decode_get;
+
 /// Reads device `name`, plans the peer changes to reach `desired`, and applies them in one
 /// update if there are any. Returns the plan that was applied (empty: nothing was touched).
 pub async fn sync_peers(
