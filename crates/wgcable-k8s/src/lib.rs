@@ -34,7 +34,7 @@ use std::sync::Arc;
 pub use config::{BrokerConfig, KubernetesConfig, LeaseTimings, LocalAccess};
 pub use error::Error;
 pub use leader::LeaseElector;
-pub use source::{KubernetesSource, MAX_OBJECT_BYTES};
+pub use source::{max_object_bytes, KubernetesSource};
 
 /// The source and the elector of a Kubernetes gateway, connected as `config` says (in-cluster
 /// or a kubeconfig for the local cluster, `BROKER_K8S_*` for the broker).

@@ -21,9 +21,12 @@ use wgcable_broker::{
 use crate::resources::{Cluster, ClusterSpec, Endpoint, Raw, CLUSTER_ID_LABEL};
 use crate::{Error, KubernetesConfig};
 
-/// The largest object handed over whole: more is cut to this plus one byte, so admission sees
-/// an oversized object as oversized (the API server itself accepts up to ~1.5 MiB).
-pub const MAX_OBJECT_BYTES: usize = 64 * 1024;
+/// The largest object handed over whole: admission's own size limit
+/// ([`wgcable_api::ParseLimits`]). More is cut to this plus one byte, so admission sees an
+/// oversized object as oversized (the API server itself stores up to ~1.5 MiB).
+pub fn max_object_bytes() -> usize {
+    wgcable_api::ParseLimits::default().max_bytes
+}
 
 /// What the source, the syncer and the status writer share.
 pub(crate) struct Inner {
@@ -403,7 +406,7 @@ fn handover(inner: &Inner, obj: &Raw<Endpoint>) -> Option<RawObject> {
         Ok(bytes) => bytes,
         Err(_) => return None,
     };
-    bytes.truncate(MAX_OBJECT_BYTES + 1);
+    bytes.truncate(max_object_bytes().saturating_add(1));
     Some(RawObject {
         key: key_of(obj),
         bound_cluster: label.map(str::to_owned),

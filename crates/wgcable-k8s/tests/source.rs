@@ -25,6 +25,15 @@ fn parsed(raw: &RawObject) -> Value {
     serde_json::from_slice(&raw.bytes).expect("the source hands over JSON")
 }
 
+/// What the admission layer's bounded parser makes of a handed-over object.
+fn admitted(raw: &RawObject) -> Result<wgcable_api::Endpoint, wgcable_api::ParseError> {
+    wgcable_api::parse_endpoint(
+        &raw.bytes,
+        wgcable_api::Format::Json,
+        &wgcable_api::ParseLimits::default(),
+    )
+}
+
 type Events = UnboundedReceiver<SourceEvent>;
 
 async fn snapshot(events: &mut Events) -> Vec<RawObject> {
@@ -69,6 +78,11 @@ async fn endpoints_already_present_arrive_as_one_snapshot_exactly_as_stored() {
     // creationTimestamp 2026-01-01T00:00:00Z.
     assert_eq!(first.created, Some(1_767_225_600));
     assert_eq!(first.format, wgcable_broker::Format::Json);
+    // What the API server returns (managedFields and all) is within the parser's limits.
+    for raw in &objects {
+        let endpoint = admitted(raw).expect("a real-shaped Endpoint parses");
+        endpoint.spec.validate().expect("and validates");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -137,7 +151,10 @@ async fn bad_input_is_handed_over_and_the_stream_goes_on() {
     malformed["spec"] = json!({"subnets": 5, "backend_config": ["x"], "private_ip": {"a": 1}});
     server.insert(ENDPOINTS, NS, malformed.clone());
     match recv(&mut events, 60, "the malformed object").await {
-        SourceEvent::Apply(raw) => assert_eq!(parsed(&raw)["spec"], malformed["spec"]),
+        SourceEvent::Apply(raw) => {
+            assert_eq!(parsed(&raw)["spec"], malformed["spec"]);
+            assert!(admitted(&raw).is_err(), "admission refuses it");
+        }
         other => panic!("{other:?}"),
     }
     // A spec that is not even an object, and an unlabelled Endpoint.
@@ -148,6 +165,7 @@ async fn bad_input_is_handed_over_and_the_stream_goes_on() {
         SourceEvent::Apply(raw) => {
             assert_eq!(raw.bound_cluster, None);
             assert_eq!(parsed(&raw)["spec"], "garbage");
+            assert!(admitted(&raw).is_err(), "admission refuses it");
         }
         other => panic!("{other:?}"),
     }
@@ -170,12 +188,12 @@ async fn bad_input_is_handed_over_and_the_stream_goes_on() {
 async fn an_oversized_object_is_cut_just_past_the_limit() {
     let server = FakeApiServer::new();
     let mut big = endpoint("cluster-b", 11, Some("cluster-b"));
-    big["spec"]["hostname"] = json!("x".repeat(wgcable_k8s::MAX_OBJECT_BYTES * 2));
+    big["spec"]["hostname"] = json!("x".repeat(wgcable_k8s::max_object_bytes() * 2));
     server.insert(ENDPOINTS, NS, big);
     let mut events = forward(source(&server).watch());
     let objects = snapshot(&mut events).await;
     assert_eq!(objects.len(), 1);
-    assert_eq!(objects[0].bytes.len(), wgcable_k8s::MAX_OBJECT_BYTES + 1);
+    assert_eq!(objects[0].bytes.len(), wgcable_k8s::max_object_bytes() + 1);
 }
 
 #[tokio::test(start_paused = true)]
