@@ -26,12 +26,13 @@ fn parsed(raw: &RawObject) -> Value {
 }
 
 /// What the admission layer's bounded parser makes of a handed-over object.
-fn admitted(raw: &RawObject) -> Result<wgcable_api::Endpoint, wgcable_api::ParseError> {
+fn admitted(raw: &RawObject) -> Result<wgcable_api::Endpoint, Box<wgcable_api::ParseError>> {
     wgcable_api::parse_endpoint(
         &raw.bytes,
         wgcable_api::Format::Json,
         &wgcable_api::ParseLimits::default(),
     )
+    .map_err(Box::new)
 }
 
 type Events = UnboundedReceiver<SourceEvent>;
