@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher::{self, Event};
@@ -160,30 +160,40 @@ pub(crate) fn run(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
                             dirty = true;
                         }
                     }
-                    change = changes.next() => match change {
-                        Some((which, Ok(event))) => {
-                            stores.entry(store_name(which)).or_default().apply(event);
-                            failing = None;
-                            if watch_error.take().is_some() {
-                                if let Some(h) = inner.set_health(crate::source::HealthPart::Syncer, None) {
-                                    yield SourceEvent::Health(h);
+                    change = changes.next() => {
+                        let Some(first) = change else { break };
+                        // Take in whatever else is already there before one pass over
+                        // everything (a relist of 1,000 objects is one pass, not 1,000).
+                        let mut batch = vec![first];
+                        while let Some(Some(more)) = changes.next().now_or_never() {
+                            batch.push(more);
+                        }
+                        for (which, change) in batch {
+                            match change {
+                                Ok(event) => {
+                                    stores.entry(store_name(which)).or_default().apply(event);
+                                    failing = None;
+                                    if watch_error.take().is_some() {
+                                        if let Some(h) = inner.set_health(crate::source::HealthPart::Syncer, None) {
+                                            yield SourceEvent::Health(h);
+                                        }
+                                    }
+                                    dirty = true;
+                                }
+                                Err(message) => {
+                                    let message = format!("broker sync: watching {}: {message}", store_name(which));
+                                    if watch_error.as_deref() != Some(message.as_str()) {
+                                        tracing::warn!(error = %message, "broker sync watch failed; retrying with backoff");
+                                        watch_error = Some(message.clone());
+                                        failing = Some(which);
+                                        if let Some(h) = inner.set_health(crate::source::HealthPart::Syncer, Some(message)) {
+                                            yield SourceEvent::Health(h);
+                                        }
+                                    }
                                 }
                             }
-                            dirty = true;
                         }
-                        Some((which, Err(message))) => {
-                            let message = format!("broker sync: watching {}: {message}", store_name(which));
-                            if watch_error.as_deref() != Some(message.as_str()) {
-                                tracing::warn!(error = %message, "broker sync watch failed; retrying with backoff");
-                                watch_error = Some(message.clone());
-                                failing = Some(which);
-                                if let Some(h) = inner.set_health(crate::source::HealthPart::Syncer, Some(message)) {
-                                    yield SourceEvent::Health(h);
-                                }
-                            }
-                        }
-                        None => break,
-                    },
+                    }
                     changed = role.changed() => {
                         if changed.is_err() || !inner.leading() {
                             break;
@@ -201,7 +211,7 @@ pub(crate) fn run(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
                 let ready = stores.values().filter(|s| s.ready).count() == expected;
                 if dirty && ready && watch_error.is_none() {
                     let want = desired.borrow().clone();
-                    let problem = reconcile(&inner, &stores, &want).await.err();
+                    let problem = reconcile(&inner, &mut stores, &want).await.err();
                     let problem = problem.map(|e| format!("broker sync: {}", crate::error_chain(&e)));
                     if let Some(p) = &problem {
                         tracing::warn!(error = %p, "broker sync pass failed; retrying at the next pass");
@@ -262,21 +272,21 @@ fn lookup<'a>(
 }
 
 /// One pass: writes only what differs. Every difference is attempted; the first error is
-/// returned after the others were tried.
+/// returned after the others were tried. What a write leaves is put into the stores at once
+/// (as a controller's cache is), so the next pass does not repeat a write whose watch event
+/// has not arrived yet.
 async fn reconcile(
     inner: &Inner,
-    stores: &BTreeMap<&'static str, Store>,
+    stores: &mut BTreeMap<&'static str, Store>,
     desired: &Desired,
 ) -> Result<(), Error> {
-    let me = inner.config.cluster_id.as_str();
-    let ns = inner.config.namespace.as_str();
-    let mut first_error: Option<Error> = None;
-    let mut note = |result: Result<(), Error>| {
-        if let Err(e) = result {
-            if first_error.is_none() {
-                first_error = Some(e);
-            }
-        }
+    let me = inner.config.cluster_id.clone();
+    let me = me.as_str();
+    let ns = inner.config.namespace.clone();
+    let ns = ns.as_str();
+    let mut pass = Pass {
+        stores,
+        first_error: None,
     };
     let own_endpoint = desired
         .endpoint
@@ -286,90 +296,53 @@ async fn reconcile(
         .cluster
         .as_ref()
         .and_then(|c| c.metadata.name.clone());
+    let local = (&inner.local, ns);
 
     // The local namespace: our objects, and nobody else's Endpoint of our cluster id.
-    if let Some(endpoint) = &desired.endpoint {
-        let value = to_value(endpoint)?;
-        let current = own_endpoint
-            .as_deref()
-            .and_then(|n| lookup(stores, Which::LocalEndpoints, n));
-        note(
-            ensure_value::<Endpoint>(&inner.local, ns, value, current.map(|i| &i.value))
-                .await
-                .map(drop),
-        );
+    if let (Some(endpoint), Some(name)) = (&desired.endpoint, &own_endpoint) {
+        pass.ensure::<Endpoint>(local, Which::LocalEndpoints, name, to_value(endpoint)?)
+            .await;
     }
-    if let Some(cluster) = &desired.cluster {
-        let value = to_value(cluster)?;
-        let current = own_cluster
-            .as_deref()
-            .and_then(|n| lookup(stores, Which::LocalClusters, n));
-        note(
-            ensure_value::<Cluster>(&inner.local, ns, value, current.map(|i| &i.value))
-                .await
-                .map(drop),
-        );
+    if let (Some(cluster), Some(name)) = (&desired.cluster, &own_cluster) {
+        pass.ensure::<Cluster>(local, Which::LocalClusters, name, to_value(cluster)?)
+            .await;
     }
     if own_endpoint.is_some() {
-        let stale: Vec<String> = items(stores, Which::LocalEndpoints)
-            .filter(|(name, item)| {
-                Some(name.as_str()) != own_endpoint.as_deref()
-                    && (item.label.as_deref() == Some(me)
-                        || (item.label.is_none() && item.spec_cluster.as_deref() == Some(me)))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        let stale = pass.names(Which::LocalEndpoints, |name, item| {
+            Some(name) != own_endpoint.as_deref()
+                && (item.label.as_deref() == Some(me)
+                    || (item.label.is_none() && item.spec_cluster.as_deref() == Some(me)))
+        });
         for name in stale {
             tracing::info!(endpoint = %name, "deleting another local Endpoint of this cluster");
-            note(
-                delete_if_present(&Api::<Endpoint>::namespaced(inner.local.clone(), ns), &name)
-                    .await,
-            );
+            pass.delete::<Endpoint>(local, Which::LocalEndpoints, &name)
+                .await;
         }
     }
 
     let Some((broker, broker_ns)) = &inner.broker else {
-        return first_error.map_or(Ok(()), Err);
+        return pass.first_error.map_or(Ok(()), Err);
     };
+    let remote = (broker, broker_ns.as_str());
 
     // The broker: our objects, labelled; nothing else of ours.
-    if let Some(endpoint) = &desired.endpoint {
+    if let (Some(endpoint), Some(name)) = (&desired.endpoint, &own_endpoint) {
         let value = exported(to_value(endpoint)?, ns);
-        let current = own_endpoint
-            .as_deref()
-            .and_then(|n| lookup(stores, Which::BrokerEndpoints, n));
-        note(
-            ensure_value::<Endpoint>(broker, broker_ns, value, current.map(|i| &i.value))
-                .await
-                .map(drop),
-        );
-        let stale: Vec<String> = items(stores, Which::BrokerEndpoints)
-            .filter(|(name, item)| {
-                item.label.as_deref() == Some(me) && Some(name.as_str()) != own_endpoint.as_deref()
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        pass.ensure::<Endpoint>(remote, Which::BrokerEndpoints, name, value)
+            .await;
+        let stale = pass.names(Which::BrokerEndpoints, |n, item| {
+            item.label.as_deref() == Some(me) && Some(n) != own_endpoint.as_deref()
+        });
         for name in stale {
             tracing::info!(endpoint = %name, "deleting a stale Endpoint of this cluster from the broker");
-            note(
-                delete_if_present(
-                    &Api::<Endpoint>::namespaced(broker.clone(), broker_ns),
-                    &name,
-                )
-                .await,
-            );
+            pass.delete::<Endpoint>(remote, Which::BrokerEndpoints, &name)
+                .await;
         }
     }
-    if let Some(cluster) = &desired.cluster {
+    if let (Some(cluster), Some(name)) = (&desired.cluster, &own_cluster) {
         let value = exported(to_value(cluster)?, ns);
-        let current = own_cluster
-            .as_deref()
-            .and_then(|n| lookup(stores, Which::BrokerClusters, n));
-        note(
-            ensure_value::<Cluster>(broker, broker_ns, value, current.map(|i| &i.value))
-                .await
-                .map(drop),
-        );
+        pass.ensure::<Cluster>(remote, Which::BrokerClusters, name, value)
+            .await;
     }
 
     // Imports: foreign objects from the broker into the local namespace, and away again.
@@ -377,8 +350,8 @@ async fn reconcile(
         (Which::BrokerEndpoints, Which::LocalEndpoints),
         (Which::BrokerClusters, Which::LocalClusters),
     ] {
-        let mut wanted = BTreeMap::new();
-        for (name, item) in items(stores, broker_which) {
+        let mut imports = Vec::new();
+        for (name, item) in items(pass.stores, broker_which) {
             let foreign = item.label.as_deref().is_some_and(|l| l != me);
             let claims_us = item.spec_cluster.as_deref() == Some(me);
             if !foreign || claims_us {
@@ -387,45 +360,102 @@ async fn reconcile(
                 }
                 continue;
             }
-            let local = lookup(stores, local_which, name);
             // Never overwrite an object of our own (or someone else's unlabelled one).
-            if local.is_some_and(|l| l.label.as_deref() != item.label.as_deref()) {
+            let local_item = lookup(pass.stores, local_which, name);
+            if local_item.is_some_and(|l| l.label.as_deref() != item.label.as_deref()) {
                 continue;
             }
-            wanted.insert(name.clone(), ());
-            let copy = import_copy(name, &item.value);
-            let result = match local_which {
-                Which::LocalEndpoints => {
-                    ensure_value::<Endpoint>(&inner.local, ns, copy, local.map(|l| &l.value)).await
-                }
-                _ => ensure_value::<Cluster>(&inner.local, ns, copy, local.map(|l| &l.value)).await,
-            };
-            if let Err(e) = &result {
-                tracing::warn!(object = %name, error = %crate::error_chain(e), "importing a broker object failed");
-            }
-            note(result.map(drop));
+            imports.push((name.clone(), import_copy(name, &item.value)));
         }
-        let gone: Vec<String> = items(stores, local_which)
-            .filter(|(name, item)| {
-                item.label.as_deref().is_some_and(|l| l != me) && !wanted.contains_key(*name)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in gone {
-            let result = match local_which {
+        let wanted: std::collections::BTreeSet<String> =
+            imports.iter().map(|(name, _)| name.clone()).collect();
+        for (name, copy) in imports {
+            match local_which {
                 Which::LocalEndpoints => {
-                    delete_if_present(&Api::<Endpoint>::namespaced(inner.local.clone(), ns), &name)
+                    pass.ensure::<Endpoint>(local, local_which, &name, copy)
                         .await
                 }
                 _ => {
-                    delete_if_present(&Api::<Cluster>::namespaced(inner.local.clone(), ns), &name)
+                    pass.ensure::<Cluster>(local, local_which, &name, copy)
                         .await
                 }
-            };
-            note(result);
+            }
+        }
+        let gone = pass.names(local_which, |name, item| {
+            item.label.as_deref().is_some_and(|l| l != me) && !wanted.contains(name)
+        });
+        for name in gone {
+            match local_which {
+                Which::LocalEndpoints => pass.delete::<Endpoint>(local, local_which, &name).await,
+                _ => pass.delete::<Cluster>(local, local_which, &name).await,
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    pass.first_error.map_or(Ok(()), Err)
+}
+
+/// One reconcile pass's writes, keeping the stores up to date with them.
+struct Pass<'a> {
+    stores: &'a mut BTreeMap<&'static str, Store>,
+    first_error: Option<Error>,
+}
+
+impl Pass<'_> {
+    fn names(&self, which: Which, keep: impl Fn(&str, &Item) -> bool) -> Vec<String> {
+        items(self.stores, which)
+            .filter(|(name, item)| keep(name, item))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn note(&mut self, error: Error, name: &str) {
+        tracing::warn!(object = %name, error = %crate::error_chain(&error), "a broker sync write failed");
+        if self.first_error.is_none() {
+            self.first_error = Some(error);
+        }
+    }
+
+    async fn ensure<K>(
+        &mut self,
+        (client, ns): (&kube::Client, &str),
+        which: Which,
+        name: &str,
+        desired: Value,
+    ) where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+        Raw<K>: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    {
+        let current = lookup(self.stores, which, name).map(|i| i.value.clone());
+        match ensure_value::<K>(client, ns, desired, current.as_ref()).await {
+            Ok(Some(written)) => {
+                let raw: Raw<K> = Raw::from_value(written);
+                self.stores
+                    .entry(store_name(which))
+                    .or_default()
+                    .items
+                    .insert(name.to_owned(), Item::from(&raw));
+            }
+            Ok(None) => {}
+            Err(e) => self.note(e, name),
+        }
+    }
+
+    async fn delete<K>(&mut self, (client, ns): (&kube::Client, &str), which: Which, name: &str)
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        match delete_if_present(&Api::<K>::namespaced(client.clone(), ns), name).await {
+            Ok(()) => {
+                if let Some(store) = self.stores.get_mut(store_name(which)) {
+                    store.items.remove(name);
+                }
+            }
+            Err(e) => self.note(e, name),
+        }
+    }
 }
 
 fn to_value<T: serde::Serialize>(object: &T) -> Result<Value, Error> {
@@ -489,7 +519,8 @@ fn same_content(current: &Value, desired: &Value) -> bool {
 }
 
 /// Creates `desired` or brings the existing object to it; `current` is the object as last
-/// seen (from a store), `None` when it is not known to exist. Returns whether it wrote.
+/// seen (from a store), `None` when it is not known to exist. Returns the object as written,
+/// `None` when nothing needed writing.
 ///
 /// A stale `current` costs one `409 Conflict` and a fresh read; an object that appeared
 /// meanwhile costs one `409 AlreadyExists` and a read. Three attempts, then the conflict is
@@ -499,7 +530,7 @@ pub(crate) async fn ensure_value<K>(
     namespace: &str,
     desired: Value,
     current: Option<&Value>,
-) -> Result<bool, Error>
+) -> Result<Option<Value>, Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
     Raw<K>: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
@@ -519,7 +550,7 @@ where
                 .create(&PostParams::default(), &Raw::from_value(desired.clone()))
                 .await
             {
-                Ok(_) => return Ok(true),
+                Ok(written) => return Ok(Some(written.value)),
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     current = read(&api, &name, &what).await?;
                     last_error = Some(Error::Kube {
@@ -536,14 +567,14 @@ where
             },
             Some(existing) => {
                 if same_content(&existing, &desired) {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let updated = updated_object(&existing, &desired);
                 match api
                     .replace(&name, &PostParams::default(), &Raw::from_value(updated))
                     .await
                 {
-                    Ok(_) => return Ok(true),
+                    Ok(written) => return Ok(Some(written.value)),
                     Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
                         current = read(&api, &name, &what).await?;
                         last_error = Some(Error::Kube {
@@ -620,7 +651,7 @@ pub(crate) async fn ensure<K>(
     client: &kube::Client,
     namespace: &str,
     object: &K,
-) -> Result<bool, Error>
+) -> Result<Option<Value>, Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + serde::Serialize,
     Raw<K>: Resource<DynamicType = (), Scope = NamespaceResourceScope>,

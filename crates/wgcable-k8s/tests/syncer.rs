@@ -339,3 +339,35 @@ async fn a_broker_outage_is_reported_and_removes_nothing() {
     }
     assert!(c.local.get(ENDPOINTS, NS, &name_of(&b)).is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_broker_endpoints_are_imported_and_reach_the_gateway() {
+    let c = Clusters::new();
+    for i in 0..1000u32 {
+        let cluster = format!("c{i:04}");
+        let mut object = endpoint(&cluster, (i % 250) as u8, Some(&cluster));
+        object["metadata"]["name"] = json!(format!("{cluster}-cable"));
+        c.broker.insert(ENDPOINTS, BROKER_NS, object);
+    }
+    let source = c.source();
+    let mut events = forward(source.watch());
+    source.publish(&local_endpoint()).await.expect("publish");
+    eventually(600, "1,000 imports", || {
+        c.local.names(ENDPOINTS, NS).len() == 1001
+    })
+    .await;
+    // Every copy reaches the gateway through the local watch, once.
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 1000 {
+        match recv(&mut events, 600, "the imported endpoints").await {
+            SourceEvent::Apply(raw) => {
+                seen.insert(raw.key);
+            }
+            SourceEvent::Snapshot(objects) => seen.extend(objects.into_iter().map(|o| o.key)),
+            _ => {}
+        }
+    }
+    // One create per import and per own object, nothing rewritten afterwards.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(c.local.writes(ENDPOINTS), 1001);
+}
