@@ -311,10 +311,45 @@ impl FakeApiServer {
             .count()
     }
 
-    async fn handle(
-        &self,
-        request: Request<kube::client::Body>,
-    ) -> Result<Response<FakeBody>, std::io::Error> {
+    /// Serves the API over plain HTTP on `listener` until the returned future is dropped, for a
+    /// process that reaches it through a kubeconfig (`server: http://127.0.0.1:<port>`), such
+    /// as `wgcable gateway --broker kubernetes` started by a test.
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let server = self.clone();
+            // One task per connection, like any HTTP server; they end with their connection.
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let server = server.clone();
+                        async move { server.handle(request).await }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    /// A kubeconfig for a server [`FakeApiServer::serve`]s at `url`, default namespace
+    /// `namespace`.
+    pub fn kubeconfig(url: &str, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             users:\n- name: fake\n  user:\n    token: fake-token\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n\
+             current-context: fake\n"
+        )
+    }
+
+    async fn handle<B>(&self, request: Request<B>) -> Result<Response<FakeBody>, std::io::Error>
+    where
+        B: http_body::Body,
+        B::Error: std::fmt::Display,
+    {
         let (parts, body) = request.into_parts();
         let body = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
