@@ -318,6 +318,11 @@ impl ElectorInner {
                 .await
             {
                 Ok(_) => return,
+                // Missing pod or permission: retrying will not help.
+                Err(kube::Error::Api(s)) if matches!(s.code, 403 | 404 | 422) => {
+                    tracing::warn!(pod = %name, code = s.code, "labelling the gateway pod failed; check POD_NAME and the pods patch permission");
+                    return;
+                }
                 Err(e) if attempt == 4 => {
                     tracing::warn!(pod = %name, error = %crate::error_chain(&e), "labelling the gateway pod failed");
                 }
