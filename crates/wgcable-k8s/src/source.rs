@@ -126,17 +126,8 @@ pub struct KubernetesSource {
 }
 
 impl KubernetesSource {
-    /// Connects to the local cluster (and the broker, if configured) as `config` says.
-    pub async fn connect(config: KubernetesConfig) -> Result<Self, Error> {
-        let local = config.local_client().await?;
-        let broker = match &config.broker {
-            Some(b) => Some((b.client().await?, b.remote_namespace.clone())),
-            None => None,
-        };
-        Ok(Self::new(local, broker, config))
-    }
-
-    /// A source over given clients (`broker`: its client and namespace).
+    /// A source over given clients (`broker`: its client and namespace); [`crate::connect`]
+    /// builds them from the configuration.
     pub fn new(
         local: kube::Client,
         broker: Option<(kube::Client, String)>,
