@@ -19,7 +19,7 @@ use wgcable_broker::{
 };
 
 use crate::resources::{Cluster, ClusterSpec, Endpoint, Raw, CLUSTER_ID_LABEL};
-use crate::{Error, KubernetesConfig};
+use crate::KubernetesConfig;
 
 /// The largest object handed over whole: admission's own size limit
 /// ([`wgcable_api::ParseLimits`]). More is cut to this plus one byte, so admission sees an
