@@ -45,6 +45,10 @@ const SCENARIOS: [(&str, Scenario); 9] = [
 ];
 
 pub fn run(args: &[String]) -> Result<()> {
+    if crate::wants_help(args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let mut keep = false;
     for arg in args {
         match arg.as_str() {
