@@ -471,6 +471,9 @@ impl Topology {
             &self.broker_dir.to_string_lossy(),
             "--state-dir",
             &c.state_dir.to_string_lossy(),
+            // A PSK of their own: the well-known default is refused.
+            "--psk",
+            "wgcable-e2e-not-a-secret",
         ]
         .iter()
         .map(|s| s.to_string())
