@@ -165,6 +165,7 @@ fn the_daemonset_keeps_restarts_hitless_and_passes_submariners_environment() {
         "the device must outlive the pod: {joined}"
     );
     assert!(joined.contains("--state-dir /var/lib/wgcable"), "{joined}");
+    assert!(joined.contains("--private-ip $(NODE_IP)"), "{joined}");
     assert!(
         container.lifecycle.is_none(),
         "nothing tears the data path down on stop"
@@ -202,6 +203,7 @@ fn the_daemonset_keeps_restarts_hitless_and_passes_submariners_environment() {
         "SUBMARINER_METRICSPORT",
         "NODE_NAME",
         "POD_NAME",
+        "NODE_IP",
     ] {
         assert!(env.iter().any(|e| e == name), "{name} missing");
     }
