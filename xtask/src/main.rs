@@ -3,6 +3,7 @@
 //! - `test`: every test (fmt, clippy, unit/integration tests, doctests, e2e when root).
 //! - `e2e [--cleanup] [--keep]`: real gateways in network namespaces, the scenarios of issue 7.
 //! - `demo [--clusters 2|3]`: the multi-cluster demo.
+//! - `vm test|e2e|run`: the same in a qemu VM whose kernel has WireGuard (see `vm`).
 //! - `internal ...`: helpers that the tasks above run inside the namespaces.
 //!
 //! It drives the `wgcable` binary from the outside only (its CLI, its HTTP endpoints, and the
@@ -18,6 +19,7 @@ mod interrupt;
 mod state;
 mod test;
 mod topology;
+mod vm;
 
 use anyhow::{bail, Result};
 
@@ -26,7 +28,9 @@ tasks:
   test                  fmt check, clippy -D warnings, all tests, then e2e when root
   e2e [--keep]          multi-cluster scenarios in network namespaces (root)
   e2e --cleanup         remove leftovers of crashed e2e/demo runs
-  demo [--clusters N]   start 2 or 3 connected clusters and show them (root)";
+  demo [--clusters N]   start 2 or 3 connected clusters and show them (root)
+  vm test|e2e|run       the tests, the e2e (--backend kernel) or a command in a qemu VM
+                        booted from Debian's kernel, which has WireGuard (root)";
 
 fn main() -> Result<()> {
     // Errors here are for people: the chain of contexts says what failed, a backtrace of
@@ -45,6 +49,7 @@ fn main() -> Result<()> {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "internal" => internal::run(rest),
+        "vm" => vm::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

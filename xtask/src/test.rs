@@ -3,12 +3,14 @@
 //! nextest does not run), then the e2e scenarios when root. Every step runs even after a
 //! failure, so one run shows everything that is wrong; the exit status is non-zero if any
 //! step failed. Without root, e2e is skipped with one line, except under CI, where that is a
-//! failure.
+//! failure. Then `vm test` and `vm e2e` (kernel WireGuard in qemu) when the VM can run; when it
+//! cannot (not root, packages missing) one line says so, and under CI that is a failure.
 
 use anyhow::{bail, Result};
 
 use crate::cmd;
 use crate::e2e;
+use crate::vm;
 use crate::topology::cargo;
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -62,6 +64,23 @@ pub fn run(args: &[String]) -> Result<()> {
         println!(
             "e2e skipped: not root (network namespaces need it; run `cargo xtask e2e` as root)"
         );
+    }
+
+    // Kernel WireGuard, which this machine's kernel lacks: in a VM booted from Debian's kernel.
+    match vm::unavailable() {
+        None => {
+            eprintln!("\n==== cargo xtask vm test ====");
+            results.push(("vm test", vm::run(&["test".to_string()])));
+            eprintln!("\n==== cargo xtask vm e2e ====");
+            results.push(("vm e2e", vm::run(&["e2e".to_string()])));
+        }
+        Some(why) if std::env::var_os("CI").is_some() => {
+            println!("vm: cannot run ({why}), and CI is set: the kernel WireGuard tests must run in CI");
+            results.push(("vm", Err(anyhow::anyhow!("the VM cannot run: {why}"))));
+        }
+        Some(why) => println!(
+            "vm test and vm e2e skipped: {why} (they run the kernel WireGuard tests in qemu; `cargo xtask vm test`)"
+        ),
     }
 
     let failed: Vec<&str> = results
