@@ -10,8 +10,8 @@ use anyhow::{bail, Result};
 
 use crate::cmd;
 use crate::e2e;
-use crate::vm;
 use crate::topology::cargo;
+use crate::vm;
 
 pub fn run(args: &[String]) -> Result<()> {
     if !args.is_empty() {

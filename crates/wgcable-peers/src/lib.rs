@@ -8,6 +8,9 @@
 //!   [`UserspaceDevice`] (an implementation such as `wireguard-go` in its own process,
 //!   configured over its control socket with our own small UAPI client), and mocked as
 //!   `MockWgDevice` behind the `testing` feature. [`select_backend`] picks one.
+//! - Behind `testing`: `FakeWgDevice`, an in-memory device that behaves as the kernel does,
+//!   and `contract`, the one suite every backend passes (the fake without root, wireguard-go
+//!   in namespaces, the kernel in `cargo xtask vm test`), so the fake cannot drift.
 //! - Planning, no I/O: [`desired_peers`] (endpoints -> peers, refusing hostile or broken
 //!   endpoints one by one) and [`plan`] (observed device -> the minimal [`PeerPlan`], applied as
 //!   one [`DeviceUpdate`]). [`sync_peers`] is read, plan, apply once.
@@ -42,8 +45,12 @@
 //! engine's, through `wgcable-netlink`), Kubernetes or how endpoints are discovered, metrics,
 //! and the engine's own state. It spawns no long-running task.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 mod device;
 mod error;
+#[cfg(any(test, feature = "testing"))]
+mod fake;
 mod kernel;
 mod plan;
 mod select;
@@ -58,6 +65,8 @@ pub use device::{
     PeerConfig, PeerStatus, WgDevice,
 };
 pub use error::Error;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{DeviceCall, FakeWgDevice};
 pub use kernel::{KernelDevice, KernelRefusal};
 pub use plan::{
     desired_peers, desired_peers_validated, plan, DesiredPeer, DesiredPeers, LocalPeerConfig,

@@ -170,9 +170,10 @@ fn setup(keep: bool, backend: &str) -> Result<Topology> {
          runs the scenarios in a VM whose kernel has it)"
     );
     let gateway_bin = topology::build_gateway()?;
-    let mut gateway_args: Vec<String> = ["--resync-interval", "2s", "--status-interval", "1s", "-v"]
-        .map(String::from)
-        .to_vec();
+    let mut gateway_args: Vec<String> =
+        ["--resync-interval", "2s", "--status-interval", "1s", "-v"]
+            .map(String::from)
+            .to_vec();
     gateway_args.extend(["--backend".to_string(), backend.to_string()]);
     Topology::build(Options {
         clusters: 3,

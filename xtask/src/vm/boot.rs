@@ -63,10 +63,14 @@ pub fn accelerator() -> (&'static str, &'static str) {
         .lines()
         .find(|l| l.starts_with("flags"))
         .unwrap_or_default();
-    let hw = flags
-        .split_whitespace()
-        .any(|f| f == "vmx" || f == "svm");
-    if hw && fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
+    let hw = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    if hw
+        && fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
+    {
         ("kvm", "host")
     } else {
         ("tcg,thread=multi", "max")
@@ -99,6 +103,8 @@ fn stage2(job: &Job) -> String {
         ),
         ("HOME".to_owned(), "/root".to_owned()),
         ("TERM".to_owned(), "dumb".to_owned()),
+        // Tests that need kernel WireGuard fail here instead of skipping.
+        ("WGCABLE_VM".to_owned(), "1".to_owned()),
     ];
     env.extend(job.env.iter().cloned());
     let exports: Vec<String> = env
@@ -196,9 +202,7 @@ pub fn run(guest: &Guest, work: &Path, job: &Job) -> Result<Outcome> {
     ));
     let qemu_log = results.join("qemu.log");
     let log = fs::File::create(&qemu_log).context("creating qemu.log")?;
-    c.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     let start = Instant::now();
     let mut qemu = Qemu(cmd::spawn(&mut c)?);
 

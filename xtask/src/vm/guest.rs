@@ -123,7 +123,10 @@ pub fn ensure_packages() -> Result<()> {
         "xtask: installing {} (the kernel package only adds files under /boot and /lib/modules; the running kernel is untouched)",
         missing.join(" ")
     );
-    let mut c = cmd("apt-get", ["install", "-y", "-qq", "--no-install-recommends"]);
+    let mut c = cmd(
+        "apt-get",
+        ["install", "-y", "-qq", "--no-install-recommends"],
+    );
     c.args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
     cmd::run(&mut c)
 }
@@ -178,7 +181,10 @@ pub fn prepare(dir: &Path) -> Result<Guest> {
         hash.update(&bytes);
         modules.push((file_name(m).to_owned(), bytes));
     }
-    let key: String = hash.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let key: String = hash.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let initramfs = dir.join(format!("initramfs-{version}-{key}.cpio"));
     if !initramfs.is_file() {
         eprintln!("xtask: building {}", initramfs.display());
@@ -232,7 +238,10 @@ fn extract_vmlinux(image: &Path, out: &Path) -> Result<()> {
         .context("no xz stream in the kernel image")?;
     let tmp = PathBuf::from(format!("{}.xz{}", out.display(), std::process::id()));
     fs::write(&tmp, &bytes[start..]).with_context(|| format!("writing {}", tmp.display()))?;
-    let mut c = cmd("xz", ["--decompress", "--stdout", "--single-stream", "--quiet"]);
+    let mut c = cmd(
+        "xz",
+        ["--decompress", "--stdout", "--single-stream", "--quiet"],
+    );
     c.arg(&tmp);
     let result = cmd::output(&mut c);
     let _ = fs::remove_file(&tmp);
