@@ -238,7 +238,7 @@ fn set_peer(device: &mut DeviceStatus, config: &PeerConfig, replace_allowed_ips:
         None => {
             device.peers.push(PeerStatus {
                 config: PeerConfig {
-                    public_key: config.public_key.clone(),
+                    public_key: config.public_key,
                     endpoint: None,
                     allowed_ips: Vec::new(),
                     persistent_keepalive: None,
@@ -482,7 +482,7 @@ mod tests {
             "wg0",
             &DeviceUpdate {
                 peers: vec![PeerChange::Add(PeerConfig {
-                    public_key: key.clone(),
+                    public_key: key,
                     endpoint: None,
                     allowed_ips: Vec::new(),
                     persistent_keepalive: None,
