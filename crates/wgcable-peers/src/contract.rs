@@ -22,7 +22,7 @@ use crate::{
 /// Device names the suite uses (short enough for any interface name rule).
 pub const DEVICE: &str = "wgct0";
 const MISSING: &str = "wgctmissing";
-const FOREIGN: &str = "wgctdummy";
+const FOREIGN: &str = "wgctveth";
 
 /// A peer config numbered `i`: dual-stack allowed IPs, an IPv4 or IPv6 endpoint, keepalive.
 pub fn peer(i: u32, nets: u32) -> PeerConfig {
@@ -346,30 +346,35 @@ pub async fn device_contract(device: &dyn WgDevice, netlink: &dyn Netlink) {
         "after taking freed allowed IPs",
     );
 
-    // A link of another kind is not ours: never configured or deleted.
+    // A link of another kind (a veth: every kernel here has it) is not ours: never configured or deleted.
     netlink
-        .link_add(FOREIGN, &LinkKind::Dummy)
+        .link_add(
+            FOREIGN,
+            &LinkKind::Veth {
+                peer: format!("{FOREIGN}p"),
+            },
+        )
         .await
-        .expect("creating a dummy link");
+        .expect("creating a veth link");
     assert!(
         device.ensure(FOREIGN).await.is_err(),
-        "ensure on a dummy link fails"
+        "ensure on a veth link fails"
     );
     match device.read(FOREIGN).await {
         Ok(None) | Err(_) => {}
-        Ok(Some(_)) => panic!("a dummy link reads as a WireGuard device"),
+        Ok(Some(_)) => panic!("a veth link reads as a WireGuard device"),
     }
     let _ = device.delete(FOREIGN).await;
     let link = netlink
         .link_get(FOREIGN)
         .await
-        .expect("looking up the dummy")
-        .expect("the dummy link survives");
-    assert_eq!(link.kind.as_deref(), Some("dummy"));
+        .expect("looking up the veth")
+        .expect("the veth link survives");
+    assert_eq!(link.kind.as_deref(), Some("veth"));
     netlink
         .link_del(link.index)
         .await
-        .expect("removing the dummy");
+        .expect("removing the veth");
 
     // Delete: gone, and its link too.
     device.delete(DEVICE).await.expect("delete");
