@@ -34,6 +34,12 @@ pub fn run(args: &[String]) -> Result<()> {
     ]);
     results.push(("clippy", cmd::run(&mut c)));
 
+    // Privileged tests that skip (outside CI) append their line here; printed at the end, so a
+    // skip is seen even though the test runner captured it.
+    let skip_log = std::env::temp_dir().join(format!("wgcable-skips-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&skip_log);
+    std::env::set_var("WGCABLE_SKIP_LOG", &skip_log);
+
     let mut probe = cargo();
     probe.args(["nextest", "--version"]);
     let nextest = cmd::output(&mut probe).is_ok_and(|o| o.status.success());
@@ -81,6 +87,15 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(why) => println!(
             "vm test and vm e2e skipped: {why} (they run the kernel WireGuard tests in qemu; `cargo xtask vm test`)"
         ),
+    }
+
+    if let Ok(skips) = std::fs::read_to_string(&skip_log) {
+        let lines: Vec<&str> = skips.lines().collect();
+        println!("\n{} privileged test(s) skipped:", lines.len());
+        for line in lines {
+            println!("  {line}");
+        }
+        let _ = std::fs::remove_file(&skip_log);
     }
 
     let failed: Vec<&str> = results
