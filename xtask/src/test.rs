@@ -56,6 +56,15 @@ pub fn run(args: &[String]) -> Result<()> {
         results.push(("doctests", cmd::run(&mut c)));
     }
 
+    if let Ok(skips) = std::fs::read_to_string(&skip_log) {
+        let lines: Vec<&str> = skips.lines().collect();
+        println!("\n{} privileged test(s) skipped:", lines.len());
+        for line in lines {
+            println!("  {line}");
+        }
+        let _ = std::fs::remove_file(&skip_log);
+    }
+
     let root = nix::unistd::geteuid().is_root();
     if root {
         eprintln!("\n==== cargo xtask e2e ====");
@@ -87,15 +96,6 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(why) => println!(
             "vm test and vm e2e skipped: {why} (they run the kernel WireGuard tests in qemu; `cargo xtask vm test`)"
         ),
-    }
-
-    if let Ok(skips) = std::fs::read_to_string(&skip_log) {
-        let lines: Vec<&str> = skips.lines().collect();
-        println!("\n{} privileged test(s) skipped:", lines.len());
-        for line in lines {
-            println!("  {line}");
-        }
-        let _ = std::fs::remove_file(&skip_log);
     }
 
     let failed: Vec<&str> = results
