@@ -171,8 +171,9 @@ fn test() -> Result<()> {
         boot::Job {
             command: vec!["sh".into(), "-c".into(), script],
             dir: topology::workspace_root(),
-            // One test at a time: run in parallel, the netlink kernel tests once hung in the
-            // guest (not yet explained; alone they take 12 s).
+            // One test at a time: what looked like a hang of the netlink tests in parallel was
+            // the rtnl lock held by a large device's teardown (see the sort above); one at a
+            // time is what was measured to pass.
             env: vec![
                 ("CI".into(), "1".into()),
                 ("RUST_TEST_THREADS".into(), "1".into()),
