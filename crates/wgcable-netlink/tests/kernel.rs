@@ -611,3 +611,11 @@ fn wireguard_link_is_unsupported_or_works() {
         }
     });
 }
+
+/// The contract FakeNetlink passes too (`src/contract.rs`), against the real kernel.
+#[test]
+fn rtnetlink_passes_the_netlink_contract() {
+    in_netns("rtnetlink_passes_the_netlink_contract", |nl| async move {
+        wgcable_netlink::contract::netlink_contract(&nl).await;
+    });
+}
