@@ -334,6 +334,16 @@ impl FakeApiServer {
         }
     }
 
+    /// Serves on a fresh loopback port (of the calling thread's network namespace) on a task of
+    /// the current runtime; returns the URL and the task (abort it to stop serving).
+    pub async fn serve_on_loopback(
+        &self,
+    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        Ok((url, tokio::spawn(self.clone().serve(listener))))
+    }
+
     /// A kubeconfig for a server [`FakeApiServer::serve`]s at `url`, default namespace
     /// `namespace`.
     pub fn kubeconfig(url: &str, namespace: &str) -> String {
@@ -1003,6 +1013,56 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A remote cluster's Endpoint as a gateway publishes it and the API server returns it
+/// (labelled with its cluster id, with managed fields; the server adds uid, resourceVersion,
+/// creationTimestamp and generation on insert): WireGuard, port 4500, no NAT.
+pub fn endpoint_object(
+    cluster: &str,
+    private_ip: &str,
+    public_key: &str,
+    subnets: &[&str],
+) -> Value {
+    let cable = format!(
+        "submariner-cable-{cluster}-{}",
+        private_ip.replace(['.', ':'], "-")
+    );
+    json!({
+        "apiVersion": "submariner.io/v1",
+        "kind": "Endpoint",
+        "metadata": {
+            "name": format!("{cluster}-{cable}"),
+            "labels": {
+                "submariner-io/clusterID": cluster,
+                "submariner-io/originatingNamespace": "submariner-operator",
+            },
+            "managedFields": [{
+                "apiVersion": "submariner.io/v1",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:spec": {".": {}, "f:backend": {}, "f:subnets": {}}},
+                "manager": "submariner-gateway",
+                "operation": "Update",
+                "time": "2026-01-01T00:00:00Z"
+            }]
+        },
+        "spec": {
+            "backend": "wireguard",
+            "backend_config": {
+                "interface-name": "submariner",
+                "preferred-server": "false",
+                "publicKey": public_key,
+                "udp-port": "4500"
+            },
+            "cable_name": cable,
+            "cluster_id": cluster,
+            "hostname": format!("{cluster}-gateway"),
+            "nat_enabled": false,
+            "private_ip": private_ip,
+            "public_ip": "",
+            "subnets": subnets,
+        }
+    })
 }
 
 /// RFC 3339 in whole seconds, as the API server writes `metav1.Time`.
