@@ -369,3 +369,23 @@ async fn the_watch_is_relisted_every_resync_interval() {
         "{waited:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_shared_endpoint_fixture_is_a_valid_endpoint() {
+    let server = FakeApiServer::new();
+    server.insert(
+        ENDPOINTS,
+        NS,
+        wgcable_k8s::testing::endpoint_object(
+            "cluster-b",
+            "192.168.77.12",
+            "b98wRzVxljvjDMk9tpg4DKZtbSE/V/iyLBPXQhjn6Bo=",
+            &["10.202.0.0/16", "fd00:202::/64"],
+        ),
+    );
+    let mut events = forward(source(&server).watch());
+    let objects = snapshot(&mut events).await;
+    assert_eq!(objects[0].bound_cluster.as_deref(), Some("cluster-b"));
+    let endpoint = admitted(&objects[0]).expect("parses");
+    endpoint.spec.validate().expect("validates");
+}
