@@ -41,7 +41,8 @@ impl Batch {
                     .collect();
             }
             SourceEvent::Apply(object) => {
-                self.objects.insert(object.key.clone(), Change::Apply(object));
+                self.objects
+                    .insert(object.key.clone(), Change::Apply(object));
             }
             SourceEvent::Delete(key) => {
                 if self.snapshot {
@@ -122,8 +123,11 @@ mod tests {
     async fn a_burst_is_one_batch_with_the_last_state_of_each_object() {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let mut batches = debounce(rx.boxed(), config());
-        tx.unbounded_send(SourceEvent::Snapshot(vec![raw("a.yaml", "0"), raw("b.yaml", "0")]))
-            .expect("send");
+        tx.unbounded_send(SourceEvent::Snapshot(vec![
+            raw("a.yaml", "0"),
+            raw("b.yaml", "0"),
+        ]))
+        .expect("send");
         for i in 0..1000 {
             tx.unbounded_send(SourceEvent::Apply(raw("a.yaml", &i.to_string())))
                 .expect("send");

@@ -84,7 +84,9 @@ pub fn read_regular(path: &Path, limit: usize) -> io::Result<ReadOutcome> {
         return Ok(ReadOutcome::Refused(ReadRefusal::Symlink));
     }
     if !meta.file_type().is_file() {
-        return Ok(ReadOutcome::Refused(ReadRefusal::NotRegular(kind_name(&meta))));
+        return Ok(ReadOutcome::Refused(ReadRefusal::NotRegular(kind_name(
+            &meta,
+        ))));
     }
     let file = match OpenOptions::new()
         .read(true)
@@ -99,7 +101,9 @@ pub fn read_regular(path: &Path, limit: usize) -> io::Result<ReadOutcome> {
     };
     let opened = file.metadata()?;
     if !opened.file_type().is_file() {
-        return Ok(ReadOutcome::Refused(ReadRefusal::NotRegular(kind_name(&opened))));
+        return Ok(ReadOutcome::Refused(ReadRefusal::NotRegular(kind_name(
+            &opened,
+        ))));
     }
     let before = Stamp::of(&opened);
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
@@ -148,7 +152,11 @@ mod tests {
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b'x'; 1000]).expect("write");
         match read_regular(&big, 10).expect("read") {
-            ReadOutcome::Read { bytes, before, after } => {
+            ReadOutcome::Read {
+                bytes,
+                before,
+                after,
+            } => {
                 assert_eq!(bytes.len(), 11);
                 assert_eq!(before, after);
             }

@@ -22,7 +22,17 @@ mod tests {
         for good in ["a", "cluster-1", "0-a", &"a".repeat(63)] {
             assert!(super::is_cluster_id(good), "{good}");
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "a b", &"a".repeat(64), "é"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "a b",
+            &"a".repeat(64),
+            "é",
+        ] {
             assert!(!super::is_cluster_id(bad), "{bad}");
         }
     }

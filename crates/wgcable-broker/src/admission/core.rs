@@ -12,11 +12,12 @@ use wgcable_api::{Endpoint, PublicKey, ValidatedSpec, BACKEND_WIREGUARD};
 
 use super::config::{AdmissionConfig, LocalIdentity};
 use super::index::{GatewayIndex, KeyIndex, SubnetIndex};
-use super::parse::{Candidate, Fingerprint};
+use super::parse::{parse_object, Candidate, Fingerprint};
 use super::refusal::{Reason, Refusal};
 use super::registry::{Entry, RegisteredCluster, Registry};
 use super::warn::{Suppressed, WarnLimiter};
-use crate::{ObjectKey, SourceHealth, SourceProblem};
+use crate::debounce::{Batch, Change};
+use crate::{ObjectKey, RawObject, SourceHealth, SourceProblem};
 
 /// A remote cluster's Endpoint as admitted: trusted from here on, typed once.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,11 +53,41 @@ pub enum Item {
         fingerprint: Fingerprint,
         created: Option<u64>,
         bound: Option<String>,
-        result: Result<Candidate, Refusal>,
+        result: Box<Result<Candidate, Refusal>>,
     },
     Gone,
     /// The source would not read it (see [`crate::SourceEvent::Refused`]).
     SourceRefused(SourceProblem),
+}
+
+/// A batch sorted into what admission has already judged and what must be parsed first
+/// (see [`Admission::sort`]).
+#[derive(Debug)]
+pub struct ToParse {
+    prepared: Prepared,
+    /// (index into `prepared.items`, object, its fingerprint)
+    objects: Vec<(usize, RawObject, Fingerprint)>,
+}
+
+impl ToParse {
+    /// The objects to parse, in order.
+    pub fn objects(&self) -> impl ExactSizeIterator<Item = &RawObject> {
+        self.objects.iter().map(|(_, raw, _)| raw)
+    }
+
+    /// Fills in the parse results (one per object, in order).
+    pub fn complete(self, results: Vec<Result<Candidate, Refusal>>) -> Prepared {
+        let mut prepared = self.prepared;
+        for ((index, raw, fingerprint), result) in self.objects.into_iter().zip(results) {
+            prepared.items[index].1 = Item::Parsed {
+                fingerprint,
+                created: raw.created,
+                bound: raw.bound_cluster,
+                result: Box::new(result),
+            };
+        }
+        prepared
+    }
 }
 
 /// What changed in one batch: everything the engine and the logs need.
@@ -198,6 +229,8 @@ pub struct Admission {
     keys: KeyIndex,
     gateways: GatewayIndex,
     next_seniority: u64,
+    /// What was last judged at our own key.
+    own_fingerprint: Option<Fingerprint>,
     synced: bool,
     health: SourceHealth,
     warn: WarnLimiter,
@@ -231,6 +264,7 @@ impl Admission {
             keys: KeyIndex::default(),
             gateways: GatewayIndex::default(),
             next_seniority: registry.next_seniority.max(1),
+            own_fingerprint: None,
             synced: false,
             health: SourceHealth::Healthy,
             warn,
@@ -298,6 +332,7 @@ impl Admission {
     /// key are compared with this one from now on.
     pub fn set_published(&mut self, published: Endpoint) {
         self.local.published = published;
+        self.own_fingerprint = None;
     }
 
     /// True once a snapshot of the source was applied: the admitted set is complete.
@@ -307,6 +342,9 @@ impl Admission {
 
     /// The digest of what admission last judged at `key`, to skip parsing a re-delivery.
     pub fn fingerprint(&self, key: &ObjectKey) -> Option<Fingerprint> {
+        if self.local.own_key.as_ref() == Some(key) {
+            return self.own_fingerprint;
+        }
         self.objects.get(key).and_then(|o| o.fingerprint)
     }
 
@@ -391,6 +429,46 @@ impl Admission {
         ConflictReport { refused, clusters }
     }
 
+    /// Sorts `batch`: objects delivered again unchanged need no parsing.
+    pub fn sort(&self, batch: Batch) -> ToParse {
+        let mut items = Vec::with_capacity(batch.objects.len());
+        let mut objects = Vec::new();
+        for (key, change) in batch.objects {
+            let item = match change {
+                Change::Apply(raw) => {
+                    let fingerprint = Fingerprint::of(&raw);
+                    if self.fingerprint(&key) != Some(fingerprint) {
+                        objects.push((items.len(), raw, fingerprint));
+                    }
+                    // Replaced by `complete` for the objects to parse.
+                    Item::Unchanged
+                }
+                Change::Delete => Item::Gone,
+                Change::Refused(problem) => Item::SourceRefused(problem),
+            };
+            items.push((key, item));
+        }
+        ToParse {
+            prepared: Prepared {
+                snapshot: batch.snapshot,
+                items,
+                health: batch.health,
+            },
+            objects,
+        }
+    }
+
+    /// [`Self::sort`] and parse on the calling thread (tests, benchmarks, small callers; the
+    /// runner parses on the blocking pool instead).
+    pub fn prepare_inline(&self, batch: Batch) -> Prepared {
+        let sorted = self.sort(batch);
+        let results = sorted
+            .objects()
+            .map(|raw| parse_object(raw, &self.config.limits, &self.local))
+            .collect();
+        sorted.complete(results)
+    }
+
     /// Applies one batch.
     pub fn apply(&mut self, batch: Prepared, now: SystemTime) -> AdmissionUpdate {
         let mut ch = Changes::default();
@@ -414,7 +492,7 @@ impl Admission {
                     created,
                     bound,
                     result,
-                } => parsed.push((key, Some((fingerprint, created, bound, result)))),
+                } => parsed.push((key, Some((fingerprint, created, bound, *result)))),
                 Item::Gone => gone.push(key),
                 Item::SourceRefused(problem) => refused_by_source.push((key, problem)),
             }
@@ -425,12 +503,7 @@ impl Admission {
                 .map(|(k, _)| k)
                 .chain(refused_by_source.iter().map(|(k, _)| k))
                 .collect();
-            gone.extend(
-                self.objects
-                    .keys()
-                    .filter(|k| !listed.contains(k))
-                    .cloned(),
-            );
+            gone.extend(self.objects.keys().filter(|k| !listed.contains(k)).cloned());
             // Clusters remembered from before a restart whose object is no longer there left
             // while the gateway was down.
             let left: Vec<ObjectKey> = self
@@ -446,6 +519,7 @@ impl Admission {
             }
             if let Some(own) = &self.local.own_key {
                 if !listed.contains(own) {
+                    self.own_fingerprint = None;
                     ch.republish = true;
                 }
             }
@@ -549,6 +623,7 @@ impl Admission {
             if !ours {
                 ch.republish = true;
             }
+            self.own_fingerprint = Some(fingerprint);
             // Not tracked as an object: it is never admitted, and its removal is seen from
             // the source's next event about it.
             return None;
@@ -615,7 +690,8 @@ impl Admission {
         candidate: Candidate,
     ) -> Result<Candidate, Refusal> {
         let cluster = candidate.spec.cluster_id.as_str();
-        let refuse = |reason, message: String| Err(Refusal::new(key, reason, message).for_cluster(cluster));
+        let refuse =
+            |reason, message: String| Err(Refusal::new(key, reason, message).for_cluster(cluster));
         if let Some(bound) = bound.filter(|b| *b != cluster) {
             // The source vouches for its bound cluster ids, but name one only if it is a
             // cluster id (a source bug must not turn into a log line full of input).
@@ -942,6 +1018,7 @@ impl Admission {
 
     fn remove_object(&mut self, key: &ObjectKey, ch: &mut Changes) {
         if self.local.own_key.as_ref() == Some(key) {
+            self.own_fingerprint = None;
             ch.republish = true;
             return;
         }
@@ -969,6 +1046,7 @@ impl Admission {
         if self.local.own_key.as_ref() == Some(&key) {
             // Our own file was replaced by something unreadable: write it again (an atomic
             // rename replaces a link or FIFO itself, never what it points at).
+            self.own_fingerprint = None;
             ch.republish = true;
             return;
         }

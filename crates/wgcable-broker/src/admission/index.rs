@@ -178,9 +178,9 @@ mod tests {
         index.insert("b", &[net("10.3.0.0/16"), net("fd00:3::/48")]);
         assert_eq!(index.len(), 3, "a's nested subnets are merged");
         let cases = [
-            ("10.1.5.0/24", Some("a")),  // inside
-            ("10.0.0.0/8", Some("a")),   // covers a (and b)
-            ("10.2.0.0/16", None),       // between
+            ("10.1.5.0/24", Some("a")), // inside
+            ("10.0.0.0/8", Some("a")),  // covers a (and b)
+            ("10.2.0.0/16", None),      // between
             ("10.3.255.0/24", Some("b")),
             ("10.4.0.0/16", None),
             ("fd00:3:0:1::/64", Some("b")),
@@ -205,7 +205,11 @@ mod tests {
         assert_eq!(index.owner_of(ip("10.1.200.3"), ""), Some("a"));
         assert_eq!(index.owner_of(ip("10.1.200.3"), "a"), None);
         assert_eq!(index.owner_of(ip("10.2.0.1"), ""), None);
-        assert_eq!(index.owner_of(ip("::a01:1"), ""), None, "families never mix");
+        assert_eq!(
+            index.owner_of(ip("::a01:1"), ""),
+            None,
+            "families never mix"
+        );
     }
 
     #[test]

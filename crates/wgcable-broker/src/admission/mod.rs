@@ -19,8 +19,8 @@ mod config;
 mod core;
 mod index;
 mod parse;
-pub mod registry;
 mod refusal;
+pub mod registry;
 mod runner;
 mod warn;
 
@@ -29,8 +29,8 @@ mod tests;
 
 pub use self::config::{AdmissionConfig, DebounceConfig, LocalIdentity, ObjectLimits};
 pub use self::core::{
-    Admission, AdmissionUpdate, AdmittedEndpoint, ClusterHolding, ConflictReport, Item,
-    Prepared, RefusedObject,
+    Admission, AdmissionUpdate, AdmittedEndpoint, ClusterHolding, ConflictReport, Item, Prepared,
+    RefusedObject, ToParse,
 };
 pub use self::parse::{parse_object, Candidate, Fingerprint};
 pub use self::refusal::{Reason, Refusal};

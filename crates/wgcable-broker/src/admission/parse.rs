@@ -112,7 +112,9 @@ pub fn parse_object(
             ),
         )
     })?;
-    for subnet in &spec.subnets {
+    // Our own Endpoint is compared with what we published, not judged as a remote one.
+    let ours = local.own_key.as_ref() == Some(key);
+    for subnet in spec.subnets.iter().filter(|_| !ours) {
         if let Some(local_net) = local
             .subnets
             .iter()

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use wgcable_api::PublicKey;
 
 use crate::fsutil::{self, ReadOutcome};
-use crate::{SourceError, ObjectKey};
+use crate::{ObjectKey, SourceError};
 
 /// The registry's file name in the state directory.
 pub const REGISTRY_FILE: &str = "admission-registry.json";
@@ -81,7 +81,10 @@ impl Registry {
             return Err(format!("unknown version (this gateway writes {VERSION})"));
         }
         if self.clusters.len() > max {
-            return Err(format!("{} entries, more than max_objects ({max})", self.clusters.len()));
+            return Err(format!(
+                "{} entries, more than max_objects ({max})",
+                self.clusters.len()
+            ));
         }
         let mut ids = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -107,7 +110,9 @@ impl Registry {
                 || !keys.insert(c.object_key.clone())
                 || !seniorities.insert(c.seniority)
             {
-                return Err(at("cluster id, object key or seniority repeats an earlier entry"));
+                return Err(at(
+                    "cluster id, object key or seniority repeats an earlier entry",
+                ));
             }
             out.push(Entry {
                 cluster_id: c.cluster_id.clone(),

@@ -7,11 +7,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::config::{AdmissionConfig, LocalIdentity};
-use super::core::{Admission, AdmissionUpdate, ConflictReport, Item, Prepared};
-use super::parse::{parse_object, Candidate, Fingerprint};
+use super::core::{Admission, AdmissionUpdate, ConflictReport, Prepared};
+use super::parse::{parse_object, Candidate};
 use super::refusal::{Reason, Refusal};
 use super::registry::{self, LoadNote, Registry};
-use crate::debounce::{Batch, Change};
+use crate::debounce::Batch;
 use crate::{RawObject, SourceError, SourceHealth};
 
 /// What the HTTP server (`/conflicts`, for `wgcable show conflicts`) reads: the latest
@@ -61,20 +61,24 @@ impl AdmissionRunner {
         let dir = state_dir.to_owned();
         let cluster = local.cluster_id.clone();
         let (max_bytes, max_entries) = (config.max_registry_bytes, config.max_objects);
-        let (registry, note) = blocking(move || {
-            registry::load(&dir, &cluster, max_bytes, max_entries)
-        })
-        .await??;
+        let (registry, note) =
+            blocking(move || registry::load(&dir, &cluster, max_bytes, max_entries)).await??;
         let path = registry::path(state_dir);
         match &note {
-            LoadNote::Fresh => tracing::info!(registry = %path.display(), "no admission registry yet: every cluster is new (oldest in the source first)"),
-            LoadNote::Loaded => tracing::info!(registry = %path.display(), clusters = registry.clusters.len(), "loaded the admission registry: accepted clusters keep their subnets and seniority"),
+            LoadNote::Fresh => {
+                tracing::info!(registry = %path.display(), "no admission registry yet: every cluster is new (oldest in the source first)")
+            }
+            LoadNote::Loaded => {
+                tracing::info!(registry = %path.display(), clusters = registry.clusters.len(), "loaded the admission registry: accepted clusters keep their subnets and seniority")
+            }
             LoadNote::Corrupt { problem, moved_to } => tracing::warn!(
                 registry = %path.display(),
                 moved_to = %moved_to.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "nowhere (could not be moved)".into()),
                 "the admission registry is damaged ({problem}); starting as on a first start"
             ),
-            LoadNote::OtherCluster => tracing::warn!(registry = %path.display(), "the admission registry belongs to another cluster; starting as on a first start"),
+            LoadNote::OtherCluster => {
+                tracing::warn!(registry = %path.display(), "the admission registry belongs to another cluster; starting as on a first start")
+            }
         }
         let mut runner = Self::with_registry(config, local, &registry);
         runner.state_dir = Some(state_dir.to_owned());
@@ -142,44 +146,10 @@ impl AdmissionRunner {
     }
 
     async fn prepare(&self, batch: Batch) -> Prepared {
-        let mut items = Vec::with_capacity(batch.objects.len());
-        let mut to_parse: Vec<(usize, RawObject, Fingerprint)> = Vec::new();
-        for (key, change) in batch.objects {
-            let item = match change {
-                Change::Apply(raw) => {
-                    let fingerprint = Fingerprint::of(&raw);
-                    if self.core.fingerprint(&key) == Some(fingerprint) {
-                        Item::Unchanged
-                    } else {
-                        to_parse.push((items.len(), raw, fingerprint));
-                        Item::Unchanged // replaced below
-                    }
-                }
-                Change::Delete => Item::Gone,
-                Change::Refused(problem) => Item::SourceRefused(problem),
-            };
-            items.push((key, item));
-        }
-        let config = self.core.config();
-        let results = parse_all(
-            to_parse.iter().map(|(_, raw, _)| raw.clone()).collect(),
-            config,
-            self.core.local(),
-        )
-        .await;
-        for ((index, raw, fingerprint), result) in to_parse.into_iter().zip(results) {
-            items[index].1 = Item::Parsed {
-                fingerprint,
-                created: raw.created,
-                bound: raw.bound_cluster,
-                result,
-            };
-        }
-        Prepared {
-            snapshot: batch.snapshot,
-            items,
-            health: batch.health,
-        }
+        let sorted = self.core.sort(batch);
+        let objects: Vec<RawObject> = sorted.objects().cloned().collect();
+        let results = parse_all(objects, self.core.config(), self.core.local()).await;
+        sorted.complete(results)
     }
 
     async fn after(&mut self, update: &AdmissionUpdate) {
@@ -206,7 +176,9 @@ impl AdmissionRunner {
         }
         match &update.health {
             Some(SourceHealth::Healthy) => tracing::info!("the endpoint source is healthy again"),
-            Some(SourceHealth::Unhealthy(why)) => tracing::warn!("the endpoint source is unhealthy: {why}; what is known stays in place"),
+            Some(SourceHealth::Unhealthy(why)) => tracing::warn!(
+                "the endpoint source is unhealthy: {why}; what is known stays in place"
+            ),
             None => {}
         }
         if self.core.take_report_dirty() {

@@ -117,7 +117,11 @@ mod tests {
             }
         }
         assert_eq!(logged, 1);
-        assert_eq!(limiter.summary(t0 + Duration::from_secs(1)), None, "not yet");
+        assert_eq!(
+            limiter.summary(t0 + Duration::from_secs(1)),
+            None,
+            "not yet"
+        );
         assert_eq!(
             limiter.summary(t0 + Duration::from_secs(60)),
             Some(Suppressed {
@@ -148,11 +152,21 @@ mod tests {
             })
             .count();
         assert_eq!(logged, 10);
-        let summary = limiter.summary(t0 + Duration::from_secs(60)).expect("summary");
+        let summary = limiter
+            .summary(t0 + Duration::from_secs(60))
+            .expect("summary");
         assert_eq!((summary.warnings, summary.objects), (40, 40));
         // The next interval has room again.
-        assert!(limiter.allow(&ObjectKey("c49.yaml".into()), Reason::TooLarge, t0 + Duration::from_secs(61)));
+        assert!(limiter.allow(
+            &ObjectKey("c49.yaml".into()),
+            Reason::TooLarge,
+            t0 + Duration::from_secs(61)
+        ));
         limiter.forget(&ObjectKey("c0.yaml".into()));
-        assert!(limiter.allow(&ObjectKey("c0.yaml".into()), Reason::TooLarge, t0 + Duration::from_secs(62)));
+        assert!(limiter.allow(
+            &ObjectKey("c0.yaml".into()),
+            Reason::TooLarge,
+            t0 + Duration::from_secs(62)
+        ));
     }
 }

@@ -21,8 +21,8 @@ use wgcable_api::Endpoint;
 use crate::fsutil::{self, ReadOutcome};
 use crate::{EndpointSource, ObjectKey, RawObject, SourceError, SourceEvent};
 
-pub use scan::{BAD_NAME, NOT_REGULAR_FILE, SYMLINK, UNREADABLE};
 use scan::{ScanLimits, Scanner};
+pub use scan::{BAD_NAME, NOT_REGULAR_FILE, SYMLINK, UNREADABLE};
 
 /// What the file source is configured with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,12 +116,23 @@ impl EndpointSource for FileSource {
                         None,
                     ))
                 }
-                Err(e) => return Err(failed(format!("checking the broker directory {shown}"), Some(e))),
+                Err(e) => {
+                    return Err(failed(
+                        format!("checking the broker directory {shown}"),
+                        Some(e),
+                    ))
+                }
             };
             if !meta.is_dir() {
-                return Err(failed(format!("the broker directory {shown} is not a directory"), None));
+                return Err(failed(
+                    format!("the broker directory {shown} is not a directory"),
+                    None,
+                ));
             }
-            if let Err(e) = access(&dir, AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK) {
+            if let Err(e) = access(
+                &dir,
+                AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK,
+            ) {
                 return Err(failed(
                     format!(
                         "the broker directory {shown} is not readable and writable by this \
@@ -152,13 +163,15 @@ impl EndpointSource for FileSource {
     fn watch(&self) -> BoxStream<'static, SourceEvent> {
         let config = self.config.clone();
         let (tx, wake) = tokio::sync::mpsc::channel(1);
-        let watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.as_ref().is_ok_and(|e| is_read_only(&e.kind)) {
-                return;
-            }
-            // A full channel already holds a wake-up; the scan reads everything anyway.
-            let _ = tx.try_send(());
-        }) {
+        let watcher = match notify::recommended_watcher(
+            move |res: notify::Result<notify::Event>| {
+                if res.as_ref().is_ok_and(|e| is_read_only(&e.kind)) {
+                    return;
+                }
+                // A full channel already holds a wake-up; the scan reads everything anyway.
+                let _ = tx.try_send(());
+            },
+        ) {
             Ok(mut w) => match w.watch(&config.dir, notify::RecursiveMode::NonRecursive) {
                 Ok(()) => Some(w),
                 Err(e) => {
@@ -179,7 +192,8 @@ impl EndpointSource for FileSource {
                 settle: config.settle,
             },
         );
-        let mut rescan = tokio::time::interval(config.rescan_interval.max(Duration::from_millis(100)));
+        let mut rescan =
+            tokio::time::interval(config.rescan_interval.max(Duration::from_millis(100)));
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.reset();
         let state = Watch {

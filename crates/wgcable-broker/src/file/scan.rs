@@ -193,7 +193,12 @@ impl Scanner {
         if over_cap > 0 {
             candidates.sort_by_cached_key(|(name, _, meta)| {
                 let delivered = self.files.get(name).is_some_and(|t| t.delivered.is_some());
-                (!delivered, created(meta).is_none(), created(meta), name.clone())
+                (
+                    !delivered,
+                    created(meta).is_none(),
+                    created(meta),
+                    name.clone(),
+                )
             });
             candidates.truncate(self.limits.max_files);
         }
@@ -309,7 +314,12 @@ impl Scanner {
                 return;
             }
             Ok(ReadOutcome::Refused(ReadRefusal::NotRegular(kind))) => {
-                self.refuse(name, NOT_REGULAR_FILE, format!("{key}: refused: a {kind}, not a regular file"), out);
+                self.refuse(
+                    name,
+                    NOT_REGULAR_FILE,
+                    format!("{key}: refused: a {kind}, not a regular file"),
+                    out,
+                );
                 return;
             }
             // Removed between listing and reading: seen as missing at the next scan.
@@ -334,7 +344,9 @@ impl Scanner {
         // Written while being read, or replaced between the listing and the open.
         let steady = before == after && before.ino == stamp.ino;
         let confirmed = self.files.get(name).is_some_and(|t| {
-            t.hash == hash && t.stamp == after && now.duration_since(t.read_at) >= self.limits.settle
+            t.hash == hash
+                && t.stamp == after
+                && now.duration_since(t.read_at) >= self.limits.settle
         });
         let already = self
             .files
