@@ -27,7 +27,8 @@ pub struct AdmittedEndpoint {
     pub key: ObjectKey,
     pub endpoint: Endpoint,
     /// `endpoint.spec`, parsed and checked: nothing below admission parses a string again.
-    pub spec: ValidatedSpec,
+    /// Shared: hand it to the planner as it is (`PeerCandidate::spec`).
+    pub spec: Arc<ValidatedSpec>,
     /// Smaller is older. The admitted set never holds two clusters claiming one subnet or
     /// key, so the engine needs it only to keep a stable order.
     pub seniority: u64,

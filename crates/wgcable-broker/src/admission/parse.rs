@@ -9,6 +9,7 @@
 //! only positions and field names are kept, never a message.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wgcable_api::{ApiError, Endpoint, ValidatedSpec};
@@ -21,7 +22,8 @@ use crate::{Format, RawObject};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
     pub endpoint: Endpoint,
-    pub spec: ValidatedSpec,
+    /// Shared with the admitted Endpoint and the engine's planner (no copy per hand-over).
+    pub spec: Arc<ValidatedSpec>,
     /// The addresses the remote gateway is reached on (private and public IPs), sorted, each
     /// once: no other cluster's subnet may cover them.
     pub gateway_ips: Vec<IpAddr>,
@@ -142,7 +144,7 @@ pub fn parse_object(
     gateway_ips.dedup();
     Ok(Candidate {
         endpoint,
-        spec,
+        spec: Arc::new(spec),
         gateway_ips,
     })
 }

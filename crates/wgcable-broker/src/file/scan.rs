@@ -141,8 +141,10 @@ impl Scanner {
                 return out;
             }
         };
-        // Bounded even for a directory holding millions of entries.
-        let max_listed = self.limits.max_files.saturating_mul(4).saturating_add(1024);
+        // Bounded even for a directory holding millions of entries (listing and `lstat` cost
+        // about 2 us an entry). Every entry within the bound is looked at, so that which files
+        // are kept over `max_files` depends on their age, not on the directory's hash order.
+        let max_listed = self.limits.max_files.saturating_mul(10).max(100_000);
         let mut listed = 0usize;
         let mut truncated = false;
         let mut candidates: Vec<(String, Format, std::fs::Metadata)> = Vec::new();
@@ -369,6 +371,16 @@ impl Scanner {
             }
             return;
         }
+        if let Some(t) = self
+            .files
+            .get(name)
+            .filter(|t| steady && t.hash == hash && t.stamp == after)
+        {
+            // The same as the last read, but not yet for `settle`: keep waiting from then.
+            let at = t.read_at + self.limits.settle;
+            recheck(out, at);
+            return;
+        }
         // New or changed: remember this read; it is delivered when a read `settle` later
         // agrees (the same bytes and the same stamp), so a file caught mid-write is never
         // applied.
@@ -402,6 +414,74 @@ fn recheck(out: &mut ScanResult, at: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits() -> ScanLimits {
+        ScanLimits {
+            max_files: 100,
+            max_file_bytes: 1000,
+            settle: Duration::from_millis(100),
+        }
+    }
+
+    fn applied(result: &ScanResult) -> Vec<(String, Vec<u8>)> {
+        result
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                SourceEvent::Apply(o) => Some((o.key.0.clone(), o.bytes.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_is_delivered_once_two_reads_a_settle_apart_agree() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("a.yaml");
+        let mut scanner = Scanner::new(dir.path().to_owned(), limits());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        std::fs::write(&path, "one").expect("write");
+        let r = scanner.scan(ms(0), false);
+        assert!(applied(&r).is_empty(), "first sight: not yet");
+        assert_eq!(r.recheck_at, Some(ms(100)));
+        assert!(applied(&scanner.scan(ms(50), false)).is_empty(), "too soon");
+        assert_eq!(
+            applied(&scanner.scan(ms(100), false)),
+            [("a.yaml".to_string(), b"one".to_vec())]
+        );
+        assert!(scanner.is_settled());
+        assert!(
+            applied(&scanner.scan(ms(200), true)).is_empty(),
+            "delivered once"
+        );
+        // Rewritten in place while being watched: each new state restarts the wait.
+        std::fs::write(&path, "tw").expect("write");
+        assert!(applied(&scanner.scan(ms(300), false)).is_empty());
+        std::fs::write(&path, "two").expect("write");
+        assert!(
+            applied(&scanner.scan(ms(400), false)).is_empty(),
+            "changed since the last read"
+        );
+        assert!(!scanner.is_settled());
+        assert_eq!(
+            applied(&scanner.scan(ms(500), false)),
+            [("a.yaml".to_string(), b"two".to_vec())]
+        );
+        // A delete is a delete only once it lasts.
+        std::fs::remove_file(&path).expect("rm");
+        assert!(scanner.scan(ms(600), false).events.is_empty());
+        std::fs::write(&path, "two").expect("write");
+        assert!(
+            applied(&scanner.scan(ms(650), false)).is_empty(),
+            "back with new stamps: wait"
+        );
+        std::fs::remove_file(&path).expect("rm");
+        let r = scanner.scan(ms(700), false);
+        assert!(r.events.is_empty());
+        let r = scanner.scan(ms(800), false);
+        assert_eq!(r.events, [SourceEvent::Delete(ObjectKey("a.yaml".into()))]);
+    }
 
     #[test]
     fn names() {
