@@ -5,33 +5,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use wgcable_api::{Endpoint, PublicKey};
+use wgcable_api::{AdmissionPolicy, Endpoint, ParseLimits, PublicKey};
 
 use crate::ObjectKey;
-
-/// Structural limits on one object, checked before and while it is parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectLimits {
-    /// Largest object in bytes. Default 32 KiB: a Submariner Endpoint is under 2 KiB, one with
-    /// Kubernetes' managed fields and last-applied annotation under 8 KiB. Sources read at
-    /// most this plus one byte. A snapshot holds at most `max_objects` times this in memory
-    /// (320 MiB with the defaults at worst; 10 MiB for 5,000 real Endpoints).
-    pub max_bytes: usize,
-    /// Deepest nesting of lists and maps. Default 32 (an Endpoint needs 5, managed fields 12).
-    pub max_depth: usize,
-    /// Most subnets one Endpoint may publish. Default 256 (a cluster has a handful).
-    pub max_subnets: usize,
-}
-
-impl Default for ObjectLimits {
-    fn default() -> Self {
-        ObjectLimits {
-            max_bytes: 32 * 1024,
-            max_depth: 32,
-            max_subnets: 256,
-        }
-    }
-}
 
 /// How source events are coalesced into batches (see [`crate::debounce`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +31,20 @@ impl Default for DebounceConfig {
 /// Everything admission is configured with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdmissionConfig {
-    pub limits: ObjectLimits,
+    /// Structural limits on one object (`wgcable_api::ParseLimits`, whose defaults are
+    /// documented there), except `max_bytes`: 32 KiB here. A Submariner Endpoint is under
+    /// 2 KiB, one with Kubernetes' managed fields and last-applied annotation under 8 KiB;
+    /// sources read at most this plus one byte, and a snapshot holds at most `max_objects`
+    /// times this in memory (320 MiB at worst with the defaults; 10 MiB for 5,000 real
+    /// Endpoints). One object must hold exactly one Endpoint (a List is refused).
+    pub limits: ParseLimits,
+    /// When not empty, every remote subnet must lie inside one of these (the operator's
+    /// allow-list). Default: empty.
+    pub allowed_subnets: Vec<IpNet>,
+    /// The broadest IPv4 / IPv6 prefix a remote may claim. Defaults /8 and /32 (see
+    /// `wgcable_api::AdmissionPolicy`).
+    pub min_prefix_len_v4: u8,
+    pub min_prefix_len_v6: u8,
     /// Most objects one source may hold (admitted, waiting and refused together); also the
     /// largest snapshot taken in. Beyond it, the objects already held and then the oldest (by
     /// the source's creation order) are kept, the others refused (`too_many_objects`).
@@ -80,8 +69,15 @@ pub struct AdmissionConfig {
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
+        let policy = AdmissionPolicy::default();
         AdmissionConfig {
-            limits: ObjectLimits::default(),
+            limits: ParseLimits {
+                max_bytes: 32 * 1024,
+                ..ParseLimits::default()
+            },
+            allowed_subnets: Vec::new(),
+            min_prefix_len_v4: policy.min_prefix_len_v4,
+            min_prefix_len_v6: policy.min_prefix_len_v6,
             max_objects: 10_000,
             parse_deadline: Duration::from_secs(5),
             parse_workers: 0,

@@ -12,7 +12,7 @@ use wgcable_api::{Endpoint, PublicKey, ValidatedSpec, BACKEND_WIREGUARD};
 
 use super::config::{AdmissionConfig, LocalIdentity};
 use super::index::{GatewayIndex, KeyIndex, SubnetIndex};
-use super::parse::{parse_object, Candidate, Fingerprint};
+use super::parse::{Candidate, Fingerprint, ObjectParser};
 use super::refusal::{Reason, Refusal};
 use super::registry::{Entry, RegisteredCluster, Registry};
 use super::warn::{Suppressed, WarnLimiter};
@@ -219,6 +219,7 @@ struct Changes {
 pub struct Admission {
     config: AdmissionConfig,
     local: LocalIdentity,
+    parser: ObjectParser,
     objects: HashMap<ObjectKey, ObjectEntry>,
     clusters: HashMap<String, ClusterEntry>,
     by_seniority: BTreeMap<u64, String>,
@@ -271,6 +272,7 @@ impl Admission {
             warn,
             registry_dirty: false,
             report_dirty: true,
+            parser: ObjectParser::new(&config, &local),
             config,
             local,
         };
@@ -327,6 +329,11 @@ impl Admission {
 
     pub fn local(&self) -> &LocalIdentity {
         &self.local
+    }
+
+    /// The parser objects go through (the runner shares it with its parsing threads).
+    pub fn parser(&self) -> &ObjectParser {
+        &self.parser
     }
 
     /// The Endpoint we publish changed (a new address, key or subnets): objects at our own
@@ -463,10 +470,7 @@ impl Admission {
     /// runner parses on the blocking pool instead).
     pub fn prepare_inline(&self, batch: Batch) -> Prepared {
         let sorted = self.sort(batch);
-        let results = sorted
-            .objects()
-            .map(|raw| parse_object(raw, &self.config.limits, &self.local))
-            .collect();
+        let results = sorted.objects().map(|raw| self.parser.parse(raw)).collect();
         sorted.complete(results)
     }
 

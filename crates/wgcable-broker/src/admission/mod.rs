@@ -5,8 +5,8 @@
 //! Layers, in the order an object passes them:
 //! 1. [`crate::debounce`] coalesces source events per object into batches;
 //! 2. [`AdmissionRunner`] parses each changed object on the blocking pool, under a deadline
-//!    and [`ObjectLimits`], through [`parse_object`] (the single call into the parser and
-//!    per-object policy), never quoting input in an error;
+//!    and `wgcable_api::ParseLimits`, through [`ObjectParser::parse`] (the single call into
+//!    the parser and the per-object policy), never quoting input in an error;
 //! 3. [`Admission`] (pure: no I/O, `now` a parameter) applies the identity and conflict rules
 //!    and returns what changed as an [`AdmissionUpdate`]: upserts of [`AdmittedEndpoint`]s,
 //!    removals by cluster id, refusals with stable [`Reason`] codes, a republish request;
@@ -27,12 +27,12 @@ mod warn;
 #[cfg(test)]
 mod tests;
 
-pub use self::config::{AdmissionConfig, DebounceConfig, LocalIdentity, ObjectLimits};
+pub use self::config::{AdmissionConfig, DebounceConfig, LocalIdentity};
 pub use self::core::{
     Admission, AdmissionUpdate, AdmittedEndpoint, ClusterHolding, ConflictReport, Item, Prepared,
     RefusedObject, ToParse,
 };
-pub use self::parse::{parse_object, Candidate, Fingerprint};
+pub use self::parse::{Candidate, Fingerprint, ObjectParser};
 pub use self::refusal::{Reason, Refusal};
 pub use self::runner::{AdmissionRunner, AdmissionView};
 pub use self::warn::Suppressed;

@@ -1,22 +1,23 @@
 //! The one place where an object's bytes become a typed, validated Endpoint.
 //!
-//! [`parse_object`] is the only caller of the Endpoint parser and of the per-object policy
-//! checks in the whole admission layer, so that replacing them is a change to this file only.
-//! Until the bounded parser of `wgcable-api` (depth pre-scan, per-list limits, sanitized
-//! errors) and its subnet/address policy land, it calls `Endpoint::from_yaml`/`from_json` and
-//! `EndpointSpec::validate` and sanitizes their errors here: their messages quote input (a
-//! private key read through a link was printed by serde's `invalid type: string "..."`), so
-//! only positions and field names are kept, never a message.
+//! [`ObjectParser::parse`] is the only caller of the Endpoint parser and of the per-object
+//! policy in the whole admission layer: `wgcable_api::parse_endpoint` (bounded by
+//! [`ParseLimits`], a depth pre-scan before libyaml sees the text, errors that never quote
+//! input), `EndpointSpec::validate` and `AdmissionPolicy::check_remote` (special-purpose
+//! ranges, the operator's allow-list and broadest prefix, the local underlay and subnets, the
+//! remote's own gateway address). Their messages hold no input values, so they are passed on.
+//! The rules that need the other clusters (who holds a subnet, a key, a gateway address) are
+//! judged afterwards, in [`super::Admission`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wgcable_api::{ApiError, Endpoint, ValidatedSpec};
+use wgcable_api::{AdmissionPolicy, Endpoint, ParseLimits, ValidatedSpec, ValidationError};
 
-use super::config::{LocalIdentity, ObjectLimits};
+use super::config::{AdmissionConfig, LocalIdentity};
 use super::refusal::{Reason, Refusal};
-use crate::{Format, RawObject};
+use crate::{Format, ObjectKey, RawObject};
 
 /// What one object parsed into, with what admission derives from it once.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,144 +49,96 @@ impl Fingerprint {
     }
 }
 
-/// Parses and validates one object: bounded, and every error sanitized (see the module
-/// documentation). Identity and conflicts are not judged here.
-pub fn parse_object(
-    raw: &RawObject,
-    limits: &ObjectLimits,
-    local: &LocalIdentity,
-) -> Result<Candidate, Refusal> {
-    let key = &raw.key;
-    if raw.bytes.len() > limits.max_bytes {
-        return Err(Refusal::new(
-            key,
-            Reason::TooLarge,
-            format!(
-                "{key}: refused: larger than {} bytes, the limit per object (limits.max_bytes)",
-                limits.max_bytes
-            ),
-        ));
-    }
-    let text = std::str::from_utf8(&raw.bytes).map_err(|e| {
-        Refusal::new(
-            key,
-            Reason::NotUtf8,
-            format!(
-                "{key}: refused: not UTF-8 text (invalid byte at offset {})",
-                e.valid_up_to()
-            ),
-        )
-    })?;
-    let parsed = match raw.format {
-        Format::Yaml => Endpoint::from_yaml(text),
-        Format::Json => Endpoint::from_json(text),
-    };
-    let endpoint = parsed.map_err(|e| parse_refusal(raw, &e))?;
-
-    if endpoint.spec.subnets.len() > limits.max_subnets {
-        return Err(Refusal::new(
-            key,
-            Reason::TooManySubnets,
-            format!(
-                "{key}: refused: publishes {} subnets, more than the limit of {} \
-                 (limits.max_subnets)",
-                endpoint.spec.subnets.len(),
-                limits.max_subnets
-            ),
-        ));
-    }
-    let spec = endpoint.spec.validate().map_err(|errors| {
-        // Only the field names: the messages of this validator quote the values.
-        let mut fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        fields.dedup();
-        let shown = fields.len().min(8);
-        let more = if fields.len() > shown {
-            format!(" and {} more", fields.len() - shown)
-        } else {
-            String::new()
-        };
-        Refusal::new(
-            key,
-            Reason::Invalid("invalid"),
-            format!(
-                "{key}: refused: invalid Endpoint: {}{more} (values are not shown; check these \
-                 fields against the Endpoint CRD)",
-                fields[..shown].join(", ")
-            ),
-        )
-    })?;
-    // Our own Endpoint is compared with what we published, not judged as a remote one.
-    let ours = local.own_key.as_ref() == Some(key);
-    for subnet in spec.subnets.iter().filter(|_| !ours) {
-        if let Some(local_net) = local
-            .subnets
-            .iter()
-            .find(|l| l.contains(&subnet.network()) || subnet.contains(&l.network()))
-        {
-            return Err(Refusal::new(
-                key,
-                Reason::Invalid("subnet_overlaps_local"),
-                format!(
-                    "{key}: refused: subnet {subnet} overlaps the local cluster's subnet \
-                     {local_net}"
-                ),
-            )
-            // Validated above: a DNS label, safe to name.
-            .for_cluster(&spec.cluster_id));
-        }
-    }
-    let mut gateway_ips: Vec<IpAddr> = spec
-        .private_ips
-        .iter()
-        .chain(&spec.public_ips)
-        .copied()
-        .collect();
-    gateway_ips.sort();
-    gateway_ips.dedup();
-    Ok(Candidate {
-        endpoint,
-        spec: Arc::new(spec),
-        gateway_ips,
-    })
+/// Parses and checks single objects (cheap to clone; shared by the parsing threads).
+#[derive(Clone, Debug)]
+pub struct ObjectParser {
+    limits: ParseLimits,
+    policy: AdmissionPolicy,
+    own_key: Option<ObjectKey>,
 }
 
-/// A parse error as a refusal: what kind of error and where, never the parser's message.
-fn parse_refusal(raw: &RawObject, error: &ApiError) -> Refusal {
-    let key = &raw.key;
-    let (code, what, position) = match error {
-        ApiError::ParseYaml { source, .. } => (
-            "malformed",
-            "not a well-formed YAML Endpoint",
-            source
-                .location()
-                .map(|l| format!(" (at line {}, column {})", l.line(), l.column())),
-        ),
-        ApiError::ParseJson { source, .. } => (
-            match source.classify() {
-                serde_json::error::Category::Data => "wrong_type",
-                _ => "malformed",
+/// At most this many problems are listed in one refusal (all are in `validate`'s result).
+const SHOWN: usize = 4;
+
+impl ObjectParser {
+    pub fn new(config: &AdmissionConfig, local: &LocalIdentity) -> Self {
+        ObjectParser {
+            limits: config.limits.clone(),
+            policy: AdmissionPolicy {
+                local_underlay: local.underlay.clone(),
+                local_subnets: local.subnets.clone(),
+                allowed_subnets: config.allowed_subnets.clone(),
+                min_prefix_len_v4: config.min_prefix_len_v4,
+                min_prefix_len_v6: config.min_prefix_len_v6,
             },
-            "not a well-formed JSON Endpoint",
-            Some(format!(
-                " (at line {}, column {})",
-                source.line(),
-                source.column()
-            )),
-        ),
-        ApiError::WrongType { .. } => (
-            "wrong_type",
-            "not a submariner.io/v1 Endpoint (apiVersion or kind differ)",
-            None,
-        ),
-        _ => ("malformed", "not a well-formed Endpoint", None),
-    };
-    Refusal::new(
+            own_key: local.own_key.clone(),
+        }
+    }
+
+    /// Parses, validates and checks one object against the per-object policy. Identity and
+    /// conflicts are not judged here. Our own Endpoint (at the source's own key) is only
+    /// parsed and validated: it is compared with what we published, not judged as a remote.
+    pub fn parse(&self, raw: &RawObject) -> Result<Candidate, Refusal> {
+        let key = &raw.key;
+        let format = match raw.format {
+            Format::Yaml => wgcable_api::Format::Yaml,
+            Format::Json => wgcable_api::Format::Json,
+        };
+        let endpoint =
+            wgcable_api::parse_endpoint(&raw.bytes, format, &self.limits).map_err(|e| {
+                Refusal::new(
+                    key,
+                    Reason::Parse(e.reason()),
+                    format!("{key}: refused: {e}"),
+                )
+            })?;
+        let spec = endpoint
+            .spec
+            .validate()
+            .map_err(|errors| invalid(key, None, &errors.0))?;
+        if self.own_key.as_ref() != Some(key) {
+            let problems = self.policy.check_remote(&spec, &[]);
+            if !problems.is_empty() {
+                return Err(invalid(key, Some(&spec.cluster_id), &problems));
+            }
+        }
+        let mut gateway_ips: Vec<IpAddr> = spec
+            .private_ips
+            .iter()
+            .chain(&spec.public_ips)
+            .copied()
+            .collect();
+        gateway_ips.sort();
+        gateway_ips.dedup();
+        Ok(Candidate {
+            endpoint,
+            spec: Arc::new(spec),
+            gateway_ips,
+        })
+    }
+}
+
+/// A refusal for validation or policy problems: the first problem's reason, the first few
+/// problems' messages (which hold only parsed addresses, CIDRs, limits and names, never raw
+/// input: see `wgcable_api::ValidationError`).
+fn invalid(key: &ObjectKey, cluster: Option<&str>, problems: &[ValidationError]) -> Refusal {
+    let reason = problems.first().map_or("invalid", |p| p.reason.as_str());
+    let mut listed: Vec<String> = problems
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect();
+    if problems.len() > SHOWN {
+        listed.push(format!("{} more", problems.len() - SHOWN));
+    }
+    let refusal = Refusal::new(
         key,
-        Reason::Parse(code),
-        format!(
-            "{key}: refused: {what}{} (the parser's own message is not shown: it may quote the \
-             object's content)",
-            position.unwrap_or_default()
-        ),
-    )
+        Reason::Invalid(reason),
+        format!("{key}: refused: {}", listed.join("; ")),
+    );
+    match cluster {
+        // Validated: a DNS label, safe to name.
+        Some(cluster) => refusal.for_cluster(cluster),
+        None => refusal,
+    }
 }

@@ -13,19 +13,14 @@ pub enum Reason {
     /// The source would not read the object (a symlink, a FIFO, a bad file name, ...); the
     /// code is the source's (see the source's documentation).
     Source(&'static str),
-    /// Larger than `max_bytes`.
-    TooLarge,
-    /// Not UTF-8 text.
-    NotUtf8,
-    /// Not a well-formed Endpoint document; the code says what was wrong (syntax, structure,
-    /// type, ...).
+    /// Not one well-formed Endpoint within the limits; the code is `wgcable_api`'s
+    /// `ParseProblem::reason` (`too_large`, `too_deep`, `syntax`, `too_many_subnets`, ...).
     Parse(&'static str),
-    /// More subnets than `max_subnets`.
-    TooManySubnets,
     /// Parsing did not finish before the deadline.
     ParseDeadline,
     /// The Endpoint is malformed or claims what no remote may claim; the code is the
-    /// validation rule broken.
+    /// validation or policy rule broken (`wgcable_api::Reason`: `subnet_special_purpose`,
+    /// `subnet_covers_underlay`, `address_is_local`, ...).
     Invalid(&'static str),
     /// The object claims a cluster other than the one its location binds it to.
     Impostor,
@@ -55,9 +50,6 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Source(code) | Reason::Parse(code) | Reason::Invalid(code) => code,
-            Reason::TooLarge => "too_large",
-            Reason::NotUtf8 => "not_utf8",
-            Reason::TooManySubnets => "too_many_subnets",
             Reason::ParseDeadline => "parse_deadline",
             Reason::Impostor => "impostor",
             Reason::LocalCluster => "local_cluster",

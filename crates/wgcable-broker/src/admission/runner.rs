@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::config::{AdmissionConfig, LocalIdentity};
 use super::core::{Admission, AdmissionUpdate, ConflictReport, Prepared};
-use super::parse::{parse_object, Candidate};
+use super::parse::{Candidate, ObjectParser};
 use super::refusal::{Reason, Refusal};
 use super::registry::{self, LoadNote, Registry};
 use crate::debounce::Batch;
@@ -148,7 +148,7 @@ impl AdmissionRunner {
     async fn prepare(&self, batch: Batch) -> Prepared {
         let sorted = self.core.sort(batch);
         let objects: Vec<RawObject> = sorted.objects().cloned().collect();
-        let results = parse_all(objects, self.core.config(), self.core.local()).await;
+        let results = parse_all(objects, self.core.config(), self.core.parser()).await;
         sorted.complete(results)
     }
 
@@ -234,7 +234,7 @@ enum Progress {
 async fn parse_all(
     objects: Vec<RawObject>,
     config: &AdmissionConfig,
-    local: &LocalIdentity,
+    parser: &ObjectParser,
 ) -> Vec<Result<Candidate, Refusal>> {
     let total = objects.len();
     let mut results: Vec<Option<Result<Candidate, Refusal>>> = (0..total).map(|_| None).collect();
@@ -242,7 +242,7 @@ async fn parse_all(
         return Vec::new();
     }
     let objects = Arc::new(objects);
-    let limits = Arc::new((config.limits.clone(), local.clone()));
+    let parser = Arc::new(parser.clone());
     let workers = match config.parse_workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -254,8 +254,8 @@ async fn parse_all(
         let queue = Arc::new((remaining.clone(), AtomicUsize::new(0)));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..workers.min(remaining.len()) {
-            let (objects, limits, queue, tx) =
-                (objects.clone(), limits.clone(), queue.clone(), tx.clone());
+            let (objects, parser, queue, tx) =
+                (objects.clone(), parser.clone(), queue.clone(), tx.clone());
             // Detached on purpose: at the deadline the loop below stops waiting, and a
             // worker stuck in one object finishes it on its own.
             drop(tokio::task::spawn_blocking(move || {
@@ -269,7 +269,7 @@ async fn parse_all(
                     if tx.send(Progress::Started(index)).is_err() {
                         break;
                     }
-                    let result = parse_object(&objects[index], &limits.0, &limits.1);
+                    let result = parser.parse(&objects[index]);
                     if tx.send(Progress::Done(index, Box::new(result))).is_err() {
                         break;
                     }
@@ -321,5 +321,104 @@ fn humanize(d: Duration) -> String {
         format!("{} ms", d.as_millis())
     } else {
         format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Format, ObjectKey, SourceEvent};
+    use wgcable_api::{Endpoint, EndpointSpec, PublicKey};
+
+    fn local() -> LocalIdentity {
+        LocalIdentity {
+            cluster_id: "b".into(),
+            public_key: PublicKey::from_bytes([2; 32]),
+            subnets: vec!["10.2.0.0/16".parse().expect("cidr")],
+            underlay: vec![],
+            own_key: None,
+            published: Endpoint::new(EndpointSpec::default()),
+        }
+    }
+
+    fn object(cluster: &str, n: u8) -> RawObject {
+        let mut spec = EndpointSpec {
+            cluster_id: cluster.into(),
+            subnets: vec![format!("10.{n}.0.0/16")],
+            private_ip: format!("172.16.0.{n}"),
+            backend: "wireguard".into(),
+            ..EndpointSpec::default()
+        };
+        spec.set_public_key(&PublicKey::from_bytes([n; 32]));
+        RawObject {
+            key: ObjectKey(format!("{cluster}.yaml")),
+            bound_cluster: Some(cluster.into()),
+            format: Format::Yaml,
+            bytes: Endpoint::new(spec).to_yaml().expect("yaml").into_bytes(),
+            created: Some(u64::from(n)),
+            version: None,
+        }
+    }
+
+    fn batch(objects: Vec<RawObject>) -> Batch {
+        let mut batch = Batch::default();
+        batch.fold(SourceEvent::Snapshot(objects));
+        batch
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parses_in_parallel_and_persists_the_registry() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let config = AdmissionConfig {
+            parse_workers: 3,
+            ..AdmissionConfig::default()
+        };
+        let mut runner = AdmissionRunner::open(config.clone(), local(), state.path())
+            .await
+            .expect("open");
+        let objects: Vec<RawObject> = (10..60).map(|n| object(&format!("c{n}"), n)).collect();
+        let update = runner.apply(batch(objects)).await;
+        assert_eq!(update.upserted.len(), 50);
+        assert!(update.refused.is_empty(), "{:?}", update.refused);
+        let saved = std::fs::read(registry::path(state.path())).expect("registry written");
+        let saved: Registry = serde_json::from_slice(&saved).expect("json");
+        assert_eq!(saved.clusters.len(), 50);
+        let view = runner.view().get();
+        assert_eq!(view.clusters.len(), 50);
+        // Forgetting one on a running gateway: written at once.
+        let update = runner.forget("c10").await;
+        assert_eq!(
+            update.removed,
+            Vec::<String>::new(),
+            "its object is still there"
+        );
+        assert_eq!(update.upserted.len(), 1);
+        let reopened = AdmissionRunner::open(config, local(), state.path())
+            .await
+            .expect("open");
+        let c10 = reopened
+            .admission()
+            .registry()
+            .clusters
+            .into_iter()
+            .find(|c| c.cluster_id == "c10")
+            .expect("c10");
+        assert_eq!(c10.seniority, 51, "the newest now");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_not_parsed_by_the_deadline_are_refused() {
+        let config = AdmissionConfig {
+            parse_deadline: Duration::ZERO,
+            ..AdmissionConfig::default()
+        };
+        let mut runner = AdmissionRunner::in_memory(config, local());
+        let update = runner
+            .apply(batch(vec![object("c1", 11), object("c2", 12)]))
+            .await;
+        let reasons: Vec<_> = update.refused.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons, ["parse_deadline", "parse_deadline"]);
+        assert!(update.upserted.is_empty());
+        assert!(update.refused[0].message.contains("parse_deadline"));
     }
 }

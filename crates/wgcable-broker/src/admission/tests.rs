@@ -214,7 +214,7 @@ fn per_object_rules() {
         ),
         (
             "not UTF-8",
-            raw_bytes("h.yaml", vec![0xff, 0xfe, 0x00], Some(1)),
+            raw_bytes("h.yaml", vec![b'a', 0xff, 0xfe], Some(1)),
             "not_utf8",
         ),
         (
@@ -244,7 +244,7 @@ fn per_object_rules() {
         (
             "garbage",
             raw_bytes("h.yaml", b"{[".to_vec(), Some(1)),
-            "malformed",
+            "syntax",
         ),
         (
             "core Endpoints, not Submariner's",
@@ -253,7 +253,7 @@ fn per_object_rules() {
                 b"apiVersion: v1\nkind: Endpoints\n".to_vec(),
                 Some(1),
             ),
-            "wrong_type",
+            "wrong_kind",
         ),
         (
             "an invalid spec",
@@ -262,7 +262,7 @@ fn per_object_rules() {
                 b"apiVersion: submariner.io/v1\nkind: Endpoint\nspec:\n  cluster_id: h\n".to_vec(),
                 Some(1),
             ),
-            "invalid",
+            "private_ip_missing",
         ),
     ];
     for (what, object, want) in cases {
@@ -411,7 +411,7 @@ fn conflicts_wait_and_are_admitted_once_the_holder_leaves() {
             "covers a's gateway",
             raw(
                 "c.yaml",
-                &endpoint("c", 3, &["192.168.77.0/28"], "192.168.78.3"),
+                &endpoint("c", 3, &["192.168.77.0/31"], "192.168.78.3"),
                 Some(20),
             ),
             "gateway_conflict",
@@ -613,7 +613,7 @@ fn restarts_remember_seniority_and_forget_clusters_that_left() {
     );
     assert_eq!(
         reasons(&u),
-        [("c.yaml", "malformed"), ("s.yaml", "subnet_conflict")]
+        [("c.yaml", "syntax"), ("s.yaml", "subnet_conflict")]
     );
     assert!(
         u.refused[0]
@@ -648,7 +648,7 @@ fn a_bad_update_keeps_the_last_accepted_endpoint() {
         (
             "garbage",
             raw_bytes("a.yaml", b"spec: [".to_vec(), Some(1)),
-            "malformed",
+            "syntax",
         ),
         (
             "impostor content",
@@ -792,10 +792,7 @@ fn unchanged_redeliveries_and_one_change_among_many_cost_one_upsert() {
     assert!(u.is_noop());
     let prepared = {
         let objs: Vec<_> = sorted.objects().cloned().collect();
-        let results = objs
-            .iter()
-            .map(|r| parse_object(r, &a.config().limits, a.local()))
-            .collect();
+        let results = objs.iter().map(|r| a.parser().parse(r)).collect();
         sorted.complete(results)
     };
     let u = a.apply(prepared, t(3));

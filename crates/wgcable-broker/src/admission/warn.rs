@@ -146,7 +146,7 @@ mod tests {
             .filter(|i| {
                 limiter.allow(
                     &ObjectKey(format!("c{i}.yaml")),
-                    Reason::TooLarge,
+                    Reason::Parse("too_large"),
                     t0 + Duration::from_millis(*i),
                 )
             })
@@ -159,13 +159,13 @@ mod tests {
         // The next interval has room again.
         assert!(limiter.allow(
             &ObjectKey("c49.yaml".into()),
-            Reason::TooLarge,
+            Reason::Parse("too_large"),
             t0 + Duration::from_secs(61)
         ));
         limiter.forget(&ObjectKey("c0.yaml".into()));
         assert!(limiter.allow(
             &ObjectKey("c0.yaml".into()),
-            Reason::TooLarge,
+            Reason::Parse("too_large"),
             t0 + Duration::from_secs(62)
         ));
     }

@@ -54,7 +54,9 @@ impl FileSourceConfig {
             settle: Duration::from_millis(100),
             startup_timeout: Duration::from_secs(2),
             max_files: 10_000,
-            max_file_bytes: crate::admission::ObjectLimits::default().max_bytes,
+            max_file_bytes: crate::admission::AdmissionConfig::default()
+                .limits
+                .max_bytes,
         }
     }
 }
