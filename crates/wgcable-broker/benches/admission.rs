@@ -20,10 +20,12 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use futures::StreamExt;
 use wgcable_api::{Endpoint, EndpointSpec, PublicKey, BACKEND_WIREGUARD};
-use wgcable_broker::admission::{Admission, AdmissionConfig, AdmissionRunner, LocalIdentity};
 use wgcable_broker::admission::registry::Registry;
+use wgcable_broker::admission::{Admission, AdmissionConfig, AdmissionRunner, LocalIdentity};
 use wgcable_broker::debounce::Batch;
-use wgcable_broker::{EndpointSource, FileSource, FileSourceConfig, Format, ObjectKey, RawObject, SourceEvent};
+use wgcable_broker::{
+    EndpointSource, FileSource, FileSourceConfig, Format, ObjectKey, RawObject, SourceEvent,
+};
 
 const N: u32 = 5000;
 
@@ -87,14 +89,24 @@ fn snapshot(objects: Vec<RawObject>) -> Batch {
 }
 
 fn fresh() -> Admission {
-    Admission::new(AdmissionConfig::default(), local(), &Registry::empty("local")).0
+    Admission::new(
+        AdmissionConfig::default(),
+        local(),
+        &Registry::empty("local"),
+    )
+    .0
 }
 
 fn admitted_5000(objects: &[RawObject]) -> Admission {
     let mut a = fresh();
     let prepared = a.prepare_inline(snapshot(objects.to_vec()));
     let update = a.apply(prepared, std::time::SystemTime::now());
-    assert_eq!(update.upserted.len(), N as usize, "{:?}", update.refused.first());
+    assert_eq!(
+        update.upserted.len(),
+        N as usize,
+        "{:?}",
+        update.refused.first()
+    );
     a
 }
 
@@ -110,8 +122,12 @@ fn benches(c: &mut Criterion) {
     g.bench_function("parse_only", |b| {
         b.iter(|| {
             for o in &objects {
-                let ep = wgcable_api::parse_endpoint(&o.bytes, wgcable_api::Format::Yaml, &wgcable_api::ParseLimits::default())
-                    .expect("parses");
+                let ep = wgcable_api::parse_endpoint(
+                    &o.bytes,
+                    wgcable_api::Format::Yaml,
+                    &wgcable_api::ParseLimits::default(),
+                )
+                .expect("parses");
                 ep.spec.validate().expect("valid");
             }
         })
@@ -130,7 +146,12 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("runner", |b| {
         b.iter_batched(
-            || (AdmissionRunner::in_memory(AdmissionConfig::default(), local()), snapshot(objects.clone())),
+            || {
+                (
+                    AdmissionRunner::in_memory(AdmissionConfig::default(), local()),
+                    snapshot(objects.clone()),
+                )
+            },
             |(mut r, batch)| {
                 let u = rt.block_on(r.apply(batch));
                 assert_eq!(u.upserted.len(), N as usize);

@@ -1134,3 +1134,81 @@ impl Admission {
 fn order(created: Option<u64>, key: &ObjectKey) -> (bool, Option<u64>, &ObjectKey) {
     (created.is_none(), created, key)
 }
+
+#[cfg(test)]
+impl Admission {
+    /// The invariants the rules promise, checked from scratch (for randomized tests):
+    /// admitted clusters share no key, subnet or gateway address; every index entry matches a
+    /// holding; every waiting object really conflicts with something held; nothing refused
+    /// for a conflict could be admitted now.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let overlaps = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+        let held: Vec<(&String, &ClusterEntry)> = self.clusters.iter().collect();
+        for (i, (ca, ea)) in held.iter().enumerate() {
+            for (cb, eb) in &held[i + 1..] {
+                if ea.claims.public_key == eb.claims.public_key {
+                    return Err(format!("{ca} and {cb} share a key"));
+                }
+                for na in &ea.claims.subnets {
+                    if eb.claims.subnets.iter().any(|nb| overlaps(na, nb)) {
+                        return Err(format!("{ca} and {cb} share subnet {na}"));
+                    }
+                    if let Some(ip) = eb.claims.gateway_ips.iter().find(|ip| na.contains(*ip)) {
+                        return Err(format!("{ca}'s {na} covers {cb}'s gateway {ip}"));
+                    }
+                }
+                for nb in &eb.claims.subnets {
+                    if let Some(ip) = ea.claims.gateway_ips.iter().find(|ip| nb.contains(*ip)) {
+                        return Err(format!("{cb}'s {nb} covers {ca}'s gateway {ip}"));
+                    }
+                }
+            }
+            if self.by_seniority.get(&ea.seniority) != Some(*ca) {
+                return Err(format!("{ca} missing from by_seniority"));
+            }
+            match (&ea.admitted, self.objects.get(&ea.holder)) {
+                (Some(a), Some(o)) => {
+                    if o.holds.as_deref() != Some(ca.as_str()) {
+                        return Err(format!("{} does not know it holds {ca}", ea.holder));
+                    }
+                    if o.refusal.is_none()
+                        && o.candidate.as_ref().map(|c| &c.endpoint) != Some(&a.endpoint)
+                    {
+                        return Err(format!("{ca}: admitted content is not its object's"));
+                    }
+                }
+                (Some(_), None) => return Err(format!("{ca} admitted without its object")),
+                (None, _) => {}
+            }
+        }
+        if self.by_seniority.len() != self.clusters.len() {
+            return Err("by_seniority has stale entries".into());
+        }
+        for key in &self.waiting {
+            let o = self
+                .objects
+                .get(key)
+                .ok_or(format!("waiting {key} is gone"))?;
+            let c = o
+                .candidate
+                .as_ref()
+                .ok_or(format!("waiting {key} has no content"))?;
+            let cluster = &c.spec.cluster_id;
+            let claims = Claims::of(c).ok_or("no key")?;
+            let duplicate = self.clusters.get(cluster).is_some_and(|e| e.holder != *key);
+            if !duplicate && self.conflict(key, cluster, &claims).is_none() {
+                return Err(format!("{key} waits but nothing conflicts with it"));
+            }
+        }
+        for (key, o) in &self.objects {
+            let waiting = o
+                .refusal
+                .as_ref()
+                .is_some_and(|(r, _)| r.reason.is_conflict());
+            if waiting && o.candidate.is_some() && !self.waiting.contains(key) {
+                return Err(format!("{key} is refused for a conflict but not waiting"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -945,3 +945,170 @@ fn a_corrupt_registry_entry_that_overlaps_an_older_one_is_dropped() {
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert_eq!(restarted.registry().clusters.len(), 1);
 }
+
+/// A small deterministic PRNG (xorshift64*): randomized tests without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A random object among a small universe, so that conflicts of every kind are frequent.
+fn random_object(rng: &mut Rng) -> RawObject {
+    let clusters = ["a", "c", "d", "e", "f", "g"];
+    let subnets = [
+        "10.1.0.0/16",
+        "10.1.5.0/24",
+        "10.3.0.0/16",
+        "10.4.0.0/16",
+        "10.5.0.0/16",
+        "10.0.0.0/8",
+        "172.20.0.0/24",
+    ];
+    let ips = [
+        "172.20.0.5",
+        "192.168.77.10",
+        "192.168.77.11",
+        "10.5.0.9",
+        "198.18.0.1",
+    ];
+    let cluster = clusters[rng.below(clusters.len())];
+    // Mostly at its own name, sometimes an impostor or a second file.
+    let name = match rng.below(10) {
+        0 => format!("x-{cluster}.yaml"),
+        1 => format!("{cluster}.json"),
+        _ => format!("{cluster}.yaml"),
+    };
+    let nets: Vec<&str> = (0..1 + rng.below(2))
+        .map(|_| subnets[rng.below(subnets.len())])
+        .collect();
+    let mut nets_unique = nets.clone();
+    nets_unique.sort();
+    nets_unique.dedup();
+    let ep = endpoint(
+        cluster,
+        10 + rng.below(5) as u8,
+        &nets_unique,
+        ips[rng.below(ips.len())],
+    );
+    let bytes = if rng.below(12) == 0 {
+        b"spec: [".to_vec()
+    } else if name.ends_with(".json") {
+        ep.to_json().expect("json").into_bytes()
+    } else {
+        ep.to_yaml().expect("yaml").into_bytes()
+    };
+    let created = (rng.below(4) != 0).then(|| rng.next() % 1000);
+    raw_bytes(&name, bytes, created)
+}
+
+#[test]
+fn random_sequences_keep_the_invariants_and_restarts_reproduce_them() {
+    let mut seen: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    for seed in 1..=60u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut a = admission();
+        // What the source holds, to replay as a snapshot at a restart.
+        let mut held: std::collections::BTreeMap<String, RawObject> = Default::default();
+        run(&mut a, snapshot(vec![]), t(0));
+        for step in 0..40u64 {
+            let mut events = Vec::new();
+            for _ in 0..1 + rng.below(4) {
+                if rng.below(4) == 0 && !held.is_empty() {
+                    let keys: Vec<String> = held.keys().cloned().collect();
+                    let key = keys[rng.below(keys.len())].clone();
+                    held.remove(&key);
+                    events.push(crate::SourceEvent::Delete(ObjectKey(key)));
+                } else {
+                    let o = random_object(&mut rng);
+                    held.insert(o.key.0.clone(), o.clone());
+                    events.push(crate::SourceEvent::Apply(o));
+                }
+            }
+            let u = run(&mut a, changes(events), t(step + 1));
+            for r in &u.refused {
+                *seen.entry(r.reason.as_str()).or_default() += 1;
+            }
+            *seen.entry("upserted").or_default() += u.upserted.len();
+            *seen.entry("removed").or_default() += u.removed.len();
+            if let Err(e) = a.check_invariants() {
+                panic!("seed {seed} step {step}: {e}; update {u:?}");
+            }
+            if rng.below(5) == 0 {
+                let id = ["a", "c", "d", "e", "f", "g"][rng.below(6)];
+                a.forget(id, t(step + 1));
+                a.check_invariants()
+                    .unwrap_or_else(|e| panic!("seed {seed} step {step} forget: {e}"));
+            }
+        }
+        // A restart from the registry, the snapshot in another order, decides the same.
+        let mut objects: Vec<RawObject> = held.values().cloned().collect();
+        objects.reverse();
+        let before: Vec<(String, String, u64)> = a
+            .admitted()
+            .map(|e| (e.cluster_id.clone(), e.key.0.clone(), e.seniority))
+            .collect();
+        let before_specs: Vec<EndpointSpec> =
+            a.admitted().map(|e| e.endpoint.spec.clone()).collect();
+        let mut restarted = admission_from(&a.registry());
+        run(&mut restarted, snapshot(objects), t(1000));
+        restarted
+            .check_invariants()
+            .expect("invariants after the restart");
+        let after: Vec<(String, String, u64)> = restarted
+            .admitted()
+            .map(|e| (e.cluster_id.clone(), e.key.0.clone(), e.seniority))
+            .collect();
+        // A cluster that kept its last good Endpoint while its object is refused is not
+        // admitted after a restart (its last content is not stored), but keeps its claims.
+        let kept_last_good: Vec<String> = a
+            .report()
+            .refused
+            .iter()
+            .filter_map(|r| r.holds.clone())
+            .collect();
+        let expected: Vec<_> = before
+            .iter()
+            .filter(|(c, _, _)| !kept_last_good.contains(c))
+            .cloned()
+            .collect();
+        assert_eq!(after, expected, "seed {seed}");
+        let after_specs: Vec<EndpointSpec> = restarted
+            .admitted()
+            .map(|e| e.endpoint.spec.clone())
+            .collect();
+        let expected_specs: Vec<EndpointSpec> = before_specs
+            .into_iter()
+            .zip(&before)
+            .filter(|(_, (c, _, _))| !kept_last_good.contains(c))
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(after_specs, expected_specs, "seed {seed}");
+    }
+    // The universe is small enough that every rule is exercised, many times.
+    for what in [
+        "upserted",
+        "removed",
+        "impostor",
+        "duplicate_cluster",
+        "duplicate_key",
+        "subnet_conflict",
+        "gateway_conflict",
+        "syntax",
+        "subnet_overlaps_local",
+    ] {
+        assert!(
+            seen.get(what).copied().unwrap_or(0) >= 10,
+            "{what}: {seen:?}"
+        );
+    }
+}
