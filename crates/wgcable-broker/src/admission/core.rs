@@ -66,24 +66,30 @@ pub enum Item {
 #[derive(Debug)]
 pub struct ToParse {
     prepared: Prepared,
-    /// (index into `prepared.items`, object, its fingerprint)
-    objects: Vec<(usize, RawObject, Fingerprint)>,
+    /// (index into `prepared.items`, fingerprint, creation order, bound cluster)
+    slots: Vec<(usize, Fingerprint, Option<u64>, Option<String>)>,
+    objects: Vec<RawObject>,
 }
 
 impl ToParse {
     /// The objects to parse, in order.
-    pub fn objects(&self) -> impl ExactSizeIterator<Item = &RawObject> {
-        self.objects.iter().map(|(_, raw, _)| raw)
+    pub fn objects(&self) -> &[RawObject] {
+        &self.objects
+    }
+
+    /// Takes the objects to parse (to move them to the parsing threads without a copy).
+    pub fn take_objects(&mut self) -> Vec<RawObject> {
+        std::mem::take(&mut self.objects)
     }
 
     /// Fills in the parse results (one per object, in order).
     pub fn complete(self, results: Vec<Result<Candidate, Refusal>>) -> Prepared {
         let mut prepared = self.prepared;
-        for ((index, raw, fingerprint), result) in self.objects.into_iter().zip(results) {
+        for ((index, fingerprint, created, bound), result) in self.slots.into_iter().zip(results) {
             prepared.items[index].1 = Item::Parsed {
                 fingerprint,
-                created: raw.created,
-                bound: raw.bound_cluster,
+                created,
+                bound,
                 result: Box::new(result),
             };
         }
@@ -440,13 +446,20 @@ impl Admission {
     /// Sorts `batch`: objects delivered again unchanged need no parsing.
     pub fn sort(&self, batch: Batch) -> ToParse {
         let mut items = Vec::with_capacity(batch.objects.len());
+        let mut slots = Vec::new();
         let mut objects = Vec::new();
         for (key, change) in batch.objects {
             let item = match change {
                 Change::Apply(raw) => {
                     let fingerprint = Fingerprint::of(&raw);
                     if self.fingerprint(&key) != Some(fingerprint) {
-                        objects.push((items.len(), raw, fingerprint));
+                        slots.push((
+                            items.len(),
+                            fingerprint,
+                            raw.created,
+                            raw.bound_cluster.clone(),
+                        ));
+                        objects.push(raw);
                     }
                     // Replaced by `complete` for the objects to parse.
                     Item::Unchanged
@@ -462,6 +475,7 @@ impl Admission {
                 items,
                 health: batch.health,
             },
+            slots,
             objects,
         }
     }
@@ -470,7 +484,11 @@ impl Admission {
     /// runner parses on the blocking pool instead).
     pub fn prepare_inline(&self, batch: Batch) -> Prepared {
         let sorted = self.sort(batch);
-        let results = sorted.objects().map(|raw| self.parser.parse(raw)).collect();
+        let results = sorted
+            .objects()
+            .iter()
+            .map(|raw| self.parser.parse(raw))
+            .collect();
         sorted.complete(results)
     }
 
@@ -537,12 +555,13 @@ impl Admission {
             self.source_refused(key, problem, now, &mut ch);
         }
 
-        // Objects already held first, then new ones oldest first, so that when the source holds
-        // more than `max_objects`, what is dropped never depends on read order.
+        // Objects already known (or remembered by the registry) first, then new ones oldest
+        // first, so that when the source holds more than `max_objects`, what is dropped never
+        // depends on read order and never is a cluster already accepted.
         let (mut known, mut new): (Vec<_>, Vec<_>) = parsed
             .into_iter()
             .filter_map(|(k, p)| p.map(|p| (k, p)))
-            .partition(|(k, _)| self.objects.contains_key(k));
+            .partition(|(k, _)| self.objects.contains_key(k) || self.unseen.contains_key(k));
         new.sort_by(|(ka, a), (kb, b)| order(a.1, ka).cmp(&order(b.1, kb)));
         known.append(&mut new);
         let mut changed = Vec::new();

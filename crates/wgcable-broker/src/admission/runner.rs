@@ -146,8 +146,8 @@ impl AdmissionRunner {
     }
 
     async fn prepare(&self, batch: Batch) -> Prepared {
-        let sorted = self.core.sort(batch);
-        let objects: Vec<RawObject> = sorted.objects().cloned().collect();
+        let mut sorted = self.core.sort(batch);
+        let objects = sorted.take_objects();
         let results = parse_all(objects, self.core.config(), self.core.parser()).await;
         sorted.complete(results)
     }

@@ -791,8 +791,11 @@ fn unchanged_redeliveries_and_one_change_among_many_cost_one_upsert() {
     let u = a.apply(a.prepare_inline(Batch::default()), t(2));
     assert!(u.is_noop());
     let prepared = {
-        let objs: Vec<_> = sorted.objects().cloned().collect();
-        let results = objs.iter().map(|r| a.parser().parse(r)).collect();
+        let results = sorted
+            .objects()
+            .iter()
+            .map(|r| a.parser().parse(r))
+            .collect();
         sorted.complete(results)
     };
     let u = a.apply(prepared, t(3));

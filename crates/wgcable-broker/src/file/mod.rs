@@ -112,7 +112,8 @@ impl EndpointSource for FileSource {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(failed(
                         format!(
-                            "the broker directory {shown} does not exist: create it (every \
+                            "the broker directory {shown} does not exist: create it, or start the gateway with \
+                             --broker-dir-create (every \
                              gateway sharing it must be able to read and write it)"
                         ),
                         None,
