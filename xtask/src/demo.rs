@@ -18,6 +18,10 @@ use crate::topology::{self, Options, Topology, DEVICE, METRICS_URL, TABLE};
 const USAGE: &str = "usage: cargo xtask demo [--clusters 2|3]";
 
 pub fn run(args: &[String]) -> Result<()> {
+    if crate::wants_help(args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let clusters = match args {
         [] => 3,
         [flag, n] if flag == "--clusters" && (n == "2" || n == "3") => {

@@ -10,6 +10,10 @@
 //! | 6 planner | 10,000 endpoints against 10,000 peers | `wgcable-peers`' criterion bench; medians from `target/criterion` |
 //! | 7 throughput | pod to pod through the tunnel, auto MTU | `iperf3`, against `wireguard-go` set up by hand with `wg`/`ip` at MTU 1420 in a twin topology |
 //!
+//! `--vm` runs cases 1 and 7 in the VM of `cargo xtask vm`, where the gateway finds kernel
+//! WireGuard: cold sync kernel vs `wg setconf` on the same guest kernel, throughput kernel vs
+//! wireguard-go (see `vm`).
+//!
 //! Everything is built in release mode first (the build is not part of the time budget).
 //! All network work happens in namespaces of the `topology` module (unique names, removed on
 //! success, error and Ctrl-C; `cargo xtask e2e --cleanup` removes a crashed run's leftovers).
@@ -28,6 +32,7 @@ mod planner;
 mod scale;
 mod table;
 mod throughput;
+mod vm;
 
 use convergence::*;
 use footprint::*;
@@ -40,7 +45,8 @@ use crate::cmd::{self, read};
 use crate::interrupt;
 use crate::topology::{self, Options, Topology};
 
-pub(crate) const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--case N[,N...]]";
+pub(crate) const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--case N[,N...]]
+       cargo xtask bench --vm [ARGS]   (cases 1 and 7 on kernel WireGuard, in the VM)";
 /// Remote clusters of cases 1 to 3 and 5.
 pub(crate) const PEERS: u32 = 1000;
 /// The peer counts whose footprint is measured.
@@ -65,6 +71,13 @@ pub(crate) fn push(samples: &mut Samples, name: &str, value: f64) {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    if args.first().is_some_and(|a| a == "--vm") {
+        return vm::run(&args[1..]);
+    }
+    if crate::wants_help(args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let mut runs = 3usize;
     let mut quick = false;
     let mut cases: Vec<u32> = Vec::new();
