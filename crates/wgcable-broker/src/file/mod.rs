@@ -203,7 +203,7 @@ impl EndpointSource for FileSource {
             scanner: Some(scanner),
             wake: watcher.is_some().then_some(wake),
             _watcher: watcher,
-            rescan,
+            rescan: None,
             config,
             started: false,
             recheck_at: None,
@@ -266,7 +266,8 @@ struct Watch {
     wake: Option<tokio::sync::mpsc::Receiver<()>>,
     // Dropping the watcher stops its thread; it lives as long as the stream.
     _watcher: Option<notify::RecommendedWatcher>,
-    rescan: tokio::time::Interval,
+    /// Made at the first wait, so that `watch` itself needs no runtime.
+    rescan: Option<tokio::time::Interval>,
     config: FileSourceConfig,
     started: bool,
     recheck_at: Option<Instant>,
@@ -357,7 +358,15 @@ impl Watch {
                     None => futures::future::pending().await,
                 }
             };
-            let rescan = self.rescan.tick();
+            let rescan = self
+                .rescan
+                .get_or_insert_with(|| {
+                    let period = self.config.rescan_interval.max(Duration::from_millis(100));
+                    let mut rescan = tokio::time::interval_at(Instant::now() + period, period);
+                    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    rescan
+                })
+                .tick();
             tokio::pin!(recheck_timer, woke, rescan);
             use futures::future::{select, Either};
             match select(select(rescan, recheck_timer), woke).await {
