@@ -22,10 +22,13 @@ use crate::resources::{Cluster, ClusterSpec, Endpoint, Raw, CLUSTER_ID_LABEL};
 use crate::KubernetesConfig;
 
 /// The largest object handed over whole: admission's own size limit
-/// ([`wgcable_api::ParseLimits`]). More is cut to this plus one byte, so admission sees an
-/// oversized object as oversized (the API server itself stores up to ~1.5 MiB).
+/// ([`wgcable_broker::admission::AdmissionConfig`]'s `limits.max_bytes`). More is cut to this
+/// plus one byte, so admission sees an oversized object as oversized (the API server itself
+/// stores up to ~1.5 MiB).
 pub fn max_object_bytes() -> usize {
-    wgcable_api::ParseLimits::default().max_bytes
+    wgcable_broker::admission::AdmissionConfig::default()
+        .limits
+        .max_bytes
 }
 
 /// What the source, the syncer and the status writer share.
@@ -235,6 +238,14 @@ impl EndpointSource for KubernetesSource {
         Ok(())
     }
 
+    /// `<namespace>/<name>` of the local Endpoint, known once it was published (its name
+    /// carries the cable name, which carries the private IP).
+    fn own_key(&self) -> Option<ObjectKey> {
+        self.inner
+            .own_endpoint_name()
+            .map(|name| ObjectKey(format!("{}/{name}", self.inner.config.namespace)))
+    }
+
     async fn report(&self, report: &GatewayReport) -> Result<(), SourceError> {
         crate::status::write(&self.inner, report)
             .await
@@ -268,10 +279,11 @@ fn key_of<K>(raw: &Raw<K>) -> ObjectKey {
 /// [`SourceEvent::Snapshot`]. Every `resync_interval` the watcher is restarted, so a full list
 /// repairs anything a watch could have missed.
 ///
-/// This cluster's own Endpoints (label = our cluster id, or the name we publish under) are not
-/// remote endpoints and are not handed over; an object that *becomes* ours is handed over as a
-/// deletion. Everything else is handed over untouched: whether it is acceptable (malformed,
-/// an impostor claiming our cluster id under another label) is admission's decision.
+/// Endpoints labelled with our cluster id other than our own are not handed over (see
+/// [`handover`]); an object that *becomes* one is handed over as a deletion. Everything else,
+/// our own published object included, is handed over untouched: whether it is acceptable
+/// (malformed, an impostor claiming our cluster id under another label) is admission's
+/// decision.
 fn endpoint_events(inner: Arc<Inner>) -> BoxStream<'static, SourceEvent> {
     let api: Api<Raw<Endpoint>> = Api::namespaced(inner.local.clone(), &inner.config.namespace);
     let resync = inner.config.resync_interval.max(Duration::from_secs(1));
@@ -380,17 +392,22 @@ where
         .is_ok()
 }
 
-/// The object as handed to admission, or `None` when it is this cluster's own (or has no
+/// The object as handed to admission, or `None` when it is a sibling of our own (or has no
 /// name, which no API server produces).
+///
+/// The object at [`EndpointSource::own_key`] is handed over: admission compares it with what
+/// was published and asks for a republish when it differs or is gone. Other Endpoints labelled
+/// with our cluster id are siblings from this cluster's other gateway nodes (the leader's, seen
+/// by a standby, or a stale one the leader deletes): not remote endpoints and not impostors, so
+/// they are not handed over (admission would count them as refusals on every standby).
 fn handover(inner: &Inner, obj: &Raw<Endpoint>) -> Option<RawObject> {
     if obj.name().is_empty() {
         tracing::warn!("an Endpoint without a name was listed; skipped");
         return None;
     }
     let label = obj.label(CLUSTER_ID_LABEL);
-    if label == Some(inner.config.cluster_id.as_str())
-        || inner.own_endpoint_name().as_deref() == Some(obj.name())
-    {
+    let own = inner.own_endpoint_name().as_deref() == Some(obj.name());
+    if label == Some(inner.config.cluster_id.as_str()) && !own {
         return None;
     }
     let mut bytes = match serde_json::to_vec(&obj.value) {
