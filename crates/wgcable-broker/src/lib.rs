@@ -37,14 +37,5 @@ pub use source::{
 };
 pub use util::is_cluster_id;
 
-/// An error and its causes on one line (`a: b: c`), for logs.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes on one line (the workspace's one formatter).
+pub(crate) use wgcable_api::error_chain;
