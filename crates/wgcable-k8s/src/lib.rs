@@ -51,17 +51,5 @@ pub async fn connect(
     Ok((KubernetesSource::new(local, broker, config), elector))
 }
 
-/// An error and its causes, `: `-separated, for logs and health messages.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes on one line: the workspace's one formatter.
+pub(crate) use wgcable_api::error_chain;
