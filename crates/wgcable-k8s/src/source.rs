@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub(crate) gateway: Mutex<GatewayState>,
     /// What is wrong, per part of the source; healthy when empty.
     pub(crate) health: Mutex<BTreeMap<HealthPart, String>>,
+    /// The local Endpoint's name, once `own_key` or `publish` learnt it.
+    pub(crate) own_name: Mutex<Option<String>>,
 }
 
 /// The parts of the source whose health is reported together.
@@ -104,13 +106,19 @@ impl Inner {
         (before != after).then_some(after)
     }
 
-    /// The local Endpoint's name, once published.
+    /// The local Endpoint's name, once `own_key` or `publish` learnt it.
     pub(crate) fn own_endpoint_name(&self) -> Option<String> {
-        self.desired
-            .borrow()
-            .endpoint
-            .as_ref()
-            .and_then(|e| e.metadata.name.clone())
+        self.own_name
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_own_name(&self, name: Option<String>) {
+        *self
+            .own_name
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = name;
     }
 }
 
@@ -145,6 +153,7 @@ impl KubernetesSource {
                 desired: watch::Sender::new(Desired::default()),
                 gateway: Mutex::new(GatewayState::default()),
                 health: Mutex::new(BTreeMap::new()),
+                own_name: Mutex::new(None),
             }),
         }
     }
@@ -195,6 +204,7 @@ impl EndpointSource for KubernetesSource {
     async fn publish(&self, local: &wgcable_api::Endpoint) -> Result<(), SourceError> {
         let inner = &self.inner;
         let endpoint = endpoint_object(local, &inner.config.cluster_id);
+        inner.set_own_name(endpoint.metadata.name.clone());
         let cluster = self.local_cluster();
         inner.desired.send_if_modified(|d| {
             let next = Desired {
@@ -238,12 +248,13 @@ impl EndpointSource for KubernetesSource {
         Ok(())
     }
 
-    /// `<namespace>/<name>` of the local Endpoint, known once it was published (its name
-    /// carries the cable name, which carries the private IP).
-    fn own_key(&self) -> Option<ObjectKey> {
-        self.inner
-            .own_endpoint_name()
-            .map(|name| ObjectKey(format!("{}/{name}", self.inner.config.namespace)))
+    /// `<namespace>/<name>` of `local` as [`publish`](EndpointSource::publish) names it.
+    fn own_key(&self, local: &wgcable_api::Endpoint) -> Option<ObjectKey> {
+        let name = endpoint_object(local, &self.inner.config.cluster_id)
+            .metadata
+            .name;
+        self.inner.set_own_name(name.clone());
+        name.map(|name| ObjectKey(format!("{}/{name}", self.inner.config.namespace)))
     }
 
     async fn report(&self, report: &GatewayReport) -> Result<(), SourceError> {

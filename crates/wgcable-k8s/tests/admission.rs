@@ -71,8 +71,10 @@ async fn remote_endpoints_are_admitted_and_bad_ones_refused_for_the_right_reason
     server.insert(ENDPOINTS, NS, endpoint("cluster-a", 9, Some("cluster-a")));
 
     let source = KubernetesSource::new(server.client(NS), None, config("cluster-a", "node-a"));
+    let own_key = source
+        .own_key(&local())
+        .expect("derived from the local Endpoint");
     source.publish(&local()).await.expect("publish");
-    let own_key = source.own_key().expect("known once published");
     assert_eq!(
         own_key.0,
         format!("{NS}/cluster-a-submariner-cable-cluster-a-192-168-77-11")

@@ -252,7 +252,7 @@ impl GatewayBuilder {
                 underlay: std::iter::once(c.private_ip)
                     .chain(c.public_ips.iter().copied())
                     .collect(),
-                own_key: source.own_key(),
+                own_key: source.own_key(&local),
                 published: local.clone(),
             },
             &config.state_dir,
@@ -480,6 +480,9 @@ impl Running<'_> {
         tracing::info!("leading: configuring the device and publishing the local Endpoint");
         self.driver.init().await?;
         self.initialized = true;
+        // The source first learns it leads: a source that was told it is passive publishes
+        // nothing until then.
+        self.source.set_role(&Role::Leader).await;
         self.publish().await;
         let c = &self.config.driver;
         self.metrics.set_gateways(1);
@@ -491,7 +494,6 @@ impl Running<'_> {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default(),
         );
-        self.source.set_role(&Role::Leader).await;
         *self.view.role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Leader;
         Ok(())
     }
@@ -499,7 +501,16 @@ impl Running<'_> {
     async fn set_role(&mut self, role: &Role) {
         *self.view.role.lock().unwrap_or_else(|p| p.into_inner()) = role.clone();
         match role {
-            Role::Leader => tracing::info!("this gateway is now the active one"),
+            Role::Leader => {
+                tracing::info!("this gateway is now the active one");
+                // Leading again after a spell as a standby (the first time, `lead` does this):
+                // the source must know before publishing (the Kubernetes source publishes and
+                // syncs only while it leads).
+                if self.initialized {
+                    self.source.set_role(role).await;
+                    self.publish().await;
+                }
+            }
             Role::Follower { leader } => {
                 // What is on the host stays: a data path that works is not torn down because
                 // the lease changed hands (upstream issue 2747); the new leader's Endpoint
@@ -809,7 +820,7 @@ pub async fn plan(
         underlay: std::iter::once(c.private_ip)
             .chain(c.public_ips.iter().copied())
             .collect(),
-        own_key: source.own_key(),
+        own_key: source.own_key(&local),
         published: local,
     };
     let mut admission = match registry {
