@@ -635,13 +635,15 @@ impl GatewayArgs {
                 &self.service_cidr,
                 self.kubeconfig.as_deref(),
             )?)),
-            other => return Err(usage(format!(
+            other => {
+                return Err(usage(format!(
                 "--broker {} is not built into this wgcable yet; use --broker file or kubernetes",
                 other
                     .to_possible_value()
                     .map(|v| v.get_name().to_owned())
                     .unwrap_or_default()
-            ))),
+            )))
+            }
         };
 
         Ok(GatewayPlan {

@@ -425,6 +425,12 @@ impl Running<'_> {
             if leading && !self.initialized {
                 self.lead().await?;
             }
+            // A gateway that was passive when the source's snapshot arrived catches up with
+            // the admitted set once it leads (the snapshot will not come again).
+            if leading && !synced && admission.admission().is_synced() {
+                self.sync_all(admission).await;
+                synced = true;
+            }
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 changed = roles.changed() => {
