@@ -194,3 +194,78 @@ fn gateway_broker_kubernetes_runs_against_the_in_memory_api() {
         },
     );
 }
+
+/// The image's entrypoint (deploy/Containerfile) with the environment Submariner's operator
+/// gives its gateway pod makes a valid configuration (`--check-config`: nothing is contacted).
+#[test]
+fn the_image_entrypoint_with_the_operators_environment_is_a_valid_configuration() {
+    let containerfile = include_str!("../../../deploy/Containerfile");
+    let entrypoint = containerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .expect("an ENTRYPOINT line");
+    let argv: Vec<String> = serde_json::from_str(entrypoint).expect("exec-form ENTRYPOINT");
+    assert_eq!(argv[0], "/usr/local/bin/wgcable");
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut args: Vec<String> = argv[1..].to_vec();
+    // The state directory of the image (an emptyDir under the operator) is not writable here.
+    let at = args
+        .iter()
+        .position(|a| a == "--state-dir")
+        .expect("--state-dir");
+    args[at + 1] = state.path().display().to_string();
+    // The route lookup that finds the private IP needs a default route; this machine may have
+    // none, so the address is given (the lookup is the only difference).
+    args.extend([
+        "--private-ip".into(),
+        "172.18.0.10".into(),
+        "--check-config".into(),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_wgcable"))
+        .args(&args)
+        .env_clear()
+        .envs([
+            ("SUBMARINER_NAMESPACE", "submariner-operator"),
+            ("SUBMARINER_CLUSTERCIDR", "10.42.0.0/16"),
+            ("SUBMARINER_SERVICECIDR", "10.43.0.0/16"),
+            ("SUBMARINER_GLOBALCIDR", ""),
+            ("SUBMARINER_CLUSTERID", "cluster-a"),
+            ("SUBMARINER_COLORCODES", "blue"),
+            ("SUBMARINER_DEBUG", "false"),
+            ("SUBMARINER_NATENABLED", "false"),
+            ("SUBMARINER_BROKER", "k8s"),
+            ("SUBMARINER_CABLEDRIVER", "wireguard"),
+            ("BROKER_K8S_APISERVER", "broker.example.invalid:6443"),
+            ("BROKER_K8S_APISERVERTOKEN", "a-broker-token"),
+            ("BROKER_K8S_REMOTENAMESPACE", "submariner-k8s-broker"),
+            ("BROKER_K8S_CA", "LS0tLS1CRUdJTg=="),
+            ("BROKER_K8S_INSECURE", "false"),
+            ("BROKER_K8S_SECRET", ""),
+            (
+                "CE_IPSEC_PSK",
+                "a pre-shared key long enough for the policy",
+            ),
+            ("CE_IPSEC_PSKSECRET", ""),
+            ("SUBMARINER_HEALTHCHECKENABLED", "true"),
+            ("SUBMARINER_HEALTHCHECKINTERVAL", "1"),
+            ("SUBMARINER_HEALTHCHECKMAXPACKETLOSSCOUNT", "5"),
+            ("SUBMARINER_METRICSPORT", "32780"),
+            ("NODE_NAME", "node-a"),
+            ("POD_NAME", "submariner-gateway-x7k2p"),
+            ("CE_IPSEC_NATTPORT", "4500"),
+        ])
+        .output()
+        .expect("run wgcable");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    for line in [
+        "cluster-id: cluster-a",
+        "hostname: node-a",
+        "backend: kernel",
+        "broker: kubernetes namespace submariner-operator, broker https://broker.example.invalid:6443 namespace submariner-k8s-broker",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains("a-broker-token") && !stderr.contains("a-broker-token"));
+}
