@@ -74,6 +74,15 @@ pub enum Command {
     /// Print what `wgcable gateway` with these flags would change on this host now (the
     /// device, its link and addresses, peers, routes, rules), changing nothing.
     Plan(Box<GatewayArgs>),
+    /// Withdraw the local cluster's Endpoint from the broker (the flags of `wgcable gateway`):
+    /// the other gateways drop their tunnels to this cluster. The local data path stays;
+    /// `wgcable cleanup` removes it.
+    Leave(Box<GatewayArgs>),
+    /// The admission registry (what the gateway remembers of accepted clusters).
+    Admission {
+        #[command(subcommand)]
+        what: AdmissionCommand,
+    },
     /// Inspect a running gateway.
     Show {
         #[command(subcommand)]
@@ -100,6 +109,35 @@ pub enum ShowCommand {
     },
     /// The local Endpoint, as published to the broker.
     Endpoint {
+        /// The gateway's state directory.
+        #[arg(long, default_value = "/var/lib/wgcable")]
+        state_dir: PathBuf,
+    },
+    /// The Endpoints the gateway refuses (and why), and which cluster holds what.
+    Conflicts {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The gateway's HTTP address: host:port or http://host:port (default: 127.0.0.1 on
+        /// the metrics port).
+        #[arg(long)]
+        url: Option<String>,
+        /// The port used when --url is absent or names no port.
+        #[arg(long, env = "SUBMARINER_METRICSPORT", default_value_t = wgcable_metrics::DEFAULT_METRICS_PORT)]
+        metrics_port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdmissionCommand {
+    /// Forgets a cluster in the admission registry of a stopped gateway, so that another
+    /// object may take its subnets (see `wgcable show conflicts`). Nothing else changes.
+    Forget {
+        /// The cluster to forget.
+        cluster: String,
+        /// The local cluster's id (the registry belongs to it).
+        #[arg(long, env = "SUBMARINER_CLUSTERID")]
+        cluster_id: String,
         /// The gateway's state directory.
         #[arg(long, default_value = "/var/lib/wgcable")]
         state_dir: PathBuf,
