@@ -352,9 +352,11 @@ impl fmt::Display for ParseProblem {
             }
             Self::WrongType { expected, found } => write!(f, "expected {expected}, found {found}"),
             Self::ItemsNotAList { found } => write!(f, "items is {found}, not a list"),
-            Self::NotOneEndpoint { found } => write!(
-                f,
-                "expected exactly one Endpoint, found {found}; give each Endpoint its own input"
+            Self::NotOneEndpoint { found: 0 } => {
+                f.write_str("expected one Endpoint, found an empty document")
+            }
+            Self::NotOneEndpoint { .. } => f.write_str(
+                "expected one Endpoint, found several documents; give each Endpoint its own input",
             ),
             Self::Schema => f.write_str("does not match the Endpoint schema"),
         }
@@ -483,8 +485,17 @@ pub fn parse_endpoint(
                 })
                 .at(yaml_location(&e))
             })?;
-            if documents.next().is_some() {
-                return Err(ParseError::new(ParseProblem::NotOneEndpoint { found: 2 }));
+            // Trailing empty documents (a final `---`) are allowed; another Endpoint is not.
+            for document in documents {
+                let extra = serde_yaml_ng::Value::deserialize(document).map_err(|e| {
+                    ParseError::new(ParseProblem::Syntax {
+                        format: Format::Yaml,
+                    })
+                    .at(yaml_location(&e))
+                })?;
+                if !extra.is_null() {
+                    return Err(ParseError::new(ParseProblem::NotOneEndpoint { found: 2 }));
+                }
             }
             yaml_to_json(value, &mut Path::default(), 0, limits)?
         }

@@ -415,6 +415,9 @@ fn other_refusals() {
     assert_eq!(err.reason(), "not_one_endpoint");
     let err = parse_endpoint(b"", Format::Yaml, &limits).expect_err("none");
     assert_eq!(err.reason(), "not_one_endpoint");
+    // A trailing document marker is no second Endpoint.
+    let trailing = "apiVersion: submariner.io/v1\nkind: Endpoint\n---\n";
+    parse_endpoint(trailing.as_bytes(), Format::Yaml, &limits).expect("one Endpoint");
     // An empty input is no Endpoint, not an error, for the list reader.
     assert!(parse_endpoints(b"", Format::Yaml, &limits)
         .expect("empty")
