@@ -222,6 +222,12 @@ pub struct GatewayArgs {
     /// Where the private key is kept (0600); keeping it keeps the public key across restarts.
     #[arg(long, default_value = "/var/lib/wgcable")]
     pub state_dir: PathBuf,
+    /// A read-only directory holding the private key as `private.key`, e.g. a mounted
+    /// Kubernetes Secret (its link chain is followed only inside the directory; the file must
+    /// be 0600 or stricter and owned by this user). Never written; without it the key lives
+    /// in --state-dir.
+    #[arg(long, env = "WGCABLE_PRIVATE_KEY_DIR", value_name = "DIR")]
+    pub private_key_dir: Option<PathBuf>,
     /// The HTTP address for /metrics, /healthz, /readyz and /connections.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -628,6 +634,24 @@ impl GatewayArgs {
         driver.validate().map_err(|e| usage(e.to_string()))?;
 
         check_state_dir(&self.state_dir)?;
+        if let Some(dir) = &self.private_key_dir {
+            match KeyStore::read_only(dir).load() {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(usage(format!(
+                        "--private-key-dir {}: there is no private.key in it; mount the Secret holding the key there (or leave the flag out to keep the key in --state-dir)",
+                        dir.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(usage(format!(
+                        "--private-key-dir {}: {}",
+                        dir.display(),
+                        chain(&e)
+                    )))
+                }
+            }
+        }
         let broker = match self.broker {
             BrokerKind::File => {
                 let Some(dir) = self.broker_dir else {
@@ -658,6 +682,7 @@ impl GatewayArgs {
                 driver,
                 backend: self.backend,
                 state_dir: self.state_dir,
+                key_dir: self.private_key_dir,
                 metrics_addr: self
                     .metrics_addr
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.metrics_port))),

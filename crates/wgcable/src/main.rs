@@ -166,7 +166,10 @@ async fn gateway(plan: GatewayPlan) -> anyhow::Result<()> {
 async fn leave(plan: &GatewayPlan) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let source = endpoint_source(plan, false)?;
-    let store = wgcable_keys::KeyStore::new(&plan.config.state_dir);
+    let store = match &plan.config.key_dir {
+        Some(dir) => wgcable_keys::KeyStore::read_only(dir),
+        None => wgcable_keys::KeyStore::new(&plan.config.state_dir),
+    };
     let key = store
         .load()
         .context("reading the gateway's private key")?
