@@ -444,28 +444,12 @@ impl Topology {
     }
 
     /// Starts `wgcable gateway` for cluster `i` in its holder; output is appended to its log.
-    pub fn start_gateway(&mut self, i: usize) -> Result<()> {
-        ensure!(
-            !self.gateway_running(i),
-            "gateway {} is already running",
-            self.clusters[i].id
-        );
+    /// The arguments gateway `i` runs with, for `subcommand` (`gateway`, or `plan` and `leave`,
+    /// which take the same flags).
+    pub fn gateway_command(&self, i: usize, subcommand: &str) -> Vec<String> {
         let c = &self.clusters[i];
-        std::fs::create_dir_all(&c.state_dir)
-            .with_context(|| format!("creating {}", c.state_dir.display()))?;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&c.log)
-            .with_context(|| format!("opening {}", c.log.display()))?;
-        writeln!(
-            log,
-            "==== xtask: starting gateway {} (state dir {}) ====",
-            c.id,
-            c.state_dir.display()
-        )?;
         let mut args: Vec<String> = [
-            "gateway",
+            subcommand,
             "--cluster-id",
             &c.id,
             "--subnets",
@@ -488,6 +472,30 @@ impl Topology {
         .map(|s| s.to_string())
         .collect();
         args.extend(self.gateway_args.iter().cloned());
+        args
+    }
+
+    pub fn start_gateway(&mut self, i: usize) -> Result<()> {
+        ensure!(
+            !self.gateway_running(i),
+            "gateway {} is already running",
+            self.clusters[i].id
+        );
+        let c = &self.clusters[i];
+        std::fs::create_dir_all(&c.state_dir)
+            .with_context(|| format!("creating {}", c.state_dir.display()))?;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&c.log)
+            .with_context(|| format!("opening {}", c.log.display()))?;
+        writeln!(
+            log,
+            "==== xtask: starting gateway {} (state dir {}) ====",
+            c.id,
+            c.state_dir.display()
+        )?;
+        let args = self.gateway_command(i, "gateway");
         let mut command = self.gw(i, &self.gateway_bin, &args);
         // The log is a file, read by people and searched by the scenarios: no colours.
         command

@@ -65,11 +65,14 @@ impl Format {
 }
 
 /// Structural limits on one input. The defaults fit what `kubectl get endpoints.submariner.io
-/// -o yaml` prints for a few hundred clusters, with room for managed fields and annotations,
-/// and keep the cost of one input to a few milliseconds.
+/// -o yaml` prints for about a hundred clusters, with room for managed fields and annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseLimits {
-    /// Largest input in bytes. Default 1 MiB (Kubernetes itself refuses objects over 1.5 MiB).
+    /// Largest input in bytes. Default 256 KiB: an Endpoint is 1-3 KB, so a List of about 100
+    /// fits. It also bounds the one super-linear case of the YAML pre-scan: a flow collection
+    /// where a key may start (`{a: 1, a: 1, ...}` at the root) is scanned to its end before any
+    /// event is emitted, at a cost that grows with the square of its length (about 0.1 s at
+    /// 256 KiB, 1.5 s at 1 MiB on a loaded machine); parse off the control loop.
     pub max_bytes: usize,
     /// Deepest nesting of lists and maps. Default 32 (an Endpoint needs 5, managed fields ~12).
     pub max_depth: usize,
@@ -91,7 +94,7 @@ pub struct ParseLimits {
 impl Default for ParseLimits {
     fn default() -> Self {
         Self {
-            max_bytes: 1024 * 1024,
+            max_bytes: 256 * 1024,
             max_depth: 32,
             max_documents: 1000,
             max_endpoints: 1000,
@@ -349,9 +352,11 @@ impl fmt::Display for ParseProblem {
             }
             Self::WrongType { expected, found } => write!(f, "expected {expected}, found {found}"),
             Self::ItemsNotAList { found } => write!(f, "items is {found}, not a list"),
-            Self::NotOneEndpoint { found } => write!(
-                f,
-                "expected exactly one Endpoint, found {found}; give each Endpoint its own input"
+            Self::NotOneEndpoint { found: 0 } => {
+                f.write_str("expected one Endpoint, found an empty document")
+            }
+            Self::NotOneEndpoint { .. } => f.write_str(
+                "expected one Endpoint, found several documents; give each Endpoint its own input",
             ),
             Self::Schema => f.write_str("does not match the Endpoint schema"),
         }
@@ -480,8 +485,17 @@ pub fn parse_endpoint(
                 })
                 .at(yaml_location(&e))
             })?;
-            if documents.next().is_some() {
-                return Err(ParseError::new(ParseProblem::NotOneEndpoint { found: 2 }));
+            // Trailing empty documents (a final `---`) are allowed; another Endpoint is not.
+            for document in documents {
+                let extra = serde_yaml_ng::Value::deserialize(document).map_err(|e| {
+                    ParseError::new(ParseProblem::Syntax {
+                        format: Format::Yaml,
+                    })
+                    .at(yaml_location(&e))
+                })?;
+                if !extra.is_null() {
+                    return Err(ParseError::new(ParseProblem::NotOneEndpoint { found: 2 }));
+                }
             }
             yaml_to_json(value, &mut Path::default(), 0, limits)?
         }

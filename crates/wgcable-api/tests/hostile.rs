@@ -206,7 +206,11 @@ fn oversize_input_is_refused_before_parsing() {
 
 #[test]
 fn deep_nesting_is_refused_in_linear_time() {
-    let limits = ParseLimits::default();
+    // Larger than the default size limit, so that the depth check is what refuses them.
+    let limits = ParseLimits {
+        max_bytes: 1024 * 1024,
+        ..ParseLimits::default()
+    };
     // The reproduced stalls: 50,000 levels (100 KB) took 8.9 s, 120,000 (240 KB) 64 s.
     for depth in [50_000, 120_000] {
         let flow = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
@@ -411,6 +415,9 @@ fn other_refusals() {
     assert_eq!(err.reason(), "not_one_endpoint");
     let err = parse_endpoint(b"", Format::Yaml, &limits).expect_err("none");
     assert_eq!(err.reason(), "not_one_endpoint");
+    // A trailing document marker is no second Endpoint.
+    let trailing = "apiVersion: submariner.io/v1\nkind: Endpoint\n---\n";
+    parse_endpoint(trailing.as_bytes(), Format::Yaml, &limits).expect("one Endpoint");
     // An empty input is no Endpoint, not an error, for the list reader.
     assert!(parse_endpoints(b"", Format::Yaml, &limits)
         .expect("empty")
@@ -430,4 +437,58 @@ fn the_old_entry_points_are_bounded_too() {
     assert_eq!(err.parse_error().map(ParseError::reason), Some("too_deep"));
     let err = Endpoint::from_json(&format!("\"{SECRET}\"")).expect_err("a string");
     assert_no_secret("from_json", err.parse_error().expect("a parse error"));
+}
+
+/// Inputs at the size limit, of shapes that stress a parser in other ways (long lines, long
+/// scalars, escapes, many small keys, nested-but-balanced flow). Each is accepted or refused;
+/// the time is printed (`-- --nocapture`), not asserted. The slowest is a flow collection
+/// where a mapping key may start (`{a: 1, a: 1, ...}` at the document root): saphyr's scanner
+/// cannot emit a token before the collection ends, and its cost grows with the square of the
+/// collection's length, which is why `max_bytes` defaults to 256 KiB.
+#[test]
+fn inputs_at_the_size_limit_finish() {
+    let limits = ParseLimits::default();
+    let max = limits.max_bytes;
+    let fill = |unit: &str| unit.repeat((max - 64) / unit.len());
+    let cases: Vec<(&str, String)> = vec![
+        ("one long plain scalar", format!("a: {}", fill("x"))),
+        (
+            "one long quoted scalar with escapes",
+            format!("a: \"{}\"", fill("\\u00e9")),
+        ),
+        ("many keys", fill("k: v\n")),
+        ("many short documents", fill("---\n")),
+        ("many flow pairs", format!("{{{}}}", fill("a: 1, "))),
+        (
+            "many flow pairs as a value",
+            format!("a: {{{}}}", fill("a: 1, ")),
+        ),
+        (
+            "many flow pairs on many lines",
+            format!("{{{}}}", fill("a: 1,\n")),
+        ),
+        ("long flow sequence", format!("[{}]", fill("a, "))),
+        (
+            "long flow sequence as a value",
+            format!("a: [{}]", fill("a, ")),
+        ),
+        ("balanced flow nesting", fill("[[[[[[[[]]]]]]]], ")),
+        ("many comments", fill("# [[[[ \" ' {{{{\n")),
+        ("block scalar", format!("a: |\n{}", fill("  [[[[[[[[ \"\n"))),
+        ("many colons", format!("a: {}", fill(":a"))),
+        ("many complex keys", fill("? a\n: b\n")),
+        ("tabs and spaces", format!("a: {}", fill(" \t"))),
+    ];
+    for (name, input) in cases {
+        for format in [Format::Yaml, Format::Json] {
+            let started = Instant::now();
+            let result = parse_endpoints(input.as_bytes(), format, &limits);
+            println!(
+                "{name} ({format:?}, {} bytes): {:?} in {:?}",
+                input.len(),
+                result.as_ref().map(Vec::len).map_err(ParseError::reason),
+                started.elapsed()
+            );
+        }
+    }
 }

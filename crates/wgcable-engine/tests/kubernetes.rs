@@ -95,6 +95,7 @@ async fn start(
         driver: driver_config(),
         backend: BackendPreference::Auto,
         state_dir: state.path().to_owned(),
+        key_dir: None,
         metrics_addr: "127.0.0.1:0".parse().expect("addr"),
         status_interval: Duration::from_millis(100),
         resync_interval: Duration::from_secs(1),

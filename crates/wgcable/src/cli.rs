@@ -74,6 +74,15 @@ pub enum Command {
     /// Print what `wgcable gateway` with these flags would change on this host now (the
     /// device, its link and addresses, peers, routes, rules), changing nothing.
     Plan(Box<GatewayArgs>),
+    /// Withdraw the local cluster's Endpoint from the broker (the flags of `wgcable gateway`):
+    /// the other gateways drop their tunnels to this cluster. The local data path stays;
+    /// `wgcable cleanup` removes it.
+    Leave(Box<GatewayArgs>),
+    /// The admission registry (what the gateway remembers of accepted clusters).
+    Admission {
+        #[command(subcommand)]
+        what: AdmissionCommand,
+    },
     /// Inspect a running gateway.
     Show {
         #[command(subcommand)]
@@ -100,6 +109,35 @@ pub enum ShowCommand {
     },
     /// The local Endpoint, as published to the broker.
     Endpoint {
+        /// The gateway's state directory.
+        #[arg(long, default_value = "/var/lib/wgcable")]
+        state_dir: PathBuf,
+    },
+    /// The Endpoints the gateway refuses (and why), and which cluster holds what.
+    Conflicts {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The gateway's HTTP address: host:port or http://host:port (default: 127.0.0.1 on
+        /// the metrics port).
+        #[arg(long)]
+        url: Option<String>,
+        /// The port used when --url is absent or names no port.
+        #[arg(long, env = "SUBMARINER_METRICSPORT", default_value_t = wgcable_metrics::DEFAULT_METRICS_PORT)]
+        metrics_port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdmissionCommand {
+    /// Forgets a cluster in the admission registry of a stopped gateway, so that another
+    /// object may take its subnets (see `wgcable show conflicts`). Nothing else changes.
+    Forget {
+        /// The cluster to forget.
+        cluster: String,
+        /// The local cluster's id (the registry belongs to it).
+        #[arg(long, env = "SUBMARINER_CLUSTERID")]
+        cluster_id: String,
         /// The gateway's state directory.
         #[arg(long, default_value = "/var/lib/wgcable")]
         state_dir: PathBuf,
@@ -190,6 +228,12 @@ pub struct GatewayArgs {
     /// Where the private key is kept (0600); keeping it keeps the public key across restarts.
     #[arg(long, default_value = "/var/lib/wgcable")]
     pub state_dir: PathBuf,
+    /// A read-only directory holding the private key as `private.key`, e.g. a mounted
+    /// Kubernetes Secret (its link chain is followed only inside the directory; the file must
+    /// be 0600 or stricter and owned by this user). Never written; without it the key lives
+    /// in --state-dir.
+    #[arg(long, env = "WGCABLE_PRIVATE_KEY_DIR", value_name = "DIR")]
+    pub private_key_dir: Option<PathBuf>,
     /// The HTTP address for /metrics, /healthz, /readyz and /connections.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -614,6 +658,24 @@ impl GatewayArgs {
         driver.validate().map_err(|e| usage(e.to_string()))?;
 
         check_state_dir(&self.state_dir)?;
+        if let Some(dir) = &self.private_key_dir {
+            match KeyStore::read_only(dir).load() {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(usage(format!(
+                        "--private-key-dir {}: there is no private.key in it; mount the Secret holding the key there (or leave the flag out to keep the key in --state-dir)",
+                        dir.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(usage(format!(
+                        "--private-key-dir {}: {}",
+                        dir.display(),
+                        chain(&e)
+                    )))
+                }
+            }
+        }
         let broker = match self.broker {
             BrokerKind::File => {
                 let Some(dir) = self.broker_dir else {
@@ -651,6 +713,7 @@ impl GatewayArgs {
                 driver,
                 backend: self.backend,
                 state_dir: self.state_dir,
+                key_dir: self.private_key_dir,
                 metrics_addr: self
                     .metrics_addr
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.metrics_port))),

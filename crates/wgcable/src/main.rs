@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{BrokerPlan, Cli, Command, GatewayPlan, LogFormat, ShowCommand};
+use crate::cli::{AdmissionCommand, BrokerPlan, Cli, Command, GatewayPlan, LogFormat, ShowCommand};
 
 /// What the binary was built from (see build.rs).
 pub mod build {
@@ -74,6 +74,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let plan = args.into_plan()?;
             gateway(plan).await
         }
+        Command::Leave(args) => {
+            let plan = args.into_plan()?;
+            leave(&plan).await
+        }
+        Command::Admission { what } => match what {
+            AdmissionCommand::Forget {
+                cluster,
+                cluster_id,
+                state_dir,
+            } => forget(&state_dir, &cluster_id, &cluster),
+        },
         Command::Plan(args) => {
             let plan = args.into_plan()?;
             let (source, _) = endpoint_source(&plan, false).await?;
@@ -88,6 +99,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics_port,
             } => show::connections(url.as_deref(), metrics_port, json).await,
             ShowCommand::Endpoint { state_dir } => show::endpoint(&state_dir),
+            ShowCommand::Conflicts {
+                json,
+                url,
+                metrics_port,
+            } => show::conflicts(url.as_deref(), metrics_port, json).await,
         },
         Command::Cleanup(args) => {
             let report = wgcable_engine::gateway::cleanup(
@@ -147,6 +163,61 @@ async fn gateway(plan: GatewayPlan) -> anyhow::Result<()> {
         gateway = gateway.leader(leader);
     }
     gateway.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `wgcable leave`: removes the local Endpoint from the broker.
+async fn leave(plan: &GatewayPlan) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let (source, _) = endpoint_source(plan, false).await?;
+    let store = match &plan.config.key_dir {
+        Some(dir) => wgcable_keys::KeyStore::read_only(dir),
+        None => wgcable_keys::KeyStore::new(&plan.config.state_dir),
+    };
+    let key = store
+        .load()
+        .context("reading the gateway's private key")?
+        .context(
+            "this gateway has no private key yet (it never ran): there is nothing to withdraw",
+        )?;
+    let local = wgcable_engine::config::local_endpoint(&plan.config.driver, &key.public_key());
+    source.withdraw(&local).await.with_context(|| {
+        format!(
+            "withdrawing the Endpoint of cluster {}",
+            plan.config.driver.cluster_id
+        )
+    })?;
+    eprintln!(
+        "withdrew the Endpoint of cluster {} from the {} broker; the other gateways drop their tunnels to it. The local device stays: `wgcable cleanup` removes it",
+        plan.config.driver.cluster_id,
+        source.kind()
+    );
+    Ok(())
+}
+
+/// `wgcable admission forget`: only while no gateway runs on the state directory (a running one
+/// would write its registry back).
+fn forget(state_dir: &std::path::Path, local: &str, cluster: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let _lock = wgcable_engine::gateway::StateLock::acquire(state_dir)
+        .context("stop the gateway first: `wgcable admission forget` edits the registry of a stopped gateway")?;
+    let limits = wgcable_broker::admission::AdmissionConfig::default();
+    let forgot = wgcable_broker::admission::registry::forget_offline(
+        state_dir,
+        local,
+        cluster,
+        limits.max_registry_bytes,
+        limits.max_objects,
+    )
+    .with_context(|| format!("editing the admission registry in {}", state_dir.display()))?;
+    if forgot {
+        eprintln!("forgot cluster {cluster}: at the next start, its subnets and key go to whichever object claims them first");
+    } else {
+        eprintln!(
+            "cluster {cluster} is not in the admission registry of {}; nothing changed",
+            state_dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -27,6 +27,61 @@ pub async fn connections(url: Option<&str>, port: u16, json: bool) -> anyhow::Re
     Ok(())
 }
 
+/// Prints what the gateway at `url` refuses and why, and which cluster holds what.
+pub async fn conflicts(url: Option<&str>, port: u16, json: bool) -> anyhow::Result<()> {
+    let authority = authority(url, port)?;
+    let body = get(&authority, "/conflicts").await?;
+    let report: wgcable_broker::admission::ConflictReport = serde_json::from_slice(&body)
+        .with_context(|| format!("decoding the conflicts served at http://{authority}"))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding conflicts")?
+        );
+        return Ok(());
+    }
+    print!("{}", render_conflicts(&report));
+    Ok(())
+}
+
+fn render_conflicts(report: &wgcable_broker::admission::ConflictReport) -> String {
+    let mut out = String::new();
+    if report.refused.is_empty() {
+        out.push_str("no refused Endpoints\n");
+    } else {
+        out.push_str("REFUSED\n");
+        for r in &report.refused {
+            let cluster = r.cluster.as_deref().unwrap_or("-");
+            let state = if r.waiting { "waiting" } else { "refused" };
+            let against = r
+                .conflicts_with
+                .as_deref()
+                .map(|c| format!(" (held by {c})"))
+                .unwrap_or_default();
+            out.push_str(&printable(&format!(
+                "  {key}  cluster {cluster}  {state}: {reason}{against}: {message}",
+                key = r.key,
+                reason = r.reason,
+                message = r.message
+            )));
+            out.push('\n');
+        }
+    }
+    if !report.clusters.is_empty() {
+        out.push_str("HELD (oldest first)\n");
+        for c in &report.clusters {
+            out.push_str(&printable(&format!(
+                "  {cluster}  from {key}  seniority {s}",
+                cluster = c.cluster_id,
+                key = c.key,
+                s = c.seniority
+            )));
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The table: `subctl show connections`' columns in its order, then wgcable's own; columns
 /// padded to their widest cell plus three spaces, as subctl's printer does.
 fn render_connections(reports: &[ConnectionReport]) -> String {

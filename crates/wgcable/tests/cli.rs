@@ -763,3 +763,191 @@ fn show_connections_prints_subctls_columns_at_host_port() {
     }
     assert!(!table.contains("501.202608ms"), "{table}");
 }
+
+#[test]
+fn the_file_broker_needs_its_directory() {
+    let out = wgcable(&[
+        "gateway",
+        "--cluster-id",
+        "east",
+        "--subnets",
+        "10.42.0.0/16",
+        "--private-ip",
+        "192.0.2.10",
+        "--psk",
+        "a real secret for the test",
+        "--state-dir",
+        "/nonexistent/state",
+    ]);
+    assert_usage_error(
+        &out,
+        "no --broker-dir",
+        &["--broker file needs --broker-dir"],
+    );
+}
+
+/// A private key as `wg genkey` writes it, mode 0600, in a fresh state directory.
+fn state_with_key(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let key = state.join("private.key");
+    std::fs::write(&key, "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=\n").expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    state
+}
+
+#[test]
+fn leave_withdraws_the_local_endpoint_and_nothing_else() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = state_with_key(tmp.path());
+    let broker = tmp.path().join("broker");
+    std::fs::create_dir_all(&broker).expect("broker");
+    std::fs::write(broker.join("east.yaml"), "ours").expect("own");
+    std::fs::write(broker.join("west.yaml"), "theirs").expect("other");
+    let args = [
+        "leave",
+        "--cluster-id",
+        "east",
+        "--subnets",
+        "10.42.0.0/16",
+        "--private-ip",
+        "192.0.2.10",
+        "--psk",
+        "a real secret for the test",
+        "--broker-dir",
+        broker.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+    ];
+    let out = wgcable(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("withdrew the Endpoint of cluster east"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!broker.join("east.yaml").exists(), "our Endpoint is gone");
+    assert!(broker.join("west.yaml").exists(), "another cluster's stays");
+}
+
+#[test]
+fn admission_forget_edits_only_a_stopped_gateways_registry() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = state_with_key(tmp.path());
+    let state = state.to_str().expect("utf-8");
+    let out = wgcable(&[
+        "admission",
+        "forget",
+        "west",
+        "--cluster-id",
+        "east",
+        "--state-dir",
+        state,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not in the admission registry"),
+        "{}",
+        stderr(&out)
+    );
+    // While a gateway holds the state directory, it refuses and says why.
+    let lock = std::fs::File::create(Path::new(state).join("gateway.lock")).expect("lock file");
+    let held = nix_flock(&lock);
+    let out = wgcable(&[
+        "admission",
+        "forget",
+        "west",
+        "--cluster-id",
+        "east",
+        "--state-dir",
+        state,
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("stop the gateway first"),
+        "{}",
+        stderr(&out)
+    );
+    drop(held);
+}
+
+/// Holds an exclusive flock on `file` as a running gateway does (released on drop).
+fn nix_flock(file: &std::fs::File) -> nix::fcntl::Flock<std::fs::File> {
+    let file = file.try_clone().expect("clone");
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .expect("lock")
+}
+
+#[test]
+fn show_conflicts_prints_what_is_refused_and_who_holds_what() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).expect("read");
+        assert!(request_line.contains("/conflicts"), "{request_line}");
+        let mut line = String::new();
+        while reader.read_line(&mut line).expect("read") > 2 {
+            line.clear();
+        }
+        let body = r#"{"refused":[{"key":"0-a.yaml","cluster":null,"reason":"bad_name","message":"0-a.yaml: the file name is not <cluster-id>.yaml","waiting":false,"conflicts_with":null,"holds":null,"since":1},
+                      {"key":"zz.yaml","cluster":"zz","reason":"subnet_conflict","message":"zz.yaml: subnet 10.1.0.0/16 overlaps b's","waiting":true,"conflicts_with":"b","holds":null,"since":2}],
+                      "clusters":[{"cluster_id":"b","key":"b.yaml","seniority":0,"admitted":true,"admitted_at":1}]}"#;
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+    });
+    let url = format!("127.0.0.1:{port}");
+    let out = wgcable(&["show", "conflicts", "--url", &url]);
+    server.join().expect("server");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("zz.yaml  cluster zz  waiting: subnet_conflict (held by b)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0-a.yaml  cluster -  refused: bad_name"),
+        "{text}"
+    );
+    assert!(text.contains("b  from b.yaml  seniority 0"), "{text}");
+}
+
+#[test]
+fn a_key_from_a_secret_volume_is_read_where_it_is_mounted() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A Kubernetes Secret volume: private.key -> ..data/private.key, ..data -> ..2026_01_01.
+    let secret = tmp.path().join("secret");
+    let version = secret.join("..2026_01_01");
+    std::fs::create_dir_all(&version).expect("volume");
+    let key = version.join("private.key");
+    std::fs::write(&key, "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=\n").expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("mode");
+    symlink("..2026_01_01", secret.join("..data")).expect("..data");
+    symlink("..data/private.key", secret.join("private.key")).expect("private.key");
+    let secret = secret.to_str().expect("utf-8").to_owned();
+    let out = wgcable(&checked(&["--private-key-dir", &secret]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // An empty directory: the key must be there.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("empty");
+    let out = wgcable(&checked(&[
+        "--private-key-dir",
+        empty.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no private.key in it"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -62,6 +62,19 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
         )?;
     }
     let gone = secs(start.elapsed());
+    // Again, on the clean host: it finds nothing, creates nothing, and says so.
+    let links_before = state::links(topo, 0)?;
+    let again = cmd::output(&mut topo.gw(0, &topo.gateway_bin, ["cleanup"]))?;
+    let said = String::from_utf8_lossy(&again.stderr).into_owned();
+    ensure!(
+        again.status.success() && said.contains("nothing to remove"),
+        "a second `wgcable cleanup` should say there was nothing to remove; it said: {said}"
+    );
+    let links_after = state::links(topo, 0)?;
+    ensure!(
+        links_after == links_before,
+        "a cleanup of a clean host created links: {links_before:?} -> {links_after:?}"
+    );
     for family in Family::ALL {
         let dst = topo.clusters[1].pod_addr(family).to_string();
         ensure!(
@@ -72,7 +85,7 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
     Ok(format!(
         "after `wgcable cleanup` in {n}/{n} gateways: no {DEVICE} device, no table {TABLE} route or rule of either \
          family, no wireguard-go process or socket (checked within {gone:.2}s); pod-a no longer reaches pod-b over \
-         IPv4 or IPv6",
+         IPv4 or IPv6; a second cleanup said \"nothing to remove\" and created nothing",
         n = topo.clusters.len()
     ))
 }

@@ -24,6 +24,7 @@ mod hitless_restart;
 mod ipv6;
 mod key_change;
 mod metrics;
+mod plan;
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("key-change", key_change::run),
     ("hitless-restart", hitless_restart::run),
     ("drift-repair", drift_repair::run),
+    ("plan", plan::run),
     ("bad-input", bad_input::run),
     ("cleanup", cleanup::run),
 ];

@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     pub backend: BackendPreference,
     /// Where the private key, the admission registry and a copy of the local Endpoint live.
     pub state_dir: PathBuf,
+    /// A read-only directory the private key is provided in (a mounted Kubernetes Secret),
+    /// used instead of `state_dir/private.key`; the gateway never writes there.
+    pub key_dir: Option<PathBuf>,
     /// The HTTP server's address (`/metrics`, `/healthz`, `/readyz`, `/connections`,
     /// `/conflicts`).
     pub metrics_addr: SocketAddr,
@@ -209,7 +212,10 @@ impl GatewayBuilder {
         let private_key = match private_key {
             Some(k) => k,
             None => {
-                let store = KeyStore::new(&config.state_dir);
+                let store = match &config.key_dir {
+                    Some(dir) => KeyStore::read_only(dir),
+                    None => KeyStore::new(&config.state_dir),
+                };
                 let (key, created) = store.load_or_create().map_err(Error::Keys)?;
                 if created {
                     tracing::info!(path = %store.path().display(), "generated a new private key");
@@ -796,7 +802,10 @@ pub async fn plan(
     source: Box<dyn EndpointSource>,
 ) -> Result<crate::host::HostPlan, Error> {
     config.driver.validate()?;
-    let store = KeyStore::new(&config.state_dir);
+    let store = match &config.key_dir {
+        Some(dir) => KeyStore::read_only(dir),
+        None => KeyStore::new(&config.state_dir),
+    };
     let private_key = match store.load().map_err(Error::Keys)? {
         Some(key) => key,
         None => {
