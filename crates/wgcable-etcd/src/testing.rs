@@ -417,7 +417,7 @@ impl EtcdCluster {
         loop {
             let attempt = self
                 .leader()
-                .and_then(|l| self.ctl(["get", "--count-only", "/"]).map(|_| l));
+                .and_then(|l| self.ctl(["get", "/wgcable-harness-probe"]).map(|_| l));
             match attempt {
                 Ok(l) => return Ok(l),
                 Err(e) if start.elapsed() >= timeout => {
