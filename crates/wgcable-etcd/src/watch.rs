@@ -212,6 +212,9 @@ impl Watcher {
                 // path or the member is gone, which TCP alone would notice only minutes later.
                 active.probe = now + interval;
                 active.stream.request_progress().await.map_err(|e| Error::from_client(action(), e))?;
+                // A publish that failed after the watch was (re)opened is retried here.
+                let mut kv = self.shared.kv().await?;
+                self.flush_publish(&mut kv).await;
                 return Ok(());
             }
         };
@@ -325,16 +328,19 @@ impl Watcher {
     }
 
     /// Retries a publish that failed while etcd was unreachable, now that it answers. A
-    /// failure here is logged, not fatal: the watch goes on, and the next reconnect retries.
+    /// failure here is logged, not fatal: the watch goes on, and the next probe retries.
     async fn flush_publish(&mut self, kv: &mut KvClient) {
-        let mut publisher = self.shared.publisher.lock().await;
+        // Held: a publish or withdraw is under way, which is the same write.
+        let Ok(mut publisher) = self.shared.publisher.try_lock() else {
+            return;
+        };
         if !publisher.dirty() {
             return;
         }
         match publish::write(&mut publisher, kv, self.shared.config.request_timeout).await {
             Ok(()) => tracing::info!("published the local Endpoint to etcd"),
             Err(e) => {
-                tracing::warn!(error = %chain(&e), "publishing the local Endpoint to etcd failed; retrying on the next reconnect")
+                tracing::warn!(error = %chain(&e), "publishing the local Endpoint to etcd failed; retrying at the next probe")
             }
         }
     }

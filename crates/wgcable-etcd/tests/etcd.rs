@@ -127,7 +127,8 @@ impl Watching {
             .send(make(tx))
             .ok()
             .context("the source thread ended")?;
-        rx.recv_timeout(WAIT).context("no answer from the source thread")
+        rx.recv_timeout(WAIT)
+            .context("no answer from the source thread")
     }
 
     fn publish(&self, ep: &Endpoint) -> Result<(), String> {
@@ -158,6 +159,17 @@ impl Watching {
             .with_context(|| format!("no event within {timeout:?}"))?;
         self.seen.push(ev.clone());
         Ok(ev)
+    }
+
+    /// Waits for the first snapshot (a busy machine may make the first attempt time out, which
+    /// the source reports as health first).
+    fn first_snapshot(&mut self) -> Result<Vec<RawObject>> {
+        let (ev, before) = self.until("the first snapshot", WAIT, |ev| snapshot(ev).is_some())?;
+        assert!(
+            before.iter().all(|e| matches!(e, SourceEvent::Health(_))),
+            "only health before the first snapshot: {before:?}"
+        );
+        Ok(snapshot(&ev).cloned().expect("a snapshot"))
     }
 
     /// Waits for an event matching `want`; returns it and the events before it.
@@ -267,8 +279,7 @@ fn snapshot_then_watch() -> Result<()> {
     cluster.put("/wgcable/other", b"not an endpoint")?;
     let mut w = Watching::start(&mut cluster, "c1", None)?;
 
-    let first = w.next(WAIT)?;
-    let objects = snapshot(&first).context("the first event is a snapshot")?;
+    let objects = &w.first_snapshot()?;
     assert_eq!(keys(objects), [key("a"), key("b")]);
     let a = &objects[0];
     assert_eq!(a.bound_cluster.as_deref(), Some("a"));
@@ -276,7 +287,10 @@ fn snapshot_then_watch() -> Result<()> {
     assert_eq!(a.format, wgcable_broker::Format::Yaml);
     assert_eq!(objects[1].format, wgcable_broker::Format::Json);
     let (a_created, b_created) = (a.created.expect("created"), objects[1].created.expect("c"));
-    assert!(a_created < b_created, "creation order is etcd's create revision");
+    assert!(
+        a_created < b_created,
+        "creation order is etcd's create revision"
+    );
 
     cluster.put(&key("c"), b"c-1")?;
     cluster.put(&key("b"), b"b-2")?;
@@ -297,22 +311,36 @@ fn snapshot_then_watch() -> Result<()> {
         .collect();
     assert!(versions.windows(2).all(|v| v[0] < v[1]), "{versions:?}");
     if let SourceEvent::Apply(b) = &before[1] {
-        assert_eq!(b.created, Some(b_created), "a change keeps the creation order");
+        assert_eq!(
+            b.created,
+            Some(b_created),
+            "a change keeps the creation order"
+        );
     }
 
     // Publishing writes our YAML once; the same Endpoint again writes nothing.
     let local = endpoint("z", "10.250.0.9");
     w.publish(&local).map_err(anyhow::Error::msg)?;
-    let (ev, _) = w.until("our own key", WAIT, |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("z")))?;
+    let (ev, _) = w.until(
+        "our own key",
+        WAIT,
+        |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("z")),
+    )?;
     let SourceEvent::Apply(raw) = ev else {
         unreachable!()
     };
     assert_eq!(raw.bytes, local.to_yaml()?.as_bytes());
     let rev = cluster.revision()?;
     w.publish(&local).map_err(anyhow::Error::msg)?;
-    assert_eq!(cluster.revision()?, rev, "an unchanged Endpoint is not rewritten");
     assert_eq!(
-        cluster.ctl(["get", &key("z"), "--print-value-only"])?.trim_end(),
+        cluster.revision()?,
+        rev,
+        "an unchanged Endpoint is not rewritten"
+    );
+    assert_eq!(
+        cluster
+            .ctl(["get", &key("z"), "--print-value-only"])?
+            .trim_end(),
         local.to_yaml()?.trim_end()
     );
     // No lease: the key lives until it is deleted.
@@ -336,7 +364,7 @@ fn resume_after_a_cut_misses_and_repeats_nothing() -> Result<()> {
     };
     cluster.put(&key("a"), b"0")?;
     let mut w = Watching::start(&mut cluster, "c1", None)?;
-    assert!(snapshot(&w.next(WAIT)?).is_some());
+    w.first_snapshot()?;
     cluster.put(&key("a"), b"1")?;
     w.until("a=1", WAIT, |ev| matches!(ev, SourceEvent::Apply(_)))?;
 
@@ -367,7 +395,11 @@ fn resume_after_a_cut_misses_and_repeats_nothing() -> Result<()> {
     assert_eq!(got, want);
     // Nothing repeated afterwards.
     cluster.put(&key("c"), b"c")?;
-    let (_, extra) = w.until("c", WAIT, |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("c")))?;
+    let (_, extra) = w.until(
+        "c",
+        WAIT,
+        |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("c")),
+    )?;
     assert!(changes(&extra).is_empty(), "repeated: {extra:?}");
     let stats = w.stats();
     assert_eq!(stats.relists, 1, "{stats:?}");
@@ -383,7 +415,7 @@ fn compaction_while_away_relists_and_shows_removals() -> Result<()> {
     cluster.put(&key("a"), b"a")?;
     cluster.put(&key("b"), b"b")?;
     let mut w = Watching::start(&mut cluster, "c1", None)?;
-    assert_eq!(keys(snapshot(&w.next(WAIT)?).context("snapshot")?), [key("a"), key("b")]);
+    assert_eq!(keys(&w.first_snapshot()?), [key("a"), key("b")]);
 
     cluster.set_link(&w.netns, "eth0", false)?;
     w.until("unhealthy after the cut", WAIT, is_unhealthy)?;
@@ -394,7 +426,10 @@ fn compaction_while_away_relists_and_shows_removals() -> Result<()> {
     cluster.set_link(&w.netns, "eth0", true)?;
 
     let (ev, before) = w.until("a new snapshot", WAIT, |ev| snapshot(ev).is_some())?;
-    assert!(changes(&before).is_empty(), "no stale events before it: {before:?}");
+    assert!(
+        changes(&before).is_empty(),
+        "no stale events before it: {before:?}"
+    );
     let objects = snapshot(&ev).expect("snapshot");
     assert_eq!(keys(objects), [key("b"), key("c")], "a is gone");
     assert_eq!(objects[0].bytes, b"b2");
@@ -412,7 +447,7 @@ fn leader_sigkill_loses_no_event() -> Result<()> {
         return Ok(());
     };
     let mut w = Watching::start(&mut cluster, "c1", None)?;
-    assert!(snapshot(&w.next(WAIT)?).is_some());
+    w.first_snapshot()?;
     // Writes keep coming while the leader dies; each is retried until etcd confirms it.
     let n = 30;
     let mut confirmed = Vec::new();
@@ -453,7 +488,7 @@ fn etcd_down_only_reports_health_and_catches_up() -> Result<()> {
     };
     cluster.put(&key("a"), b"a")?;
     let mut w = Watching::start(&mut cluster, "c1", None)?;
-    assert!(snapshot(&w.next(WAIT)?).is_some());
+    w.first_snapshot()?;
     let local = endpoint("z", "10.250.0.9");
     w.publish(&local).map_err(anyhow::Error::msg)?;
     w.until("our key", WAIT, |ev| matches!(ev, SourceEvent::Apply(_)))?;
@@ -481,12 +516,17 @@ fn etcd_down_only_reports_health_and_catches_up() -> Result<()> {
     }
     cluster.wait_for_leader(WAIT)?;
     cluster.put(&key("b"), b"b")?;
-    let (_, before) = w.until("b after etcd's return", WAIT, |ev| {
-        matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("b"))
-    })?;
+    let (_, before) = w.until(
+        "b after etcd's return",
+        WAIT,
+        |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("b")),
+    )?;
     eprintln!("caught up {:?} after etcd's return", back.elapsed());
     assert!(before.iter().any(is_healthy), "{before:?}");
-    assert!(!before.iter().any(|e| snapshot(e).is_some()), "resumed: {before:?}");
+    assert!(
+        !before.iter().any(|e| snapshot(e).is_some()),
+        "resumed: {before:?}"
+    );
     // The publish that failed meanwhile was written once etcd answered again.
     let deadline = Instant::now() + WAIT;
     loop {
@@ -524,8 +564,7 @@ fn hostile_values_are_handed_on_bounded() -> Result<()> {
     cluster.put("/elsewhere/endpoints/a", b"x")?;
     cluster.put(&key("good"), b"spec: {}")?;
     let mut w = Watching::start(&mut cluster, "c1", Some(cfg))?;
-    let first = w.next(WAIT)?;
-    let objects = snapshot(&first).context("snapshot")?;
+    let objects = &w.first_snapshot()?;
     assert_eq!(
         keys(objects),
         [key("enormous"), key("garbage"), key("good"), key("huge")]
@@ -533,24 +572,43 @@ fn hostile_values_are_handed_on_bounded() -> Result<()> {
     let by = |k: &str| objects.iter().find(|o| o.key.0 == key(k)).expect(k);
     assert_eq!(by("garbage").bytes, b"\x00\xff{{{: not yaml\n\x1b[31m");
     assert_eq!(by("huge").bytes.len(), limit + 1, "cut to the limit + 1");
-    assert_eq!(by("enormous").bytes.len(), limit + 1, "too large to receive: oversized");
+    assert_eq!(
+        by("enormous").bytes.len(),
+        limit + 1,
+        "too large to receive: oversized"
+    );
     assert_eq!(by("good").bytes, b"spec: {}");
-    assert_eq!(w.stats().ignored_keys, 2, "UPPER and a/b; /elsewhere is not ours");
+    assert_eq!(
+        w.stats().ignored_keys,
+        2,
+        "UPPER and a/b; /elsewhere is not ours"
+    );
 
     // ... and after (seen by the watch; the enormous one breaks the stream, then a listing).
     writer.put(&key("huge2"), vec![b'x'; 2 * 1024 * 1024])?;
     let (ev, _) = w.until("huge2", WAIT, |ev| matches!(ev, SourceEvent::Apply(_)))?;
-    let SourceEvent::Apply(raw) = ev else { unreachable!() };
+    let SourceEvent::Apply(raw) = ev else {
+        unreachable!()
+    };
     assert_eq!(raw.bytes.len(), limit + 1);
     writer.put(&key("enormous2"), vec![b'y'; 6 * 1024 * 1024])?;
     cluster.put(&key("after"), b"after")?;
-    let (ev, _) = w.until("a snapshot with enormous2", WAIT, |ev| snapshot(ev).is_some())?;
+    let (ev, _) = w.until("a snapshot with enormous2", WAIT, |ev| {
+        snapshot(ev).is_some()
+    })?;
     let objects = snapshot(&ev).expect("snapshot");
-    let e2 = objects.iter().find(|o| o.key.0 == key("enormous2")).context("enormous2")?;
+    let e2 = objects
+        .iter()
+        .find(|o| o.key.0 == key("enormous2"))
+        .context("enormous2")?;
     assert_eq!(e2.bytes.len(), limit + 1);
     cluster.put(&key("BAD2"), b"x")?;
     cluster.put(&key("last"), b"last")?;
-    w.until("last", WAIT, |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("last")))?;
+    w.until(
+        "last",
+        WAIT,
+        |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("last")),
+    )?;
     let deadline = Instant::now() + WAIT;
     while w.stats().ignored_keys < 5 {
         assert!(Instant::now() < deadline, "{:?}", w.stats());
@@ -573,7 +631,9 @@ fn compare_and_swap_publishing() -> Result<()> {
     let v2 = endpoint("z", "10.250.0.2");
     new.publish(&v2).map_err(anyhow::Error::msg)?;
     let value = |c: &EtcdCluster| -> Result<String> {
-        Ok(c.ctl(["get", &key("z"), "--print-value-only"])?.trim_end().to_string())
+        Ok(c.ctl(["get", &key("z"), "--print-value-only"])?
+            .trim_end()
+            .to_string())
     };
     assert_eq!(value(&cluster)?, v2.to_yaml()?.trim_end());
 
