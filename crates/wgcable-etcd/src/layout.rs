@@ -126,8 +126,7 @@ pub fn is_dns_label(id: &str) -> bool {
 /// shape is shown, in quotes.
 pub fn printable(key: &[u8], max: usize) -> String {
     let mut out = String::from("\"");
-    let mut shown = 0;
-    for &b in key {
+    for (shown, &b) in key.iter().enumerate() {
         if shown >= max {
             let _ = write!(out, "...\" ({} bytes)", key.len());
             return out;
@@ -142,7 +141,6 @@ pub fn printable(key: &[u8], max: usize) -> String {
                 let _ = write!(out, "\\x{b:02x}");
             }
         }
-        shown += 1;
     }
     out.push('"');
     out
