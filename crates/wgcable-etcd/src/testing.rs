@@ -42,6 +42,9 @@ pub struct ClusterOptions {
     pub net: [u8; 3],
     /// Extra `etcd` flags for every member (e.g. `--max-request-bytes`).
     pub extra_args: Vec<String>,
+    /// Serve clients over TLS and require client certificates (a CA, server and client
+    /// certificates are made with `openssl`; see [`EtcdCluster::tls`]).
+    pub tls: bool,
 }
 
 impl ClusterOptions {
@@ -57,6 +60,7 @@ impl ClusterOptions {
             members: 3,
             net: [10, 250, 0],
             extra_args: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -75,13 +79,23 @@ pub struct Member {
     pub ip: Ipv4Addr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    scheme: &'static str,
     child: Option<Child>,
 }
 
+/// The TLS files of a cluster started with `tls`: pass them as `--etcd-cacert`,
+/// `--etcd-cert`, `--etcd-key`.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cacert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 impl Member {
-    /// `http://IP:2379`.
+    /// `http://IP:2379` (`https://` with TLS).
     pub fn client_url(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.ip)
+        format!("{}://{}:{CLIENT_PORT}", self.scheme, self.ip)
     }
 
     pub fn is_running(&self) -> bool {
@@ -99,6 +113,7 @@ pub struct EtcdCluster {
     namespaces: Vec<String>,
     /// Namespaces attached with [`EtcdCluster::attach`] (not ours: only their link is).
     attached: u8,
+    tls: Option<TlsFiles>,
     dir: tempfile::TempDir,
 }
 
@@ -144,6 +159,7 @@ impl EtcdCluster {
             members: Vec::new(),
             namespaces: Vec::new(),
             attached: 0,
+            tls: None,
             dir,
         };
         // From here on, Drop removes whatever part was built.
@@ -160,6 +176,13 @@ impl EtcdCluster {
             "br0",
         ])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        if cluster.opts.tls {
+            let ips: Vec<Ipv4Addr> = (0..cluster.opts.members)
+                .map(|i| cluster.addr(i as u8 + 1))
+                .collect();
+            cluster.tls = Some(make_certificates(cluster.dir.path(), &ips)?);
+        }
+        let scheme = if cluster.opts.tls { "https" } else { "http" };
         for i in 0..cluster.opts.members {
             let name = format!("m{}", i + 1);
             let netns = format!("{}{name}", cluster.opts.prefix);
@@ -174,6 +197,7 @@ impl EtcdCluster {
                 ip: ip_addr,
                 data_dir,
                 log,
+                scheme,
                 child: None,
             });
         }
@@ -218,6 +242,11 @@ impl EtcdCluster {
     /// The members' client URLs, as `--etcd-endpoints` takes them.
     pub fn client_urls(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// The client's TLS files, when started with `tls`.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The harness's temporary directory (data and logs).
@@ -267,6 +296,18 @@ impl EtcdCluster {
             .collect();
         let token = self.opts.prefix.clone();
         let extra = self.opts.extra_args.clone();
+        let tls_args: Vec<String> = match &self.tls {
+            None => vec![],
+            Some(_) => {
+                let dir = self.dir.path();
+                vec![
+                    format!("--cert-file={}", dir.join("server.pem").display()),
+                    format!("--key-file={}", dir.join("server.key").display()),
+                    format!("--trusted-ca-file={}", dir.join("ca.pem").display()),
+                    "--client-cert-auth".into(),
+                ]
+            }
+        };
         let m = &mut self.members[i];
         ensure!(
             m.child.is_none(),
@@ -283,18 +324,13 @@ impl EtcdCluster {
         } else {
             "new"
         };
+        let url = m.client_url();
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &m.netns, "etcd"])
             .arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", m.data_dir.display()))
-            .arg(format!(
-                "--listen-client-urls=http://{}:{CLIENT_PORT}",
-                m.ip
-            ))
-            .arg(format!(
-                "--advertise-client-urls=http://{}:{CLIENT_PORT}",
-                m.ip
-            ))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
             .arg(format!("--listen-peer-urls=http://{}:{PEER_PORT}", m.ip))
             .arg(format!(
                 "--initial-advertise-peer-urls=http://{}:{PEER_PORT}",
@@ -304,6 +340,7 @@ impl EtcdCluster {
             .arg(format!("--initial-cluster-token={token}"))
             .arg(format!("--initial-cluster-state={state}"))
             .args(["--logger=zap", "--log-outputs=stderr"])
+            .args(&tls_args)
             .args(&extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("log file")?)
@@ -351,8 +388,13 @@ impl EtcdCluster {
         c.args(["netns", "exec", &self.hub, "etcdctl"])
             .arg(format!("--endpoints={endpoints}"))
             .args(["--dial-timeout=2s", "--command-timeout=5s"])
-            .env("ETCDCTL_API", "3")
-            .args(args);
+            .env("ETCDCTL_API", "3");
+        if let Some(t) = &self.tls {
+            c.arg(format!("--cacert={}", t.cacert.display()))
+                .arg(format!("--cert={}", t.cert.display()))
+                .arg(format!("--key={}", t.key.display()));
+        }
+        c.args(args);
         c
     }
 
@@ -537,6 +579,74 @@ impl<T> NetnsThread<T> {
     pub fn is_finished(&self) -> bool {
         self.0.is_finished()
     }
+}
+
+/// A CA, a server certificate for `ips` (etcd serves clients with it) and a client
+/// certificate, all EC P-256, made with `openssl` in `dir`.
+fn make_certificates(dir: &Path, ips: &[Ipv4Addr]) -> Result<TlsFiles> {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let openssl = |args: &[&str]| {
+        let mut c = Command::new("openssl");
+        c.args(args);
+        read(&mut c).context("making test certificates (apt-get install openssl)")
+    };
+    let sans: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+    std::fs::write(
+        dir.join("server.ext"),
+        format!(
+            "subjectAltName={}\nextendedKeyUsage=serverAuth,clientAuth\n",
+            sans.join(",")
+        ),
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key, "-out", &ca_pem, "-days", "2"]);
+    args.extend(["-subj", "/CN=wgcable test CA"]);
+    openssl(&args)?;
+    for (name, cn) in [("server", "etcd"), ("client", "wgcable")] {
+        let (key, csr, pem, ext) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.pem")),
+            p(&format!("{name}.ext")),
+        );
+        let subj = format!("/CN={cn}");
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(&args)?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ])?;
+    }
+    Ok(TlsFiles {
+        cacert: dir.join("ca.pem"),
+        cert: dir.join("client.pem"),
+        key: dir.join("client.key"),
+    })
 }
 
 fn ip(args: &[&str]) -> Result<()> {

@@ -657,3 +657,51 @@ fn compare_and_swap_publishing() -> Result<()> {
     assert_eq!(cluster.ctl(["get", &key("z")])?, "");
     Ok(())
 }
+
+#[test]
+fn tls_with_client_certificates() -> Result<()> {
+    let mut opts = ClusterOptions::new();
+    opts.tls = true;
+    let Some(mut cluster) = start("tls_with_client_certificates", opts) else {
+        return Ok(());
+    };
+    let tls = cluster.tls().cloned().context("TLS files")?;
+    cluster.put(&key("a"), b"a")?;
+    let mut cfg = config(&cluster);
+    cfg.cacert = Some(tls.cacert.clone());
+    cfg.cert = Some(tls.cert.clone());
+    cfg.key = Some(tls.key.clone());
+    let mut w = Watching::start(&mut cluster, "c1", Some(cfg.clone()))?;
+    assert_eq!(keys(&w.first_snapshot()?), [key("a")]);
+    w.publish(&endpoint("z", "10.250.0.9"))
+        .map_err(anyhow::Error::msg)?;
+    w.until(
+        "our key over TLS",
+        WAIT,
+        |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("z")),
+    )?;
+
+    // Without a client certificate, etcd refuses the connection: only health, never a
+    // snapshot.
+    let mut anonymous = cfg.clone();
+    anonymous.cert = None;
+    anonymous.key = None;
+    let mut w = Watching::start(&mut cluster, "c2", Some(anonymous))?;
+    let ev = w.next(WAIT)?;
+    assert!(is_unhealthy(&ev), "{ev:?}");
+
+    // Preflight names the flag and the file of a certificate that is not one.
+    let mut swapped = cfg;
+    swapped.cacert = Some(tls.key.clone());
+    let source = EtcdSource::new(swapped)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let err = rt
+        .block_on(source.preflight())
+        .expect_err("a key is not a CA certificate");
+    let text = chain(&err);
+    assert!(text.contains("--etcd-cacert"), "{text}");
+    assert!(!text.contains("PRIVATE KEY-----\n"), "{text}");
+    Ok(())
+}
