@@ -705,3 +705,56 @@ fn tls_with_client_certificates() -> Result<()> {
     assert!(!text.contains("PRIVATE KEY-----\n"), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_source_started_while_etcd_is_down_reports_health_then_snapshots() -> Result<()> {
+    let Some(mut cluster) = start("started_while_down", ClusterOptions::new()) else {
+        return Ok(());
+    };
+    cluster.put(&key("a"), b"a")?;
+    for i in 0..cluster.members.len() {
+        cluster.stop_member(i)?;
+    }
+    let mut w = Watching::start(&mut cluster, "c1", None)?;
+    let ev = w.next(WAIT)?;
+    assert!(is_unhealthy(&ev), "health first: {ev:?}");
+    for i in 0..cluster.members.len() {
+        cluster.start_member(i)?;
+    }
+    assert_eq!(keys(&w.first_snapshot()?), [key("a")]);
+    Ok(())
+}
+
+#[test]
+fn a_member_without_a_leader_is_unhealthy_until_its_quorum_returns() -> Result<()> {
+    let Some(mut cluster) = start("leaderless_member", ClusterOptions::new()) else {
+        return Ok(());
+    };
+    // The client knows only m1. m2 and m3 lose their links to the bridge: m1 still answers
+    // the client but has no quorum, and so no leader after an election timeout.
+    let mut cfg = config(&cluster);
+    cfg.endpoints = vec![cluster.members[0].client_url()];
+    let mut w = Watching::start(&mut cluster, "c1", Some(cfg))?;
+    w.first_snapshot()?;
+    let (m2, m3) = (
+        cluster.members[1].netns.clone(),
+        cluster.members[2].netns.clone(),
+    );
+    cluster.set_link(&m2, "eth0", false)?;
+    cluster.set_link(&m3, "eth0", false)?;
+    let started = Instant::now();
+    let (ev, before) = w.until("unhealthy: m1 has no leader", WAIT, is_unhealthy)?;
+    eprintln!("leaderless noticed after {:?}: {ev:?}", started.elapsed());
+    assert!(changes(&before).is_empty(), "{before:?}");
+    cluster.set_link(&m2, "eth0", true)?;
+    cluster.set_link(&m3, "eth0", true)?;
+    cluster.wait_for_leader(WAIT)?;
+    cluster.put(&key("b"), b"b")?;
+    let (_, before) = w.until(
+        "b after the quorum is back",
+        WAIT,
+        |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("b")),
+    )?;
+    assert!(before.iter().any(is_healthy), "{before:?}");
+    Ok(())
+}
