@@ -35,10 +35,11 @@ fn key(id: &str) -> String {
     format!("/wgcable/endpoints/{id}")
 }
 
-/// Short timeouts so that faults are noticed within a second or two.
+/// Short timeouts so that faults are noticed within a few seconds (and long enough for a
+/// machine busy with several clusters at once).
 fn config(cluster: &EtcdCluster) -> EtcdConfig {
     let mut c = EtcdConfig::new(cluster.client_urls());
-    c.request_timeout = Duration::from_secs(1);
+    c.request_timeout = Duration::from_secs(2);
     c.connect_timeout = Duration::from_secs(1);
     c.probe_interval = Duration::from_millis(300);
     c.backoff = Backoff {
