@@ -3,6 +3,7 @@
 //! - `test`: every test (fmt, clippy, unit/integration tests, doctests, e2e when root).
 //! - `e2e [--cleanup] [--keep]`: real gateways in network namespaces, the scenarios of issue 7.
 //! - `demo [--clusters 2|3]`: the multi-cluster demo.
+//! - `fuzz [--seconds N] [TARGET]`: the fuzz targets in `fuzz/`.
 //! - `internal ...`: helpers that the tasks above run inside the namespaces.
 //!
 //! It drives the `wgcable` binary from the outside only (its CLI, its HTTP endpoints, and the
@@ -13,6 +14,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod e2e;
+mod fuzz;
 mod internal;
 mod interrupt;
 mod state;
@@ -26,7 +28,8 @@ tasks:
   test                  fmt check, clippy -D warnings, all tests, then e2e when root
   e2e [--keep]          multi-cluster scenarios in network namespaces (root)
   e2e --cleanup         remove leftovers of crashed e2e/demo runs
-  demo [--clusters N]   start 2 or 3 connected clusters and show them (root)";
+  demo [--clusters N]   start 2 or 3 connected clusters and show them (root)
+  fuzz [--seconds N] [TARGET]  run the fuzz targets (cargo-fuzz), N s each (default 20)";
 
 fn main() -> Result<()> {
     // Errors here are for people: the chain of contexts says what failed, a backtrace of
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
         "e2e" => e2e::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "fuzz" => fuzz::run(rest),
         "internal" => internal::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the one command that runs every test. fmt check, clippy with warnings
 //! denied, the unit and integration tests (nextest when installed, plus doctests, which
-//! nextest does not run), then the e2e scenarios when root. Every step runs even after a
-//! failure, so one run shows everything that is wrong; the exit status is non-zero if any
-//! step failed. Without root, e2e is skipped with one line, except under CI, where that is a
+//! nextest does not run), a 20 s run of each fuzz target, then the e2e scenarios when root.
+//! Every step runs even after a failure, so one run shows everything that is wrong; the exit
+//! status is non-zero if any step failed. Without root, e2e is skipped with one line, except under CI, where that is a
 //! failure.
 
 use anyhow::{bail, Result};
@@ -47,6 +47,12 @@ pub fn run(args: &[String]) -> Result<()> {
         c.args(["test", "--doc", "--workspace"]);
         results.push(("doctests", cmd::run(&mut c)));
     }
+
+    // A bounded fuzz run (20 s a target); `cargo xtask fuzz --seconds N` runs longer.
+    results.push((
+        "fuzz",
+        crate::fuzz::run(&["--seconds".to_owned(), "20".to_owned()]),
+    ));
 
     let root = nix::unistd::geteuid().is_root();
     if root {

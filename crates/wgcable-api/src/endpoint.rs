@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use wgcable_keys::PublicKey;
 
 use crate::error::ApiError;
+use crate::parse::{parse_endpoint, parse_endpoints, Format, FoundType, ParseLimits};
 use crate::serde_util::{lenient_string_map, null_as_default};
 
 /// `apiVersion` of Submariner's custom resources.
@@ -128,10 +129,7 @@ impl EndpointSpec {
     pub fn public_key(&self) -> Result<Option<PublicKey>, ApiError> {
         self.public_key_str()
             .map(|value| {
-                PublicKey::from_base64(value).map_err(|source| ApiError::BadPublicKey {
-                    value: value.to_owned(),
-                    source,
-                })
+                PublicKey::from_base64(value).map_err(|source| ApiError::BadPublicKey { source })
             })
             .transpose()
     }
@@ -164,12 +162,7 @@ impl EndpointSpec {
 
     fn port(&self, key: &'static str) -> Result<Option<u16>, ApiError> {
         self.backend_config_value(key)
-            .map(|value| {
-                parse_port(value).ok_or_else(|| ApiError::BadPort {
-                    key,
-                    value: value.to_owned(),
-                })
-            })
+            .map(|value| parse_port(value).ok_or(ApiError::BadPort { key }))
             .transpose()
     }
 }
@@ -244,26 +237,26 @@ impl Endpoint {
         &self.metadata.name
     }
 
-    /// Parses one Endpoint document and checks its apiVersion and kind.
+    /// Parses one Endpoint document and checks its apiVersion and kind, within the default
+    /// [`ParseLimits`]; errors never quote the input (see [`crate::parse_endpoint`]).
     pub fn from_yaml(text: &str) -> Result<Self, ApiError> {
-        let endpoint: Endpoint =
-            serde_yaml_ng::from_str(text).map_err(|source| ApiError::ParseYaml {
-                what: "Endpoint".to_owned(),
-                source,
-            })?;
-        endpoint.check_type("Endpoint")?;
-        Ok(endpoint)
+        parse_endpoint(text.as_bytes(), Format::Yaml, &ParseLimits::default()).map_err(|source| {
+            ApiError::Parse {
+                what: "Endpoint from YAML",
+                source: Box::new(source),
+            }
+        })
     }
 
-    /// Parses one Endpoint JSON object and checks its apiVersion and kind.
+    /// Parses one Endpoint JSON object and checks its apiVersion and kind, within the default
+    /// [`ParseLimits`].
     pub fn from_json(text: &str) -> Result<Self, ApiError> {
-        let endpoint: Endpoint =
-            serde_json::from_str(text).map_err(|source| ApiError::ParseJson {
-                what: "Endpoint".to_owned(),
-                source,
-            })?;
-        endpoint.check_type("Endpoint")?;
-        Ok(endpoint)
+        parse_endpoint(text.as_bytes(), Format::Json, &ParseLimits::default()).map_err(|source| {
+            ApiError::Parse {
+                what: "Endpoint from JSON",
+                source: Box::new(source),
+            }
+        })
     }
 
     pub fn to_yaml(&self) -> Result<String, ApiError> {
@@ -282,69 +275,15 @@ impl Endpoint {
 
     /// Parses every Endpoint in `text`: one or more YAML documents (separated by `---`), each an
     /// Endpoint or a list of them (`kind: List` as `kubectl get ... -o yaml` prints, or
-    /// `kind: EndpointList` as the API server returns). Empty documents are skipped.
+    /// `kind: EndpointList` as the API server returns). Empty documents are skipped. Within the
+    /// default [`ParseLimits`]; see [`crate::parse_endpoints`].
     pub fn list_from_yaml(text: &str) -> Result<Vec<Endpoint>, ApiError> {
-        let mut endpoints = Vec::new();
-        for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let what = format!("YAML document {}", index + 1);
-            let value = serde_yaml_ng::Value::deserialize(document).map_err(|source| {
-                ApiError::ParseYaml {
-                    what: what.clone(),
-                    source,
-                }
-            })?;
-            if value.is_null() {
-                continue;
+        parse_endpoints(text.as_bytes(), Format::Yaml, &ParseLimits::default()).map_err(|source| {
+            ApiError::Parse {
+                what: "Endpoints from YAML",
+                source: Box::new(source),
             }
-            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            if kind == "List" || kind == KIND_ENDPOINT_LIST {
-                let list_api_version = value
-                    .get("apiVersion")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_owned();
-                if kind == KIND_ENDPOINT_LIST && list_api_version != API_VERSION {
-                    return Err(ApiError::WrongType {
-                        what,
-                        expected_api_version: API_VERSION,
-                        expected_kind: KIND_ENDPOINT_LIST,
-                        found_api_version: list_api_version,
-                        found_kind: kind.to_owned(),
-                    });
-                }
-                let items = match value.get("items") {
-                    None | Some(serde_yaml_ng::Value::Null) => continue,
-                    Some(serde_yaml_ng::Value::Sequence(items)) => items.clone(),
-                    Some(_) => {
-                        return Err(ApiError::ParseYaml {
-                            what: format!("{what} ({kind})"),
-                            source: <serde_yaml_ng::Error as serde::de::Error>::custom(
-                                "items is not a list",
-                            ),
-                        })
-                    }
-                };
-                for (i, item) in items.into_iter().enumerate() {
-                    let mut endpoint = endpoint_from_value(item, text, index, true)?;
-                    let what = format!("{what}, items[{i}]");
-                    // The API server leaves apiVersion/kind out of a typed list's items.
-                    if kind == KIND_ENDPOINT_LIST
-                        && endpoint.api_version.is_empty()
-                        && endpoint.kind.is_empty()
-                    {
-                        endpoint.api_version = API_VERSION.to_owned();
-                        endpoint.kind = KIND_ENDPOINT.to_owned();
-                    }
-                    endpoint.check_type(&what)?;
-                    endpoints.push(endpoint);
-                }
-            } else {
-                let endpoint = endpoint_from_value(value, text, index, false)?;
-                endpoint.check_type(&what)?;
-                endpoints.push(endpoint);
-            }
-        }
-        Ok(endpoints)
+        })
     }
 
     /// Fails unless apiVersion is `submariner.io/v1` and kind is `Endpoint`.
@@ -356,46 +295,9 @@ impl Endpoint {
             what: what.to_owned(),
             expected_api_version: API_VERSION,
             expected_kind: KIND_ENDPOINT,
-            found_api_version: self.api_version.clone(),
-            found_kind: self.kind.clone(),
+            found: FoundType::of(&self.api_version, &self.kind),
         })
     }
-}
-
-/// Converts one already-parsed document (or list item) into an Endpoint.
-///
-/// Errors from a `Value` have lost their line numbers and field paths, so on failure the
-/// document is parsed again straight from the text, which reports both
-/// (`items[1].spec.subnets: invalid type ... at line 12 column 12`).
-fn endpoint_from_value(
-    value: serde_yaml_ng::Value,
-    text: &str,
-    document: usize,
-    in_list: bool,
-) -> Result<Endpoint, ApiError> {
-    serde_yaml_ng::from_value(value).map_err(|plain| {
-        #[derive(Deserialize)]
-        struct ListDocument {
-            #[allow(dead_code)] // Only deserialized for its error message.
-            items: Vec<Endpoint>,
-        }
-        let reparsed = serde_yaml_ng::Deserializer::from_str(text)
-            .nth(document)
-            .map(|doc| {
-                if in_list {
-                    ListDocument::deserialize(doc).map(drop)
-                } else {
-                    Endpoint::deserialize(doc).map(drop)
-                }
-            });
-        ApiError::ParseYaml {
-            what: format!("YAML document {}", document + 1),
-            source: match reparsed {
-                Some(Err(detailed)) => detailed,
-                _ => plain,
-            },
-        }
-    })
 }
 
 /// Makes `name` a valid Kubernetes object name the way Submariner does: lowercase, and every
@@ -485,7 +387,7 @@ mod tests {
         let err = spec.udp_port().expect_err("port 0");
         assert_eq!(
             err.to_string(),
-            "backend_config \"udp-port\" is \"0\", which is not a port number (1-65535)"
+            "backend_config \"udp-port\" is not a port number (1-65535)"
         );
         spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, "short");
         let err = spec.public_key().expect_err("bad key");

@@ -1,22 +1,20 @@
+use crate::parse::{FoundType, ParseError};
+
 /// Errors from parsing, formatting and reading typed values out of the data model.
+///
+/// No message quotes a value read from input: parse errors say what and where
+/// ([`ParseError`]), the others name the field.
 ///
 /// Validation problems are not here: [`crate::EndpointSpec::validate`] collects them all in a
 /// [`crate::ValidationErrors`] instead of stopping at the first.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
-    #[error("parsing {what} from YAML")]
-    ParseYaml {
-        what: String,
+    #[error("parsing {what}")]
+    Parse {
+        what: &'static str,
         #[source]
-        source: serde_yaml_ng::Error,
-    },
-
-    #[error("parsing {what} from JSON")]
-    ParseJson {
-        what: String,
-        #[source]
-        source: serde_json::Error,
+        source: Box<ParseError>,
     },
 
     #[error("formatting {what} as YAML")]
@@ -35,38 +33,31 @@ pub enum ApiError {
 
     #[error(
         "{what}: expected apiVersion {expected_api_version} and kind {expected_kind}, found \
-         apiVersion {found_api_version:?} and kind {found_kind:?}{hint}",
-        hint = wrong_type_hint(.found_api_version, .found_kind)
+         {found}"
     )]
     WrongType {
         what: String,
         expected_api_version: &'static str,
         expected_kind: &'static str,
-        found_api_version: String,
-        found_kind: String,
+        found: FoundType,
     },
 
-    #[error("backend_config {key:?} is {value:?}, which is not a port number (1-65535)")]
-    BadPort { key: &'static str, value: String },
+    #[error("backend_config {key:?} is not a port number (1-65535)")]
+    BadPort { key: &'static str },
 
-    // Public keys are not secret, so the value may be shown.
-    #[error("backend_config \"publicKey\" is {value:?}, which is not a WireGuard public key")]
+    #[error("backend_config \"publicKey\" is not a WireGuard public key")]
     BadPublicKey {
-        value: String,
         #[source]
         source: wgcable_keys::KeyError,
     },
 }
 
-/// Points at the usual mistakes behind a wrong apiVersion/kind.
-fn wrong_type_hint(api_version: &str, kind: &str) -> &'static str {
-    if kind == "Endpoints" || (api_version == "v1" && kind == "Endpoint") {
-        "; that is Kubernetes' core Endpoints, use `kubectl get endpoints.submariner.io -o yaml`"
-    } else if kind == "List" || kind.ends_with("List") {
-        "; this is a list, parse it with Endpoint::list_from_yaml"
-    } else if api_version.is_empty() && kind.is_empty() {
-        "; is this a bare spec? An Endpoint document needs apiVersion, kind, metadata and spec"
-    } else {
-        ""
+impl ApiError {
+    /// The parse error behind this one, if it is one; its `reason()` is a metrics label.
+    pub fn parse_error(&self) -> Option<&ParseError> {
+        match self {
+            ApiError::Parse { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }

@@ -16,6 +16,8 @@
 mod connection;
 mod endpoint;
 mod error;
+mod parse;
+mod policy;
 mod serde_util;
 mod validate;
 
@@ -28,7 +30,12 @@ pub use endpoint::{
     KIND_ENDPOINT_LIST, MAX_CLUSTER_ID_LEN,
 };
 pub use error::ApiError;
-pub use validate::{ValidatedSpec, ValidationError, ValidationErrors};
+pub use parse::{
+    endpoints_from_json_value, parse_endpoint, parse_endpoints, Format, FoundType, Known, Location,
+    ParseError, ParseLimits, ParseProblem,
+};
+pub use policy::{special_purpose_ranges, AdmissionPolicy, Problem, SpecialRange};
+pub use validate::{Reason, ValidatedSpec, ValidationError, ValidationErrors};
 
 /// Re-exported so callers can name the key type of [`EndpointSpec::public_key`] without a
 /// direct dependency.

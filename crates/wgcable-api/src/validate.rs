@@ -30,11 +30,111 @@ pub struct ValidatedSpec {
     pub hostname: String,
 }
 
+/// Why a field was refused: a small stable set, for metrics labels
+/// (`endpoint_rejected{reason=...}`) and for tests. [`Reason::as_str`] never changes for a
+/// variant once released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Reason {
+    ClusterId,
+    PrivateIpMissing,
+    AddressUnparseable,
+    SubnetsMissing,
+    SubnetUnparseable,
+    SubnetDefaultRoute,
+    SubnetHostBits,
+    SubnetDuplicate,
+    Port,
+    PublicKeyMissing,
+    PublicKeyMalformed,
+    /// A remote subnet overlaps a special-purpose range (loopback, multicast, ...).
+    SubnetSpecialPurpose,
+    /// A remote subnet is broader than the policy's broadest prefix.
+    SubnetTooBroad,
+    /// A remote subnet is not inside the operator's allow-list.
+    SubnetNotAllowed,
+    /// A remote subnet covers a local underlay address.
+    SubnetCoversUnderlay,
+    /// A remote subnet covers the endpoint IP of its own or another remote gateway.
+    SubnetCoversGateway,
+    /// A remote subnet overlaps one of the local cluster's subnets.
+    SubnetOverlapsLocal,
+    /// An endpoint or health-check address is special-purpose (loopback, broadcast, ...).
+    AddressSpecialPurpose,
+    /// An endpoint address is one of the local gateway's own.
+    AddressIsLocal,
+}
+
+impl Reason {
+    /// The stable metrics label of this reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterId => "cluster_id",
+            Self::PrivateIpMissing => "private_ip_missing",
+            Self::AddressUnparseable => "address_unparseable",
+            Self::SubnetsMissing => "subnets_missing",
+            Self::SubnetUnparseable => "subnet_unparseable",
+            Self::SubnetDefaultRoute => "subnet_default_route",
+            Self::SubnetHostBits => "subnet_host_bits",
+            Self::SubnetDuplicate => "subnet_duplicate",
+            Self::Port => "port",
+            Self::PublicKeyMissing => "public_key_missing",
+            Self::PublicKeyMalformed => "public_key_malformed",
+            Self::SubnetSpecialPurpose => "subnet_special_purpose",
+            Self::SubnetTooBroad => "subnet_too_broad",
+            Self::SubnetNotAllowed => "subnet_not_allowed",
+            Self::SubnetCoversUnderlay => "subnet_covers_underlay",
+            Self::SubnetCoversGateway => "subnet_covers_gateway",
+            Self::SubnetOverlapsLocal => "subnet_overlaps_local",
+            Self::AddressSpecialPurpose => "address_special_purpose",
+            Self::AddressIsLocal => "address_is_local",
+        }
+    }
+
+    /// Every reason, for tests and for pre-registering metric series.
+    pub const ALL: &'static [Reason] = &[
+        Self::ClusterId,
+        Self::PrivateIpMissing,
+        Self::AddressUnparseable,
+        Self::SubnetsMissing,
+        Self::SubnetUnparseable,
+        Self::SubnetDefaultRoute,
+        Self::SubnetHostBits,
+        Self::SubnetDuplicate,
+        Self::Port,
+        Self::PublicKeyMissing,
+        Self::PublicKeyMalformed,
+        Self::SubnetSpecialPurpose,
+        Self::SubnetTooBroad,
+        Self::SubnetNotAllowed,
+        Self::SubnetCoversUnderlay,
+        Self::SubnetCoversGateway,
+        Self::SubnetOverlapsLocal,
+        Self::AddressSpecialPurpose,
+        Self::AddressIsLocal,
+    ];
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One problem with one field of an Endpoint.
+///
+/// Neither `field` nor `message` contains a raw string from the input. `field` is made of the
+/// CRD's field names and indices. `message` may contain only values that were parsed into typed
+/// addresses, CIDRs, ports or a validated cluster id (their canonical text can hold nothing but
+/// digits, hex letters, `.`, `:`, `/` or a DNS label, so it can neither carry a secret read
+/// through a link nor inject log lines), numbers such as lengths and limits, and this crate's
+/// own names (special-purpose range names, field names).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ValidationError {
     /// Where, in the CRD's own names: `spec.subnets[1]`, `spec.backend_config.publicKey`, ...
     pub field: String,
+    /// Why, as a stable code.
+    pub reason: Reason,
     /// What is wrong and, where possible, what was probably meant.
     pub message: String,
 }
@@ -65,14 +165,28 @@ impl ValidationErrors {
         self.0.is_empty()
     }
 
+    /// The distinct reasons, in a stable order (for counting rejections by reason).
+    pub fn reasons(&self) -> Vec<Reason> {
+        let mut reasons: Vec<Reason> = self.0.iter().map(|e| e.reason).collect();
+        reasons.sort();
+        reasons.dedup();
+        reasons
+    }
+
     /// The problems with `field` (exact match), e.g. `"spec.cluster_id"`.
     pub fn for_field<'a>(&'a self, field: &'a str) -> impl Iterator<Item = &'a ValidationError> {
         self.0.iter().filter(move |e| e.field == field)
     }
 
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(
+        &mut self,
+        field: impl Into<String>,
+        reason: Reason,
+        message: impl Into<String>,
+    ) {
         self.0.push(ValidationError {
             field: field.into(),
+            reason,
             message: message.into(),
         });
     }
@@ -131,6 +245,7 @@ impl EndpointSpec {
         if private_ips.is_empty() && self.private_ip.is_empty() && self.private_ips.is_empty() {
             errors.push(
                 "spec.private_ip",
+                Reason::PrivateIpMissing,
                 "missing: an endpoint needs its private IP (set private_ip or private_ips)",
             );
         }
@@ -173,13 +288,14 @@ impl EndpointSpec {
 fn check_cluster_id(id: &str, errors: &mut ValidationErrors) {
     const FIELD: &str = "spec.cluster_id";
     if id.is_empty() {
-        errors.push(FIELD, "must not be empty");
+        errors.push(FIELD, Reason::ClusterId, "must not be empty");
         return;
     }
     let len = id.chars().count();
     if len > MAX_CLUSTER_ID_LEN {
         errors.push(
             FIELD,
+            Reason::ClusterId,
             format!("is {len} characters long, at most {MAX_CLUSTER_ID_LEN} are allowed"),
         );
     }
@@ -192,10 +308,9 @@ fn check_cluster_id(id: &str, errors: &mut ValidationErrors) {
     if !valid {
         errors.push(
             FIELD,
-            format!(
-                "{id:?} is not a DNS-1123 label (lowercase letters, digits and '-', starting and \
-                 ending with a letter or digit)"
-            ),
+            Reason::ClusterId,
+            "is not a DNS-1123 label (lowercase letters, digits and '-', starting and ending \
+             with a letter or digit)",
         );
     }
 }
@@ -211,7 +326,11 @@ fn parse_ip(field: &str, text: &str, errors: &mut ValidationErrors) -> Option<Ip
             } else {
                 ""
             };
-            errors.push(field, format!("{text:?} is not an IP address{hint}"));
+            errors.push(
+                field,
+                Reason::AddressUnparseable,
+                format!("is not an IP address{hint}"),
+            );
             None
         }
     }
@@ -244,12 +363,13 @@ fn check_subnets(subnets: &[String], errors: &mut ValidationErrors) -> Vec<IpNet
     if subnets.is_empty() {
         errors.push(
             "spec.subnets",
+            Reason::SubnetsMissing,
             "at least one subnet is required (the cluster's pod and service CIDRs)",
         );
         return Vec::new();
     }
-    // (normalized net, index of first occurrence)
-    let mut seen: Vec<(IpNet, usize)> = Vec::new();
+    // (normalized net, index of first occurrence, as published)
+    let mut seen: Vec<(IpNet, usize, IpNet)> = Vec::new();
     for (i, text) in subnets.iter().enumerate() {
         let field = format!("spec.subnets[{i}]");
         let net = match text.parse::<IpNet>() {
@@ -260,15 +380,20 @@ fn check_subnets(subnets: &[String], errors: &mut ValidationErrors) -> Vec<IpNet
                     Ok(IpAddr::V6(ip)) => format!(" (did you mean {ip}/128?)"),
                     Err(_) => " (expected e.g. 10.42.0.0/16 or fd00:42::/56)".to_owned(),
                 };
-                errors.push(field, format!("{text:?} is not a CIDR{hint}"));
+                errors.push(
+                    field,
+                    Reason::SubnetUnparseable,
+                    format!("is not a CIDR{hint}"),
+                );
                 continue;
             }
         };
         if net.prefix_len() == 0 {
             errors.push(
                 field,
+                Reason::SubnetDefaultRoute,
                 format!(
-                    "{text} is a default route; a cable only carries the remote cluster's own \
+                    "{net} is a default route; a cable only carries the remote cluster's own \
                      subnets"
                 ),
             );
@@ -278,21 +403,20 @@ fn check_subnets(subnets: &[String], errors: &mut ValidationErrors) -> Vec<IpNet
         if normalized != net {
             errors.push(
                 &field,
-                format!("{text} has host bits set (did you mean {normalized}?)"),
+                Reason::SubnetHostBits,
+                format!("{net} has host bits set (did you mean {normalized}?)"),
             );
         }
-        match seen.iter().find(|(other, _)| *other == normalized) {
-            Some((_, first)) => errors.push(
+        match seen.iter().find(|(other, _, _)| *other == normalized) {
+            Some((_, first, first_net)) => errors.push(
                 field,
-                format!(
-                    "{text} duplicates spec.subnets[{first}] ({})",
-                    subnets[*first]
-                ),
+                Reason::SubnetDuplicate,
+                format!("{net} duplicates spec.subnets[{first}] ({first_net})"),
             ),
-            None => seen.push((normalized, i)),
+            None => seen.push((normalized, i, net)),
         }
     }
-    seen.into_iter().map(|(net, _)| net).collect()
+    seen.into_iter().map(|(net, _, _)| net).collect()
 }
 
 fn check_port(spec: &EndpointSpec, key: &str, errors: &mut ValidationErrors) -> Option<u16> {
@@ -302,7 +426,8 @@ fn check_port(spec: &EndpointSpec, key: &str, errors: &mut ValidationErrors) -> 
     if port.is_none() {
         errors.push(
             format!("spec.backend_config.{key}"),
-            format!("{value:?} is not a port number (1-65535)"),
+            Reason::Port,
+            "is not a port number (1-65535)",
         );
     }
     port
@@ -316,6 +441,7 @@ fn check_public_key(spec: &EndpointSpec, errors: &mut ValidationErrors) -> Optio
             if wireguard {
                 errors.push(
                     FIELD,
+                    Reason::PublicKeyMissing,
                     format!(
                         "missing: a {BACKEND_WIREGUARD} endpoint must publish its WireGuard public \
                          key in backend_config[\"{BACKEND_CONFIG_PUBLIC_KEY}\"]"
@@ -334,7 +460,8 @@ fn check_public_key(spec: &EndpointSpec, errors: &mut ValidationErrors) -> Optio
                     };
                     errors.push(
                         FIELD,
-                        format!("{text:?} is not a WireGuard public key: {problem}"),
+                        Reason::PublicKeyMalformed,
+                        format!("is not a WireGuard public key: {problem}"),
                     );
                 }
                 None
@@ -450,7 +577,7 @@ mod tests {
             errors.to_string(),
             "endpoint spec is invalid: spec.subnets[1]: 10.0.0.1/16 has host bits set (did you mean \
              10.0.0.0/16?); spec.subnets[1]: 10.0.0.1/16 duplicates spec.subnets[0] (10.0.0.0/16); \
-             spec.backend_config.publicKey: \"abc\" is not a WireGuard public key: expected 44 \
+             spec.backend_config.publicKey: is not a WireGuard public key: expected 44 \
              characters of padded standard base64 (as `wg genkey` prints), found 3"
         );
     }

@@ -4,14 +4,23 @@
 //! * `# expect: <field> | <message fragment>`: one validation error each; the file must produce
 //!   exactly these (no more), each with that field and a message containing the fragment.
 //! * `# expect-error: <fragment>`: parsing fails and the error's message chain contains it.
+//! * `# expect-reason: <reason>`: parsing fails with this [`ParseError::reason`].
+//!
+//! Every file is also parsed with the bounded entry point, [`parse_endpoints`], which must
+//! agree. Hostile inputs that are better generated than stored (megabytes, deep nesting, binary
+//! data) are in `tests/hostile.rs`.
 //!
 //! Every file under `testdata/good/` must parse, validate and round-trip.
 
 use std::error::Error as _;
+
+use serde::Deserialize as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use wgcable_api::{ApiError, Endpoint, ValidationErrors};
+use wgcable_api::{
+    parse_endpoints, ApiError, Endpoint, Format, ParseError, ParseLimits, ValidationErrors,
+};
 
 fn testdata(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,6 +63,7 @@ fn parse_all(text: &str) -> Result<Vec<Endpoint>, ApiError> {
 struct Expectations {
     validation: Vec<(String, String)>,
     parse: Vec<String>,
+    reason: Option<String>,
 }
 
 fn expectations(text: &str) -> Expectations {
@@ -70,6 +80,8 @@ fn expectations(text: &str) -> Expectations {
             .or_else(|| line.strip_prefix("# expect-error-source: "))
         {
             want.parse.push(rest.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# expect-reason: ") {
+            want.reason = Some(rest.to_owned());
         }
     }
     want
@@ -113,8 +125,21 @@ fn bad_corpus_reports_every_expected_problem() {
         );
         saw_many |= want.validation.len() > 1;
 
+        let bounded = parse_endpoints(text.as_bytes(), Format::Yaml, &ParseLimits::default());
         match parse_all(&text) {
             Err(err) => {
+                let parse_error: Option<&ParseError> = err.parse_error();
+                if let Some(reason) = &want.reason {
+                    assert_eq!(
+                        parse_error.map(ParseError::reason),
+                        Some(reason.as_str()),
+                        "{name}: {err:?}"
+                    );
+                }
+                if let Some(parse_error) = parse_error {
+                    let other = bounded.as_ref().expect_err("the bounded parser agrees");
+                    assert_eq!(other.reason(), parse_error.reason(), "{name}");
+                }
                 assert!(
                     !want.parse.is_empty(),
                     "{name}: unexpected parse error {err:?}"
@@ -134,6 +159,11 @@ fn bad_corpus_reports_every_expected_problem() {
                     want.parse
                 );
                 assert_eq!(endpoints.len(), 1, "{name}");
+                assert_eq!(
+                    bounded.as_ref().expect("the bounded parser agrees"),
+                    &endpoints,
+                    "{name}"
+                );
                 let errors = endpoints[0]
                     .spec
                     .validate()
@@ -151,9 +181,20 @@ fn good_files_parse_validate_and_round_trip() {
     assert!(files.len() >= 4, "{files:?}");
     for path in files {
         let name = path.file_name().expect("file name").to_string_lossy();
-        let endpoints = Endpoint::list_from_yaml(&read(&path))
-            .unwrap_or_else(|e| panic!("{name}: {}", chain(&e)));
+        let text = read(&path);
+        let endpoints =
+            Endpoint::list_from_yaml(&text).unwrap_or_else(|e| panic!("{name}: {}", chain(&e)));
         assert!(!endpoints.is_empty(), "{name}");
+        // The same documents as JSON parse to the same Endpoints.
+        let mut from_json = Vec::new();
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(document).expect("yaml");
+            let json = serde_json::to_vec(&value).expect("json");
+            from_json.extend(
+                parse_endpoints(&json, Format::Json, &ParseLimits::default()).expect("as JSON"),
+            );
+        }
+        assert_eq!(from_json, endpoints, "{name}");
         for endpoint in &endpoints {
             if let Err(errors) = endpoint.spec.validate() {
                 panic!("{name}: {}: {errors}", endpoint.name());

@@ -218,15 +218,24 @@ fn new_endpoint_round_trips_through_yaml_and_json() {
 fn wrong_type_errors_are_clear() {
     let err = Endpoint::from_json(r#"{"apiVersion": "submariner.io/v1", "kind": "Gateway"}"#)
         .expect_err("not an Endpoint");
+    assert_eq!(err.to_string(), "parsing Endpoint from JSON");
     assert_eq!(
-        err.to_string(),
-        "Endpoint: expected apiVersion submariner.io/v1 and kind Endpoint, found apiVersion \
-         \"submariner.io/v1\" and kind \"Gateway\""
+        std::error::Error::source(&err)
+            .expect("the parse error")
+            .to_string(),
+        "expected apiVersion submariner.io/v1 and kind Endpoint, found apiVersion \
+         submariner.io/v1 and kind Gateway"
     );
+    // A kind that is not a well-known name is not repeated.
+    let err = Endpoint::from_json(r#"{"apiVersion": "submariner.io/v1", "kind": "s3cr3t"}"#)
+        .expect_err("not an Endpoint");
+    let source = std::error::Error::source(&err).expect("the parse error");
+    assert!(source.to_string().ends_with("and another kind"), "{source}");
     let err = Endpoint::from_yaml("apiVersion: v1\nkind: List\nitems: []\n").expect_err("a list");
+    let source = std::error::Error::source(&err).expect("the parse error");
     assert!(
-        err.to_string().contains("Endpoint::list_from_yaml"),
-        "{err}"
+        source.to_string().contains("Endpoint::list_from_yaml"),
+        "{source}"
     );
     let err = Endpoint::from_yaml("spec: [").expect_err("broken yaml");
     assert!(

@@ -747,7 +747,7 @@ async fn bench(peers: u32) -> Result<()> {
     })?;
     cleanup_host(
         &nl,
-        &UserspaceDevice::new(UserspaceConfig::from_env()),
+        Some(&UserspaceDevice::new(UserspaceConfig::from_env())),
         DEVICE,
         TABLE,
         RULE_PRIORITY,

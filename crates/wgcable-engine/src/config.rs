@@ -3,7 +3,11 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use wgcable_keys::PresharedKey;
+use wgcable_api::{
+    Endpoint, EndpointSpec, BACKEND_CONFIG_INTERFACE_NAME, BACKEND_CONFIG_PUBLIC_KEY,
+    BACKEND_CONFIG_UDP_PORT,
+};
+use wgcable_keys::{PresharedKey, PublicKey};
 
 use crate::Error;
 
@@ -140,14 +144,40 @@ impl DriverConfig {
             })
         }
     }
+}
 
-    /// The address the device carries for `family_of`'s IP family, if any.
-    pub(crate) fn source_for(&self, family_of: &IpNet) -> Option<IpAddr> {
-        self.health_check_ips
-            .iter()
-            .copied()
-            .find(|ip| ip.is_ipv4() == matches!(family_of, IpNet::V4(_)))
-    }
+/// The local cluster's Endpoint as Submariner would publish it.
+pub fn local_endpoint(c: &DriverConfig, public_key: &PublicKey) -> Endpoint {
+    let mut spec = EndpointSpec {
+        cluster_id: c.cluster_id.clone(),
+        cable_name: format!(
+            "submariner-cable-{}-{}",
+            c.cluster_id,
+            c.private_ip.to_string().replace(['.', ':'], "-")
+        ),
+        hostname: c.hostname.clone(),
+        subnets: c.local_subnets.iter().map(|n| n.to_string()).collect(),
+        private_ip: c.private_ip.to_string(),
+        public_ip: c.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        nat_enabled: c.nat,
+        backend: CABLE_DRIVER_NAME.to_string(),
+        health_check_ip: c
+            .health_check_ips
+            .first()
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        // Upstream's dual-stack list; only written when there is more than one address.
+        health_check_ips: if c.health_check_ips.len() > 1 {
+            c.health_check_ips.iter().map(|ip| ip.to_string()).collect()
+        } else {
+            Vec::new()
+        },
+        ..EndpointSpec::default()
+    };
+    spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, public_key.to_base64());
+    spec.set_backend_config(BACKEND_CONFIG_INTERFACE_NAME, c.device.clone());
+    spec.set_backend_config(BACKEND_CONFIG_UDP_PORT, c.listen_port.to_string());
+    Endpoint::new(spec)
 }
 
 #[cfg(test)]

@@ -36,6 +36,14 @@ pub enum Error {
         source: Box<wgcable_peers::Error>,
     },
 
+    /// The WireGuard device exists but has no network link (a userspace implementation that
+    /// is still starting, or a device removed while in use).
+    #[error("WireGuard device {device} exists but its network link is missing; it is created again at the next resync")]
+    MissingLink {
+        /// The device name.
+        device: String,
+    },
+
     /// The private key could not be loaded or created.
     #[error("loading the gateway's private key")]
     Keys(#[source] wgcable_keys::KeyError),

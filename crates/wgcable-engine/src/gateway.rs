@@ -227,22 +227,40 @@ fn publish_local(config: &GatewayConfig, endpoint: &Endpoint) -> Result<(), Erro
 }
 
 /// Removes what a gateway installed (for `wgcable cleanup`): rule, routes, device and the
-/// userspace process. Works whether or not a gateway is running.
+/// userspace process. Works whether or not a gateway is running, and creates nothing: the
+/// backend is the one that owns the device (or the one asked for), found without probing.
 pub async fn cleanup(
     device_name: &str,
     table: u32,
     rule_priority: u32,
     backend: BackendPreference,
-) -> Result<(), Error> {
+) -> Result<crate::driver::CleanupReport, Error> {
     let (netlink, conn) =
         RtNetlink::connect().map_err(Error::netlink("opening a netlink socket"))?;
     tokio::spawn(conn);
     let netlink = Arc::new(netlink);
-    let device: Box<dyn WgDevice> =
-        wgcable_peers::select_backend(backend, netlink.clone(), device_name)
-            .await
-            .map_err(Error::device(format!(
-                "finding the backend of device {device_name}"
-            )))?;
-    crate::driver::cleanup_host(&*netlink, &*device, device_name, table, rule_priority).await
+    let userspace = wgcable_peers::UserspaceConfig::from_env();
+    let device: Option<Box<dyn WgDevice>> = match backend {
+        BackendPreference::Auto => {
+            wgcable_peers::find_existing(netlink.clone(), device_name, userspace)
+                .await
+                .map_err(Error::device(format!(
+                    "finding the backend of device {device_name}"
+                )))?
+        }
+        BackendPreference::Kernel => {
+            Some(Box::new(wgcable_peers::KernelDevice::new(netlink.clone())))
+        }
+        BackendPreference::Userspace => {
+            Some(Box::new(wgcable_peers::UserspaceDevice::new(userspace)))
+        }
+    };
+    crate::driver::cleanup_host(
+        &*netlink,
+        device.as_deref(),
+        device_name,
+        table,
+        rule_priority,
+    )
+    .await
 }

@@ -19,11 +19,12 @@ pub mod driver;
 mod error;
 pub mod gateway;
 pub mod health;
+pub mod host;
 pub mod snat;
 
 pub use broker::{EndpointEvent, EndpointSource, FileBroker};
 pub use config::DriverConfig;
-pub use driver::{CableDriver, ReconcileReport, Trigger, WireGuardDriver};
+pub use driver::{CableDriver, ReconcileReport, Remote, RemoteChange, Trigger, WireGuardDriver};
 pub use error::{chain, Error};
 pub use gateway::GatewayConfig;
-pub use health::{HealthChecker, HealthStatus, HealthTarget};
+pub use health::{HealthChecker, HealthKey, HealthStatus, HealthTarget};

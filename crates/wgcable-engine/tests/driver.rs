@@ -204,6 +204,11 @@ struct Harness {
 
 /// A fake host with an underlay link (eth0, MTU 1500, 192.168.77.11/24) and a driver on it.
 async fn harness() -> Harness {
+    harness_with(config()).await
+}
+
+/// [`harness`] with another driver configuration.
+async fn harness_with(config: DriverConfig) -> Harness {
     let netlink = Arc::new(FakeNetlink::new());
     netlink.set_wireguard_supported(true);
     let eth0 = netlink
@@ -220,7 +225,7 @@ async fn harness() -> Harness {
     let key = PrivateKey::generate();
     let metrics = Arc::new(GatewayMetrics::new().expect("metrics"));
     let driver = WireGuardDriver::new(
-        config(),
+        config,
         key.clone(),
         netlink.clone(),
         device.clone(),
@@ -927,4 +932,42 @@ async fn a_stale_cache_falls_back_to_a_full_reconcile() {
     assert!(h.device.peer(&b.key.public_key()).is_some());
     assert!(h.device.peer(&c.key.public_key()).is_some());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16", "10.203.0.0/16"]));
+}
+
+/// An IPv4-only gateway whose first IPv6 remote arrives by itself (a connect after a
+/// reconcile, the incremental path): its IPv6 routes need the IPv6 rule at once, not at the
+/// next resync. (The incremental path of the first engine added the routes but no rule.)
+#[tokio::test]
+async fn the_first_ipv6_remote_gets_its_rule_at_once() {
+    let mut cfg = config();
+    cfg.local_subnets = vec!["10.201.0.0/16".parse().expect("cidr")];
+    cfg.health_check_ips = vec!["10.201.0.1".parse().expect("ip")];
+    let h = harness_with(cfg).await;
+    h.driver.init().await.expect("init");
+    let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16"]);
+    h.connect(&b).await.expect("b");
+    let families = |h: &Harness| {
+        let mut f: Vec<IpFamily> = h
+            .netlink
+            .rules()
+            .iter()
+            .filter(|r| r.table == DEFAULT_TABLE)
+            .map(|r| r.family)
+            .collect();
+        f.sort();
+        f
+    };
+    assert_eq!(families(&h), [IpFamily::V4]);
+    let c = remote(
+        "cluster-c",
+        "192.168.77.13",
+        &["10.203.0.0/16", "fd00:203::/48"],
+    );
+    h.connect(&c).await.expect("c");
+    assert!(h.routes().contains(&"fd00:203::/48".parse().expect("cidr")));
+    assert_eq!(
+        families(&h),
+        [IpFamily::V4, IpFamily::V6],
+        "the IPv6 rule came with the first IPv6 remote"
+    );
 }

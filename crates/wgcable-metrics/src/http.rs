@@ -1,14 +1,24 @@
 //! The gateway's HTTP endpoint: metrics, health, readiness and the connection list.
 //!
-//! It runs next to the data plane's control loop, so a client must never be able to hold it up:
-//! every connection is served in its own task, at most `max_connections` at once, with a header
-//! read timeout (slowloris), a whole-connection timeout (slow readers, endless keep-alive) and a
-//! small bound on request bodies.
+//! It runs next to the data plane's control loop, so a client must never be able to hold it up,
+//! and a Prometheus scrape must keep succeeding while others abuse the port (issue 13: 64
+//! slowloris sockets failed a quarter of the scrapes behind the old 32-connection cap). Every
+//! connection is accepted at once and judged by [`Admission`]:
+//! - at most `max_connections_per_ip` from one peer address; more are closed on accept, so a
+//!   single abuser holds a handful of slots however many sockets it opens;
+//! - at most `max_connections` in all; at the cap, the oldest connection that is not serving a
+//!   request (still sending its header, or idle in keep-alive) is shed to make room, so slow
+//!   and idle sockets go first and a client that sends its request at once gets served;
+//! - a short header deadline (slowloris), a whole-connection timeout (slow readers, endless
+//!   keep-alive) and a small bound on request bodies;
+//! - small per-connection memory: hyper's read buffer is capped at the header limit (8 KiB).
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -19,7 +29,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use wgcable_api::Connection;
 
@@ -32,6 +42,8 @@ const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// Request headers are small for every route we serve; anything larger is refused with 431.
+/// It is also the cap of hyper's read buffer (hyper's own minimum), which bounds what one
+/// connection costs.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 
@@ -51,6 +63,8 @@ pub trait GatewayState: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// How long a client may take to send a request's header (first and keep-alive ones alike).
+    /// Default 2 s: scrapers and probes send their header in one packet; 2 s still covers a
+    /// retransmission (the initial TCP retransmission timeout is 1 s).
     pub header_timeout: Duration,
     /// How long one connection may live; it is then shut down gracefully.
     pub connection_timeout: Duration,
@@ -58,18 +72,23 @@ pub struct HttpConfig {
     pub drain_timeout: Duration,
     /// Largest request body accepted; larger ones get 413. No route needs a body.
     pub max_request_bytes: usize,
-    /// Connections served at once; further clients wait in the kernel's accept queue.
+    /// Connections open at once. At the cap the oldest connection not serving a request is shed.
+    /// Default 1,024 (each costs a task and at most an 8 KiB buffer: ~10 MiB in all).
     pub max_connections: usize,
+    /// Connections open at once from one peer IP address; more are closed on accept. Default 8
+    /// (a Prometheus server needs one, a few probes one each).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            header_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(2),
             connection_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(5),
             max_request_bytes: 4 * 1024,
-            max_connections: 32,
+            max_connections: 1024,
+            max_connections_per_ip: 8,
         }
     }
 }
@@ -86,6 +105,22 @@ pub async fn serve(
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let admission = Arc::new(Admission::new(
+        config.max_connections,
+        config.max_connections_per_ip,
+    ));
+    serve_with(listener, metrics, state, config, admission, shutdown).await
+}
+
+/// [`serve`] with the admission state given, so tests can watch it.
+async fn serve_with(
+    listener: TcpListener,
+    metrics: Arc<GatewayMetrics>,
+    state: Arc<dyn GatewayState>,
+    config: HttpConfig,
+    admission: Arc<Admission>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     let local = listener
         .local_addr()
         .map_err(|source| Error::ListenerAddr { source })?;
@@ -100,13 +135,13 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
         .max_header_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
     let limits = ConnLimits {
         connection_timeout: config.connection_timeout,
         drain_timeout: config.drain_timeout,
     };
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     // Tells every connection task to finish up; they also stop if this sender is dropped.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -117,14 +152,6 @@ pub async fn serve(
         // Reap finished connections so the set does not grow with every scrape.
         while tasks.try_join_next().is_some() {}
 
-        // The slot is taken before accepting: at the limit, new clients queue in the kernel
-        // instead of costing us a task each.
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = Arc::clone(&slots).acquire_owned() => {
-                slot.expect("the connection semaphore is never closed")
-            }
-        };
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
@@ -132,6 +159,10 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
+                // Refused connections are dropped here, which closes them; nothing was read.
+                let Some(ticket) = admission.admit(peer.ip()) else {
+                    continue;
+                };
                 tasks.spawn(serve_connection(
                     builder.clone(),
                     stream,
@@ -139,7 +170,7 @@ pub async fn serve(
                     Arc::clone(&app),
                     stop_rx.clone(),
                     limits,
-                    slot,
+                    ticket,
                 ));
             }
             Err(error) => {
@@ -176,6 +207,148 @@ struct ConnLimits {
     drain_timeout: Duration,
 }
 
+/// Decides which connections are served: per-IP and global caps, shedding the oldest
+/// connection that is not serving a request when the global cap is reached.
+///
+/// Its lock is held for a few map operations only, never across an await; at the cap, finding
+/// the oldest idle connection scans at most `max_connections` entries, which is cheaper than
+/// what accepting the connection already cost.
+#[derive(Debug)]
+struct Admission {
+    max_connections: usize,
+    max_per_ip: usize,
+    next_id: AtomicU64,
+    open: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    /// By id, that is by age: the first entry is the oldest connection.
+    conns: BTreeMap<u64, Slot>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    ip: IpAddr,
+    shared: Arc<SlotShared>,
+}
+
+/// What the accept loop and a connection's task share.
+#[derive(Debug, Default)]
+struct SlotShared {
+    /// A request is being served (its header was read and its response is not yet produced).
+    serving: AtomicBool,
+    /// Notified when the connection is shed; its task then drops it at once.
+    shed: Notify,
+}
+
+/// A connection's place in [`Admission`]; gives it back on drop.
+#[derive(Debug)]
+struct Ticket {
+    id: u64,
+    admission: Arc<Admission>,
+    shared: Arc<SlotShared>,
+}
+
+impl Admission {
+    fn new(max_connections: usize, max_per_ip: usize) -> Self {
+        Self {
+            max_connections: max_connections.max(1),
+            max_per_ip: max_per_ip.max(1),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(Open::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        // A panic while holding the lock leaves plain counters behind, still usable.
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A ticket for a new connection from `ip`, or `None` if it must be closed.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
+        let mut open = self.lock();
+        if open.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+            tracing::debug!(%ip, "refusing an HTTP connection: too many from this address");
+            return None;
+        }
+        if open.conns.len() >= self.max_connections {
+            let oldest_idle = open
+                .conns
+                .iter()
+                .find(|(_, slot)| !slot.shared.serving.load(Ordering::Acquire))
+                .map(|(id, _)| *id);
+            let Some(victim) = oldest_idle else {
+                tracing::debug!(%ip, "refusing an HTTP connection: every slot is serving");
+                return None;
+            };
+            if let Some(slot) = open.remove(victim) {
+                tracing::debug!(ip = %slot.ip, "shedding the oldest idle HTTP connection");
+                slot.shared.shed.notify_one();
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(SlotShared::default());
+        open.conns.insert(
+            id,
+            Slot {
+                ip,
+                shared: Arc::clone(&shared),
+            },
+        );
+        *open.per_ip.entry(ip).or_insert(0) += 1;
+        Some(Ticket {
+            id,
+            admission: Arc::clone(self),
+            shared,
+        })
+    }
+
+    #[cfg(test)]
+    fn open_connections(&self) -> usize {
+        self.lock().conns.len()
+    }
+}
+
+impl Open {
+    fn remove(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.conns.remove(&id)?;
+        if let Some(count) = self.per_ip.get_mut(&slot.ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&slot.ip);
+            }
+        }
+        Some(slot)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Already gone if it was shed.
+        self.admission.lock().remove(self.id);
+    }
+}
+
+/// Marks a connection as serving for as long as it lives.
+struct Serving(Arc<SlotShared>);
+
+impl Serving {
+    fn start(shared: &Arc<SlotShared>) -> Self {
+        shared.serving.store(true, Ordering::Release);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.serving.store(false, Ordering::Release);
+    }
+}
+
 /// What request handlers need, shared by all connections.
 struct App {
     metrics: Arc<GatewayMetrics>,
@@ -190,17 +363,27 @@ async fn serve_connection(
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
     limits: ConnLimits,
-    _slot: OwnedSemaphorePermit,
+    ticket: Ticket,
 ) {
+    let shared = Arc::clone(&ticket.shared);
     let service = service_fn(move |request| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(app.handle(request).await) }
+        let serving = Serving::start(&shared);
+        async move {
+            let response = app.handle(request).await;
+            drop(serving);
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
 
     let finished = tokio::select! {
         result = conn.as_mut() => Some(result),
+        () = ticket.shared.shed.notified() => {
+            // Shed to make room: it was idle or still sending its header, so nothing is lost.
+            return;
+        }
         () = tokio::time::sleep(limits.connection_timeout) => None,
         // An error means the server is gone, which is a reason to stop as well.
         _ = stop.wait_for(|stop| *stop) => None,
@@ -338,7 +521,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
     use std::time::Instant;
 
@@ -367,9 +550,34 @@ mod tests {
         }
     }
 
+    /// Connects from `ip` (any 127.0.0.0/8 address is this host's), so tests can play several
+    /// clients.
+    async fn connect_from(ip: IpAddr, addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .expect("bind a loopback address");
+        tokio::time::timeout(DEADLINE, socket.connect(addr))
+            .await
+            .expect("connect within the deadline")
+            .expect("connect")
+    }
+
+    /// Polls until the server holds `count` connections.
+    async fn wait_for_open(server: &Server, count: usize) {
+        tokio::time::timeout(DEADLINE, async {
+            while server.admission.open_connections() != count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the server reaches the expected number of connections");
+    }
+
     struct Server {
         addr: SocketAddr,
         metrics: Arc<GatewayMetrics>,
+        admission: Arc<Admission>,
         state: Arc<FakeState>,
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<Result<(), Error>>,
@@ -387,11 +595,16 @@ mod tests {
                 connections: Mutex::new(Vec::new()),
             });
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve(
+            let admission = Arc::new(Admission::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            ));
+            let task = tokio::spawn(serve_with(
                 listener,
                 Arc::clone(&metrics),
                 Arc::clone(&state) as Arc<dyn GatewayState>,
                 config,
+                Arc::clone(&admission),
                 async move {
                     let _ = stopped.await;
                 },
@@ -400,6 +613,7 @@ mod tests {
                 addr,
                 metrics,
                 state,
+                admission,
                 stop: Some(stop),
                 task,
             }
@@ -686,27 +900,260 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_connection_limit_holds_until_a_slot_frees() {
-        let header_timeout = Duration::from_millis(300);
+    async fn at_the_cap_the_oldest_idle_connection_is_shed() {
         let config = HttpConfig {
-            header_timeout,
-            max_connections: 1,
+            // Far away: shedding, not the deadline, must free the slot.
+            header_timeout: Duration::from_secs(60),
+            max_connections: 2,
             ..HttpConfig::default()
         };
         let server = Server::start(config).await;
-
         let started = Instant::now();
-        let mut idle = TcpStream::connect(server.addr).await.expect("connect");
-        idle.write_all(b"GET /").await.expect("send a fragment");
-        // The only slot is taken, so the scrape waits until the idle client is timed out.
+        let mut oldest = TcpStream::connect(server.addr).await.expect("connect");
+        oldest.write_all(b"GET /").await.expect("send a fragment");
+        let mut younger = TcpStream::connect(server.addr).await.expect("connect");
+        younger.write_all(b"GET /").await.expect("send a fragment");
+        wait_for_open(&server, 2).await;
+
+        // Both slots are held by slow clients; the scrape takes the oldest one's place.
         let scrape = exchange(server.addr, &get("/healthz")).await;
         assert_eq!(scrape.status, 200);
+        until_closed(&mut oldest).await;
+        assert!(started.elapsed() < Duration::from_secs(60));
+        // The younger slow client is still connected (it was not the oldest).
+        let mut byte = [0_u8; 1];
+        let still_open =
+            tokio::time::timeout(Duration::from_millis(200), younger.read(&mut byte)).await;
+        assert!(still_open.is_err(), "the younger client was left alone");
+        server.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn one_address_gets_at_most_its_share() {
+        let config = HttpConfig {
+            header_timeout: Duration::from_secs(60),
+            max_connections_per_ip: 3,
+            ..HttpConfig::default()
+        };
+        let server = Server::start(config).await;
+        let abuser: IpAddr = "127.0.3.1".parse().expect("ip");
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut stream = connect_from(abuser, server.addr).await;
+            stream.write_all(b"GET /").await.expect("send a fragment");
+            held.push(stream);
+        }
+        wait_for_open(&server, 3).await;
+        // The fourth from the same address is closed at once, without a reply.
+        let mut fourth = connect_from(abuser, server.addr).await;
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(DEADLINE, fourth.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "closed within the deadline");
+        assert!(sink.is_empty(), "nothing was served to it");
+        // Another address is served.
+        assert_eq!(exchange(server.addr, &get("/healthz")).await.status, 200);
+        // Freed slots are given back.
+        drop(held);
+        wait_for_open(&server, 0).await;
+        let mut again = connect_from(abuser, server.addr).await;
+        again.write_all(&get("/healthz")).await.expect("send");
+        let mut reply = Vec::new();
+        tokio::time::timeout(DEADLINE, again.read_to_end(&mut reply))
+            .await
+            .expect("a reply")
+            .expect("read");
         assert!(
-            started.elapsed() >= header_timeout,
-            "served after {:?}",
-            started.elapsed()
+            reply.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
         );
-        until_closed(&mut idle).await;
+        server.shut_down().await;
+    }
+
+    #[test]
+    fn admission_refuses_when_every_slot_is_serving() {
+        let admission = Arc::new(Admission::new(2, 8));
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let first = admission.admit(ip).expect("room");
+        let second = admission.admit(ip).expect("room");
+        let _busy = (
+            Serving::start(&first.shared),
+            Serving::start(&second.shared),
+        );
+        assert!(admission.admit(ip).is_none(), "nobody idle to shed");
+        drop(_busy);
+        let third = admission.admit(ip).expect("the oldest idle is shed");
+        assert_eq!(admission.open_connections(), 2);
+        // The shed one's ticket gives nothing back twice.
+        drop(first);
+        assert_eq!(admission.open_connections(), 2);
+        drop((second, third));
+        assert_eq!(admission.open_connections(), 0);
+        assert!(admission.lock().per_ip.is_empty());
+    }
+
+    /// Sends one request from `ip` and reads the status code; `None` on any failure.
+    async fn scrape_from(ip: IpAddr, addr: SocketAddr) -> Option<u16> {
+        tokio::time::timeout(DEADLINE, async {
+            let mut stream = connect_from(ip, addr).await;
+            stream.write_all(&get("/metrics")).await.ok()?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).await.ok()?;
+            std::str::from_utf8(reply.get(9..12)?).ok()?.parse().ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    fn percentile(sorted: &[Duration], p: f64) -> Duration {
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+
+    /// Issue 13: legitimate scrapes keep succeeding while 500 slowloris sockets (from 50
+    /// addresses, reconnecting whenever they are closed) and a flood of 10,000 connections
+    /// (from 100 addresses, 250 at a time, each holding its socket silent until closed or
+    /// 100 ms) run, with the default limits. Asserts success counts only; the latencies are
+    /// printed as figures (`cargo test -p wgcable-metrics abuse -- --nocapture`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_succeed_under_slowloris_and_a_connection_flood_abuse() {
+        let server = Server::start(HttpConfig::default()).await;
+        let addr = server.addr;
+        let scraper: IpAddr = "127.0.0.1".parse().expect("ip");
+
+        let mut baseline = Vec::new();
+        for _ in 0..50 {
+            let started = Instant::now();
+            assert_eq!(
+                scrape_from(scraper, addr).await,
+                Some(200),
+                "baseline scrape"
+            );
+            baseline.push(started.elapsed());
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let lorises_connected = Arc::new(AtomicU64::new(0));
+        let mut attackers = JoinSet::new();
+        for i in 0..500_u32 {
+            let ip = IpAddr::from([127, 0, 1, (i % 50 + 1) as u8]);
+            let stop = Arc::clone(&stop);
+            let connected = Arc::clone(&lorises_connected);
+            attackers.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                        return;
+                    };
+                    if socket.bind(SocketAddr::new(ip, 0)).is_err() {
+                        return;
+                    }
+                    let Ok(mut stream) = socket.connect(addr).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    connected.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x").await;
+                    // One byte every 200 ms, never finishing the header.
+                    let mut sink = [0_u8; 64];
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let tick = tokio::time::sleep(Duration::from_millis(200));
+                        tokio::select! {
+                            read = stream.read(&mut sink) => match read {
+                                Ok(0) | Err(_) => break,
+                                Ok(_) => {}
+                            },
+                            () = tick => {
+                                if stream.write_all(b"x").await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // Let the slow clients take their places first.
+        tokio::time::timeout(DEADLINE, async {
+            while lorises_connected.load(Ordering::Relaxed) < 500 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the slow clients connect");
+
+        let flood_started = Instant::now();
+        let flooded = Arc::new(AtomicU64::new(0));
+        let flood_done = Arc::new(AtomicBool::new(false));
+        let mut flood = JoinSet::new();
+        for task in 0..250_u32 {
+            let flooded = Arc::clone(&flooded);
+            flood.spawn(async move {
+                for n in 0..40_u32 {
+                    let ip = IpAddr::from([127, 0, 2, ((task * 40 + n) % 100 + 1) as u8]);
+                    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                        continue;
+                    };
+                    if socket.bind(SocketAddr::new(ip, 0)).is_err() {
+                        continue;
+                    }
+                    if let Ok(mut stream) = socket.connect(addr).await {
+                        flooded.fetch_add(1, Ordering::Relaxed);
+                        let mut sink = [0_u8; 16];
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(100),
+                            stream.read(&mut sink),
+                        )
+                        .await;
+                    }
+                }
+            });
+        }
+        let scrapes = {
+            let flood_done = Arc::clone(&flood_done);
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                while !flood_done.load(Ordering::Relaxed) || results.len() < 100 {
+                    let started = Instant::now();
+                    let status = scrape_from(scraper, addr).await;
+                    results.push((status, started.elapsed()));
+                }
+                results
+            })
+        };
+        while flood.join_next().await.is_some() {}
+        let flood_time = flood_started.elapsed();
+        flood_done.store(true, Ordering::Relaxed);
+        let results = scrapes.await.expect("the scraper did not panic");
+        stop.store(true, Ordering::Relaxed);
+        attackers.shutdown().await;
+
+        let ok = results
+            .iter()
+            .filter(|(status, _)| *status == Some(200))
+            .count();
+        let mut during: Vec<Duration> = results.iter().map(|(_, took)| *took).collect();
+        during.sort();
+        baseline.sort();
+        println!(
+            "abuse figures: baseline scrape p50 {:?} p99 {:?}; under 500 slowloris + {} flood \
+             connections in {flood_time:?}: {ok}/{} scrapes ok, p50 {:?} p99 {:?} max {:?}; \
+             slowloris connects {}",
+            percentile(&baseline, 0.5),
+            percentile(&baseline, 0.99),
+            flooded.load(Ordering::Relaxed),
+            results.len(),
+            percentile(&during, 0.5),
+            percentile(&during, 0.99),
+            during.last().copied().unwrap_or_default(),
+            lorises_connected.load(Ordering::Relaxed),
+        );
+        assert!(flooded.load(Ordering::Relaxed) >= 9_000, "the flood ran");
+        assert!(results.len() >= 100);
+        assert_eq!(ok, results.len(), "every legitimate scrape succeeded");
         server.shut_down().await;
     }
 

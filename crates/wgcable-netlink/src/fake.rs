@@ -24,8 +24,6 @@ const IFF_MULTICAST: u32 = libc::IFF_MULTICAST as u32;
 const IFF_LOOPBACK: u32 = libc::IFF_LOOPBACK as u32;
 const IFF_POINTOPOINT: u32 = libc::IFF_POINTOPOINT as u32;
 const IFF_NOARP: u32 = libc::IFF_NOARP as u32;
-const RTPROT_STATIC: u8 = 4;
-const RT_SCOPE_LINK: u8 = 253;
 
 /// A method of the [`Netlink`] trait, to count calls or inject failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -607,19 +605,11 @@ impl Netlink for FakeNetlink {
                 } else {
                     spec.table
                 };
-                let route = Route {
-                    dst: spec.dst.trunc(),
+                let route = RouteSpec {
                     table,
-                    oif: Some(spec.oif),
-                    gateway: None,
-                    pref_src: spec.pref_src,
-                    protocol: RTPROT_STATIC,
-                    scope: if family == IpFamily::V4 {
-                        RT_SCOPE_LINK
-                    } else {
-                        0
-                    },
-                };
+                    ..spec.clone()
+                }
+                .installed();
                 let routes = state.routes.entry(table).or_default();
                 // NLM_F_REPLACE: the first route to the same prefix is replaced in place.
                 match routes.iter_mut().find(|r| r.dst == route.dst) {

@@ -80,7 +80,7 @@ pub use plan::{diff_addrs, diff_routes, AddrDiff, RouteDiff};
 pub use rtnl::RtNetlink;
 pub use types::{
     IpFamily, Link, LinkKind, Route, RouteLookup, RouteSpec, Rule, IFF_UP, MAX_LINK_NAME_LEN,
-    TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN,
+    RTPROT_STATIC, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN,
 };
 
 /// Link, address, route and rule operations: the seam between the kernel and every

@@ -17,6 +17,14 @@ pub const TABLE_DEFAULT: u32 = 253;
 /// `IFF_UP`: the administrative state bit of [`Link::flags`].
 pub const IFF_UP: u32 = libc::IFF_UP as u32;
 
+/// `RTPROT_STATIC`: the protocol of the routes [`Netlink::route_add`](crate::Netlink::route_add)
+/// installs (put there by an administrator, not a routing daemon).
+pub const RTPROT_STATIC: u8 = 4;
+/// `RT_SCOPE_UNIVERSE`: a route to a destination anywhere.
+pub const RT_SCOPE_UNIVERSE: u8 = 0;
+/// `RT_SCOPE_LINK`: a route to a destination on the link itself.
+pub const RT_SCOPE_LINK: u8 = 253;
+
 /// The longest interface name the kernel accepts (`IFNAMSIZ` minus the NUL).
 pub const MAX_LINK_NAME_LEN: usize = 15;
 
@@ -169,6 +177,25 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
+    /// The route as the kernel reports it once [`Netlink::route_add`](crate::Netlink::route_add)
+    /// installed this spec: protocol static, link scope for IPv4 (`ip route add PREFIX dev
+    /// LINK`: the destination is on-link), universe for IPv6 (which has no route scopes).
+    /// Deleting exactly this value removes the route.
+    pub fn installed(&self) -> Route {
+        Route {
+            dst: self.dst.trunc(),
+            table: self.table,
+            oif: Some(self.oif),
+            gateway: None,
+            pref_src: self.pref_src,
+            protocol: RTPROT_STATIC,
+            scope: match self.dst {
+                IpNet::V4(_) => RT_SCOPE_LINK,
+                IpNet::V6(_) => RT_SCOPE_UNIVERSE,
+            },
+        }
+    }
+
     /// Whether the kernel's `route` is exactly this spec (same table, prefix, link and
     /// source, and no gateway).
     pub fn is_satisfied_by(&self, route: &Route) -> bool {

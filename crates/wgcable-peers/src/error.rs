@@ -191,6 +191,28 @@ impl Error {
         matches!(self, Error::NoDevice { .. })
     }
 
+    /// The device refused the configuration it was sent (bad argument, too large), as
+    /// opposed to being unreachable: retrying each change of a batch alone finds which one it
+    /// refuses, so the others can still be applied.
+    pub fn is_rejected_config(&self) -> bool {
+        use nix::errno::Errno;
+        const CONTENT: [Errno; 6] = [
+            Errno::EINVAL,
+            Errno::E2BIG,
+            Errno::EMSGSIZE,
+            Errno::ERANGE,
+            Errno::ENOSPC,
+            Errno::ENOBUFS,
+        ];
+        match self {
+            Error::UapiRejected { .. } => true,
+            Error::Kernel { source, .. } => source
+                .raw_os_error()
+                .is_some_and(|code| CONTENT.contains(&Errno::from_raw(code))),
+            _ => false,
+        }
+    }
+
     /// Neither the kernel nor a userspace implementation can carry WireGuard here.
     pub fn is_no_backend(&self) -> bool {
         matches!(

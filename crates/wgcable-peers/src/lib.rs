@@ -42,15 +42,20 @@
 //! engine's, through `wgcable-netlink`), Kubernetes or how endpoints are discovered, metrics,
 //! and the engine's own state. It spawns no long-running task.
 
+mod book;
 mod device;
 mod error;
 mod kernel;
 mod plan;
+mod prefix;
 mod select;
 mod status;
 mod uapi;
 pub mod userspace;
 
+#[doc(hidden)]
+pub use book::candidate_for_tests;
+pub use book::{PeerBook, PeerDelta};
 #[cfg(any(test, feature = "testing"))]
 pub use device::MockWgDevice;
 pub use device::{
@@ -60,12 +65,16 @@ pub use device::{
 pub use error::Error;
 pub use kernel::KernelDevice;
 pub use plan::{
-    desired_peers, desired_peers_validated, plan, DesiredPeer, DesiredPeers, LocalPeerConfig,
-    PeerError, PeerPlan, DEFAULT_LISTEN_PORT,
+    desired_peers, desired_peers_of, desired_peers_validated, plan, plan_peers, DesiredPeer,
+    DesiredPeers, LocalPeerConfig, PeerCandidate, PeerError, PeerPlan, DEFAULT_LISTEN_PORT,
 };
-pub use select::{select_backend, select_backend_with};
+pub use select::{find_existing, select_backend, select_backend_with};
 pub use status::{judge, PeerTrack, HANDSHAKE_TIMEOUT, KEEPALIVE};
 pub use userspace::{UserspaceConfig, UserspaceDevice};
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use uapi::fuzz_decode_get;
 
 /// Reads device `name`, plans the peer changes to reach `desired`, and applies them in one
 /// update if there are any. Returns the plan that was applied (empty: nothing was touched).

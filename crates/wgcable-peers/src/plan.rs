@@ -1,14 +1,16 @@
 //! Planning: which peers the device should have, and what to change to get there. Pure: no
 //! I/O, no clock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use wgcable_api::{NatEndpointInfo, ValidatedSpec, ValidationErrors, BACKEND_WIREGUARD};
 use wgcable_keys::{PresharedKey, PublicKey};
 
 use crate::device::{DeviceStatus, DeviceUpdate, PeerChange, PeerConfig};
+use crate::prefix::PrefixIndex;
 
 /// The default WireGuard port of Submariner (`CE_IPSEC_NATTPORT`).
 pub const DEFAULT_LISTEN_PORT: u16 = 4500;
@@ -65,6 +67,10 @@ pub enum PeerError {
     #[error("the address to reach the endpoint on (use_ip {0:?}) is not an IP address")]
     InvalidUseIp(String),
     #[error(
+        "the WireGuard device refused this peer ({0}); it is retried when the endpoint changes"
+    )]
+    DeviceRefused(String),
+    #[error(
         "remote subnet {subnet} overlaps local subnet {local}; refusing it so the endpoint \
          cannot take over local traffic"
     )]
@@ -88,6 +94,38 @@ pub struct DesiredPeers {
     pub rejected: Vec<(String, PeerError)>,
 }
 
+/// One remote cluster as planning sees it: its Endpoint validated once, on arrival, and the
+/// address to reach its gateway on already decided (Submariner's `NATEndpointInfo.UseIP`,
+/// typed). Nothing below this parses a string again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCandidate {
+    pub cluster_id: String,
+    /// The Endpoint object's name, to say which one came first in a refusal.
+    pub endpoint_name: String,
+    pub spec: Arc<ValidatedSpec>,
+    pub use_ip: IpAddr,
+}
+
+impl PeerCandidate {
+    /// A candidate from Submariner's `NATEndpointInfo` and its validated spec.
+    pub fn from_nat_info(
+        info: &NatEndpointInfo,
+        spec: Arc<ValidatedSpec>,
+    ) -> Result<Self, PeerError> {
+        let use_ip: IpAddr = info
+            .use_ip
+            .trim()
+            .parse()
+            .map_err(|_| PeerError::InvalidUseIp(info.use_ip.clone()))?;
+        Ok(PeerCandidate {
+            cluster_id: info.endpoint.spec.cluster_id.clone(),
+            endpoint_name: info.endpoint.name().to_owned(),
+            spec,
+            use_ip,
+        })
+    }
+}
+
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
@@ -97,68 +135,107 @@ fn normalized(nets: &[IpNet]) -> BTreeSet<IpNet> {
     nets.iter().map(IpNet::trunc).collect()
 }
 
-/// Subnets claimed by remote clusters, as disjoint address ranges sorted by their start.
-///
-/// Two prefixes overlap exactly when their ranges do. Accepted claims never overlap each other
-/// (an overlapping one is refused; a cluster's own nested subnets are merged on insert), so the
-/// only claim that can overlap a range is the last one starting at or before the range's end:
-/// one ordered lookup instead of a scan of every claim.
+/// What is already held by accepted peers: keys and subnets. Both planners (all at once and
+/// [`PeerBook`](crate::PeerBook)) decide through [`decide`] against one of these, so they
+/// cannot disagree on a rule.
+pub(crate) trait Held {
+    /// The accepted cluster holding `key`, if any.
+    fn key_holder(&self, key: &PublicKey) -> Option<&str>;
+    /// An accepted subnet overlapping `net`, and its cluster, if any.
+    fn overlapping(&self, net: &IpNet) -> Option<(IpNet, &str)>;
+}
+
+/// The accepted keys and subnets of a plan made all at once.
 #[derive(Debug, Default)]
-struct Claims<'a> {
-    /// (is IPv6, first address) -> (last address, prefix length, claiming cluster).
-    by_start: BTreeMap<(bool, u128), (u128, u8, &'a str)>,
+struct HeldSoFar<'a> {
+    keys: HashMap<PublicKey, &'a str>,
+    subnets: PrefixIndex<&'a str>,
 }
 
-/// The address range of a prefix: (is IPv6, first, last).
-fn net_range(net: &IpNet) -> (bool, u128, u128) {
-    match net {
-        IpNet::V4(n) => (
-            false,
-            u128::from(u32::from(n.network())),
-            u128::from(u32::from(n.broadcast())),
-        ),
-        IpNet::V6(n) => (true, u128::from(n.network()), u128::from(n.broadcast())),
+impl Held for HeldSoFar<'_> {
+    fn key_holder(&self, key: &PublicKey) -> Option<&str> {
+        self.keys.get(key).copied()
     }
-}
-
-impl<'a> Claims<'a> {
-    fn insert(&mut self, net: IpNet, cluster: &'a str) {
-        let net = net.trunc();
-        if self
-            .overlapping(&net)
-            .is_some_and(|(other, _)| other.contains(&net))
-        {
-            return; // Already covered by a wider subnet of the same cluster.
-        }
-        let (v6, start, end) = net_range(&net);
-        // Narrower subnets of the same cluster that this one covers (rare: no allocation
-        // unless there is one).
-        while let Some(k) = self
-            .by_start
-            .range((v6, start)..=(v6, end))
-            .next()
-            .map(|(k, _)| *k)
-        {
-            self.by_start.remove(&k);
-        }
-        self.by_start
-            .insert((v6, start), (end, net.prefix_len(), cluster));
-    }
-
     fn overlapping(&self, net: &IpNet) -> Option<(IpNet, &str)> {
-        let (v6, start, end) = net_range(net);
-        let (&(cv6, cstart), (cend, len, cluster)) =
-            self.by_start.range(..=(v6, end)).next_back()?;
-        if cv6 != v6 || *cend < start {
-            return None;
-        }
-        let addr: IpAddr = if v6 {
-            std::net::Ipv6Addr::from(cstart).into()
-        } else {
-            std::net::Ipv4Addr::from(u32::try_from(cstart).ok()?).into()
-        };
-        Some((IpNet::new(addr, *len).ok()?, cluster))
+        self.subnets.any_overlapping(net).map(|(n, c)| (n, *c))
     }
+}
+
+/// The local rules, which depend on the candidate alone.
+pub(crate) fn check_alone(
+    local: &LocalPeerConfig,
+    local_subnets: &[IpNet],
+    candidate: &PeerCandidate,
+) -> Result<DesiredPeer, PeerError> {
+    let spec = &candidate.spec;
+    if candidate.cluster_id == local.cluster_id {
+        return Err(PeerError::OwnCluster);
+    }
+    if !spec.backend.is_empty() && spec.backend != BACKEND_WIREGUARD {
+        return Err(PeerError::UnsupportedBackend(spec.backend.clone()));
+    }
+    let public_key = spec.public_key.ok_or(PeerError::MissingPublicKey)?;
+    if public_key == local.public_key {
+        return Err(PeerError::OwnPublicKey);
+    }
+    let use_ip = candidate.use_ip;
+    if use_ip.is_unspecified() || use_ip.is_multicast() {
+        return Err(PeerError::InvalidUseIp(use_ip.to_string()));
+    }
+    let allowed_ips: Vec<IpNet> = normalized(&spec.subnets).into_iter().collect();
+    for subnet in &allowed_ips {
+        if let Some(local) = local_subnets.iter().find(|l| overlaps(subnet, l)) {
+            return Err(PeerError::OverlapsLocal {
+                subnet: *subnet,
+                local: *local,
+            });
+        }
+    }
+    let port = spec.udp_port.unwrap_or(local.listen_port);
+    Ok(DesiredPeer {
+        cluster_id: candidate.cluster_id.clone(),
+        config: PeerConfig {
+            public_key,
+            endpoint: Some(SocketAddr::new(use_ip, port)),
+            allowed_ips,
+            persistent_keepalive: (local.keepalive != 0).then_some(local.keepalive),
+            preshared_key: Some(local.preshared_key.clone()),
+        },
+        use_ip,
+    })
+}
+
+/// The rules against what earlier candidates hold: a key or a subnet is never taken from a
+/// cluster that holds it.
+pub(crate) fn check_held(peer: &DesiredPeer, held: &dyn Held) -> Result<(), PeerError> {
+    if let Some(other_cluster) = held.key_holder(&peer.config.public_key) {
+        return Err(PeerError::DuplicateKey {
+            key: peer.config.public_key,
+            other_cluster: other_cluster.to_owned(),
+        });
+    }
+    for subnet in &peer.config.allowed_ips {
+        if let Some((other, other_cluster)) = held.overlapping(subnet) {
+            return Err(PeerError::OverlapsRemote {
+                subnet: *subnet,
+                other_cluster: other_cluster.to_owned(),
+                other,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The peer for `candidate`, or why it gets none, given what earlier candidates hold.
+pub(crate) fn decide(
+    local: &LocalPeerConfig,
+    local_subnets: &[IpNet],
+    candidate: &PeerCandidate,
+    held: &dyn Held,
+) -> Result<DesiredPeer, PeerError> {
+    let peer = check_alone(local, local_subnets, candidate)?;
+    check_held(&peer, held)?;
+    Ok(peer)
 }
 
 /// The peers the device should have for `endpoints`, and the endpoints refused.
@@ -168,16 +245,17 @@ impl<'a> Claims<'a> {
 /// already-connected clusters first, so a newcomer cannot hijack an established cluster's
 /// traffic. A refused endpoint never affects the others.
 pub fn desired_peers(local: &LocalPeerConfig, endpoints: &[NatEndpointInfo]) -> DesiredPeers {
-    let validated: Vec<_> = endpoints
-        .iter()
-        .map(|i| i.endpoint.spec.validate())
-        .collect();
-    plan_endpoints(
+    desired_peers_of(
         local,
-        endpoints
-            .iter()
-            .zip(&validated)
-            .map(|(info, spec)| (info, spec.as_ref().map_err(Clone::clone))),
+        endpoints.iter().map(|info| {
+            let cluster = || info.endpoint.spec.cluster_id.clone();
+            let spec = info
+                .endpoint
+                .spec
+                .validate()
+                .map_err(|e| (cluster(), PeerError::InvalidEndpoint(e)))?;
+            PeerCandidate::from_nat_info(info, Arc::new(spec)).map_err(|e| (cluster(), e))
+        }),
     )
 }
 
@@ -188,125 +266,56 @@ pub fn desired_peers_validated<'a>(
     local: &LocalPeerConfig,
     endpoints: impl IntoIterator<Item = (&'a NatEndpointInfo, &'a ValidatedSpec)>,
 ) -> DesiredPeers {
-    plan_endpoints(
+    desired_peers_of(
         local,
-        endpoints.into_iter().map(|(info, spec)| (info, Ok(spec))),
+        endpoints.into_iter().map(|(info, spec)| {
+            PeerCandidate::from_nat_info(info, Arc::new(spec.clone()))
+                .map_err(|e| (info.endpoint.spec.cluster_id.clone(), e))
+        }),
     )
 }
 
-fn plan_endpoints<'a>(
+/// The reference planner: every candidate, in priority order, decided against what the
+/// earlier ones hold. [`PeerBook`](crate::PeerBook) keeps the same result up to date one
+/// change at a time; its tests compare the two.
+pub fn desired_peers_of(
     local: &LocalPeerConfig,
-    endpoints: impl Iterator<
-        Item = (
-            &'a NatEndpointInfo,
-            Result<&'a ValidatedSpec, ValidationErrors>,
-        ),
-    >,
+    candidates: impl IntoIterator<Item = Result<PeerCandidate, (String, PeerError)>>,
 ) -> DesiredPeers {
+    let candidates: Vec<Result<PeerCandidate, (String, PeerError)>> =
+        candidates.into_iter().collect();
     let mut out = DesiredPeers::default();
-    // Borrowed from the endpoints: planning allocates per peer, not per lookup.
-    let mut keys: HashMap<PublicKey, &'a str> = HashMap::new();
-    let mut clusters: HashMap<&'a str, &'a str> = HashMap::new();
-    // Subnets claimed so far, with the cluster that claimed each.
-    let mut claimed = Claims::default();
+    let mut held = HeldSoFar::default();
+    let mut clusters: HashMap<&str, &str> = HashMap::new();
     let local_subnets: Vec<IpNet> = local.local_subnets.iter().map(IpNet::trunc).collect();
-
-    for (info, spec) in endpoints {
-        let cluster_id: &'a str = &info.endpoint.spec.cluster_id;
-        let result = spec.map_err(PeerError::InvalidEndpoint).and_then(|spec| {
-            desired_peer(
-                local,
-                &local_subnets,
-                info,
-                spec,
-                &keys,
-                &clusters,
-                &claimed,
-            )
-        });
+    for candidate in &candidates {
+        let candidate = match candidate {
+            Ok(c) => c,
+            Err(refused) => {
+                out.rejected.push(refused.clone());
+                continue;
+            }
+        };
+        let result = match clusters.get(candidate.cluster_id.as_str()) {
+            Some(other) => Err(PeerError::DuplicateCluster {
+                other_endpoint: (*other).to_owned(),
+            }),
+            None => decide(local, &local_subnets, candidate, &held),
+        };
         match result {
             Ok(peer) => {
-                keys.insert(peer.config.public_key, cluster_id);
-                clusters.insert(cluster_id, info.endpoint.name());
+                held.keys
+                    .insert(peer.config.public_key, &candidate.cluster_id);
+                clusters.insert(&candidate.cluster_id, &candidate.endpoint_name);
                 for net in &peer.config.allowed_ips {
-                    claimed.insert(*net, cluster_id);
+                    held.subnets.insert(net, &candidate.cluster_id);
                 }
                 out.peers.push(peer);
             }
-            Err(e) => out.rejected.push((cluster_id.to_owned(), e)),
+            Err(e) => out.rejected.push((candidate.cluster_id.clone(), e)),
         }
     }
     out
-}
-
-fn desired_peer(
-    local: &LocalPeerConfig,
-    local_subnets: &[IpNet],
-    info: &NatEndpointInfo,
-    spec: &ValidatedSpec,
-    keys: &HashMap<PublicKey, &str>,
-    clusters: &HashMap<&str, &str>,
-    claimed: &Claims<'_>,
-) -> Result<DesiredPeer, PeerError> {
-    if info.endpoint.spec.cluster_id == local.cluster_id {
-        return Err(PeerError::OwnCluster);
-    }
-    if !spec.backend.is_empty() && spec.backend != BACKEND_WIREGUARD {
-        return Err(PeerError::UnsupportedBackend(spec.backend.clone()));
-    }
-    let public_key = spec.public_key.ok_or(PeerError::MissingPublicKey)?;
-    if public_key == local.public_key {
-        return Err(PeerError::OwnPublicKey);
-    }
-    if let Some(other_endpoint) = clusters.get(spec.cluster_id.as_str()) {
-        return Err(PeerError::DuplicateCluster {
-            other_endpoint: (*other_endpoint).to_owned(),
-        });
-    }
-    if let Some(other_cluster) = keys.get(&public_key) {
-        return Err(PeerError::DuplicateKey {
-            key: public_key,
-            other_cluster: (*other_cluster).to_owned(),
-        });
-    }
-    let use_ip: IpAddr = info
-        .use_ip
-        .trim()
-        .parse()
-        .map_err(|_| PeerError::InvalidUseIp(info.use_ip.clone()))?;
-    if use_ip.is_unspecified() || use_ip.is_multicast() {
-        return Err(PeerError::InvalidUseIp(info.use_ip.clone()));
-    }
-
-    let allowed_ips: Vec<IpNet> = normalized(&spec.subnets).into_iter().collect();
-    for subnet in &allowed_ips {
-        if let Some(local) = local_subnets.iter().find(|l| overlaps(subnet, l)) {
-            return Err(PeerError::OverlapsLocal {
-                subnet: *subnet,
-                local: *local,
-            });
-        }
-        if let Some((other, other_cluster)) = claimed.overlapping(subnet) {
-            return Err(PeerError::OverlapsRemote {
-                subnet: *subnet,
-                other_cluster: other_cluster.to_owned(),
-                other,
-            });
-        }
-    }
-
-    let port = spec.udp_port.unwrap_or(local.listen_port);
-    Ok(DesiredPeer {
-        cluster_id: spec.cluster_id.clone(),
-        config: PeerConfig {
-            public_key,
-            endpoint: Some(SocketAddr::new(use_ip, port)),
-            allowed_ips,
-            persistent_keepalive: (local.keepalive != 0).then_some(local.keepalive),
-            preshared_key: Some(local.preshared_key.clone()),
-        },
-        use_ip,
-    })
 }
 
 /// The changes that turn the observed device into the desired one.
@@ -354,15 +363,24 @@ impl PeerPlan {
 /// sets of normalized networks; an endpoint of `None` in `desired` accepts whatever the peer
 /// roamed to.
 pub fn plan(desired: &[DesiredPeer], observed: Option<&DeviceStatus>) -> PeerPlan {
-    let observed_peers: HashMap<PublicKey, &PeerConfig> = observed
-        .map(|device| {
-            device
-                .peers
-                .iter()
-                .map(|peer| (peer.config.public_key, &peer.config))
-                .collect()
-        })
-        .unwrap_or_default();
+    plan_peers(
+        desired,
+        observed
+            .into_iter()
+            .flat_map(|d| d.peers.iter().map(|p| &p.config)),
+    )
+}
+
+/// [`plan`] against any set of observed peers: the whole device, or only the peers a change
+/// is about (a caller planning one cluster's change passes that cluster's old and new peers,
+/// and every observed peer not desired is removed, so it must pass only those in scope).
+pub fn plan_peers<'a>(
+    desired: &[DesiredPeer],
+    observed: impl IntoIterator<Item = &'a PeerConfig>,
+) -> PeerPlan {
+    let observed: Vec<&PeerConfig> = observed.into_iter().collect();
+    let observed_peers: HashMap<PublicKey, &PeerConfig> =
+        observed.iter().map(|c| (c.public_key, *c)).collect();
     let mut out = PeerPlan::default();
     let mut wanted: HashSet<PublicKey> = HashSet::new();
 
@@ -388,14 +406,11 @@ pub fn plan(desired: &[DesiredPeer], observed: Option<&DeviceStatus>) -> PeerPla
             out.update.push(want.clone());
         }
     }
-    if let Some(device) = observed {
-        out.remove = device
-            .peers
-            .iter()
-            .map(|peer| peer.config.public_key)
-            .filter(|key| !wanted.contains(key))
-            .collect();
-    }
+    out.remove = observed
+        .iter()
+        .map(|c| c.public_key)
+        .filter(|key| !wanted.contains(key))
+        .collect();
     out
 }
 
@@ -796,71 +811,29 @@ mod tests {
     #[test]
     fn nested_subnets_of_one_cluster_stay_claimed() {
         for order in [
-            ["10.0.0.0/16", "10.0.1.0/24"],
-            ["10.0.1.0/24", "10.0.0.0/16"],
+            ["10.30.0.0/16", "10.30.1.0/24"],
+            ["10.30.1.0/24", "10.30.0.0/16"],
         ] {
-            let mut claims = Claims::default();
-            for net in order {
-                claims.insert(net.parse().expect("cidr"), "b");
-            }
-            for probe in ["10.0.50.0/24", "10.0.1.5/32", "10.0.255.0/24", "10.0.0.0/8"] {
-                let found = claims.overlapping(&probe.parse().expect("cidr"));
-                assert_eq!(
-                    found.map(|(n, c)| (n.to_string(), c.to_owned())),
-                    Some(("10.0.0.0/16".to_owned(), "b".to_owned())),
-                    "{order:?} {probe}"
+            for probe in [
+                "10.30.50.0/24",
+                "10.30.1.5/32",
+                "10.30.255.0/24",
+                "10.16.0.0/12",
+            ] {
+                let out = desired_peers(
+                    &local(),
+                    &[
+                        endpoint("b", 2, &order, "198.51.100.2"),
+                        endpoint("c", 3, &[probe], "198.51.100.3"),
+                    ],
                 );
-            }
-            assert!(claims
-                .overlapping(&"10.1.0.0/16".parse().expect("cidr"))
-                .is_none());
-        }
-    }
-
-    #[test]
-    fn claims_find_exactly_the_overlaps_a_scan_finds() {
-        let claims_in = [
-            "10.0.0.0/16",
-            "10.1.2.0/24",
-            "192.168.0.0/30",
-            "fd00:1::/48",
-            "fd00:2:0:5::/64",
-            "172.16.0.0/12",
-        ];
-        let names: Vec<String> = (0..claims_in.len()).map(|i| format!("c{i}")).collect();
-        let mut claims = Claims::default();
-        let mut list: Vec<IpNet> = Vec::new();
-        for (i, c) in claims_in.iter().enumerate() {
-            let net: IpNet = c.parse().expect("cidr");
-            claims.insert(net, &names[i]);
-            list.push(net);
-        }
-        let probes = [
-            "10.0.5.0/24",
-            "10.0.0.0/8",
-            "10.1.0.0/16",
-            "10.1.2.128/25",
-            "10.2.0.0/16",
-            "192.168.0.2/31",
-            "192.168.0.4/30",
-            "0.0.0.0/0",
-            "fd00::/16",
-            "fd00:2::/48",
-            "fd00:3::/48",
-            "fd00:1:0:1::/64",
-            "172.31.0.0/16",
-            "172.32.0.0/16",
-            "11.0.0.0/8",
-            "::/0",
-        ];
-        for p in probes {
-            let net: IpNet = p.parse().expect("cidr");
-            let scan = list.iter().find(|c| overlaps(&net, c)).is_some();
-            let indexed = claims.overlapping(&net);
-            assert_eq!(indexed.is_some(), scan, "{p}: indexed {indexed:?}");
-            if let Some((other, _)) = indexed {
-                assert!(overlaps(&net, &other), "{p} vs {other}");
-                assert!(list.contains(&other), "{other} is a claim");
+                assert_eq!(out.peers.len(), 1, "{order:?} {probe}");
+                assert!(
+                    matches!(&out.rejected[..], [(c, PeerError::OverlapsRemote { other_cluster, .. })]
+                        if c == "c" && other_cluster == "b"),
+                    "{order:?} {probe}: {:?}",
+                    out.rejected
+                );
             }
         }
     }

@@ -51,6 +51,33 @@ pub async fn select_backend_with<N: Netlink + ?Sized + 'static>(
     }
 }
 
+/// The backend that owns an existing device `device_name`, found without creating anything:
+/// a live control socket (served in our network namespace) means userspace, a `wireguard`
+/// link means kernel; `None` when there is no such device. For `wgcable cleanup`, which must
+/// never create what it is asked to remove.
+pub async fn find_existing<N: Netlink + ?Sized + 'static>(
+    netlink: Arc<N>,
+    device_name: &str,
+    userspace: UserspaceConfig,
+) -> Result<Option<Box<dyn WgDevice>>, Error> {
+    validate_device_name(device_name)?;
+    let userspace = UserspaceDevice::new(userspace);
+    if userspace.is_live(device_name).await? {
+        check_same_netns(&*netlink, device_name, &userspace).await?;
+        return Ok(Some(Box::new(userspace)));
+    }
+    match link_get(&*netlink, device_name).await? {
+        Some(link) if link.kind.as_deref() == Some(LinkKind::Wireguard.as_str()) => {
+            Ok(Some(Box::new(KernelDevice::new(netlink))))
+        }
+        Some(link) => Err(Error::WrongLinkKind {
+            device: device_name.to_owned(),
+            kind: link.kind.unwrap_or_else(|| "no kind".to_owned()),
+        }),
+        None => Ok(None),
+    }
+}
+
 async fn link_get<N: Netlink + ?Sized>(netlink: &N, device: &str) -> Result<Option<Link>, Error> {
     netlink
         .link_get(device)
@@ -185,6 +212,29 @@ mod tests {
             run_dir: dir.join("run"),
             ..UserspaceConfig::with_implementation(implementation)
         }
+    }
+
+    #[tokio::test]
+    async fn finding_an_existing_device_creates_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nl = Arc::new(FakeNetlink::new());
+        let found = find_existing(nl.clone(), "wg0", userspace(dir.path(), true))
+            .await
+            .expect("no error");
+        assert!(found.is_none());
+        assert_eq!(nl.calls(Method::LinkAdd), 0, "nothing probed");
+        nl.link_add("wg0", &LinkKind::Wireguard)
+            .await
+            .expect("link");
+        let found = find_existing(nl.clone(), "wg0", userspace(dir.path(), true))
+            .await
+            .expect("kernel");
+        assert_eq!(found.map(|d| d.kind()), Some(BackendKind::Kernel));
+        nl.link_add("eth9", &LinkKind::Dummy).await.expect("dummy");
+        let err = find_existing(nl, "eth9", userspace(dir.path(), true))
+            .await
+            .expect_err("not ours");
+        assert!(matches!(err, Error::WrongLinkKind { .. }), "{err:?}");
     }
 
     #[tokio::test]

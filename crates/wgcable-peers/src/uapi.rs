@@ -310,6 +310,14 @@ pub(crate) fn decode_get(device: &str, reply: &str) -> Result<DeviceStatus, Erro
     Ok(status)
 }
 
+/// The reply parser, for the fuzz targets only: decodes `reply` as [`decode_get`] does and
+/// discards the result. Behaviour is exactly `decode_get`'s.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_decode_get(reply: &str) -> bool {
+    decode_get("fuzz", reply).is_ok()
+}
+
 /// Whether a control socket is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Liveness {

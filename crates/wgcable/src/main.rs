@@ -58,17 +58,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ShowCommand::Endpoint { state_dir } => show::endpoint(&state_dir),
         },
         Command::Cleanup(args) => {
-            wgcable_engine::gateway::cleanup(
+            let report = wgcable_engine::gateway::cleanup(
                 &args.device,
                 args.table,
                 args.rule_priority,
                 args.backend,
             )
             .await?;
-            eprintln!(
-                "removed device {}, its routes in table {} and the rule looking it up",
-                args.device, args.table
-            );
+            if report.is_empty() {
+                eprintln!(
+                    "nothing to remove: no device {}, no route of it in table {}, no rule at priority {}",
+                    args.device, args.table, args.rule_priority
+                );
+            } else {
+                eprintln!("device {}: {report}", args.device);
+            }
             Ok(())
         }
     }

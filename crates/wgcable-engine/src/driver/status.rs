@@ -1,0 +1,229 @@
+//! Connection status: the device's handshakes and traffic judged with Submariner's rules
+//! ([`wgcable_peers::judge`]), refined by the health checker, fed to the metrics, and kept for
+//! the HTTP server.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use wgcable_api::{Connection, ConnectionStatus};
+use wgcable_keys::PublicKey;
+use wgcable_metrics::CableLabels;
+use wgcable_peers::{DeviceStatus, PeerStatus};
+
+use super::{State, Tracked, WireGuardDriver};
+use crate::config::CABLE_DRIVER_NAME;
+use crate::health::HealthKey;
+use crate::Error;
+
+/// Traffic and handshake figures of one connection, beside its Submariner `Connection`
+/// (which has no field for them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CableStats {
+    pub cluster_id: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Seconds since the last handshake; `None` before the first.
+    pub last_handshake_age: Option<f64>,
+}
+
+/// What the HTTP server reads without waiting on a reconcile.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub connections: Arc<Vec<Connection>>,
+    pub stats: Arc<Vec<CableStats>>,
+    pub ready: bool,
+}
+
+impl WireGuardDriver {
+    pub(crate) fn set_ready(&self, ready: bool) {
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.ready = ready;
+        }
+    }
+
+    /// Judges every connection now, feeds the metrics and keeps the result for
+    /// [`WireGuardDriver::last_connections`]; [`CableDriver::connections`](super::CableDriver)
+    /// is this plus a copy.
+    pub async fn poll(&self) -> Result<Arc<Vec<Connection>>, Error> {
+        let mut st = self.state.lock().await;
+        let name = &self.config.device;
+        let observed = self
+            .device
+            .read(name)
+            .await
+            .map_err(Error::device(format!("reading WireGuard device {name}")))?;
+        let (conns, stats) = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
+        let conns = Arc::new(conns);
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.connections = conns.clone();
+            s.stats = Arc::new(stats);
+        }
+        Ok(conns)
+    }
+
+    /// The last judged connections, without waiting for a reconcile (for the HTTP server).
+    pub fn last_connections(&self) -> Vec<Connection> {
+        self.snapshot
+            .lock()
+            .map(|s| s.connections.as_ref().clone())
+            .unwrap_or_default()
+    }
+
+    /// The traffic and handshake figures of the last judged connections.
+    pub fn last_stats(&self) -> Vec<CableStats> {
+        self.snapshot
+            .lock()
+            .map(|s| s.stats.as_ref().clone())
+            .unwrap_or_default()
+    }
+
+    /// True once the device is configured and the first reconcile went through.
+    pub fn is_ready(&self) -> bool {
+        self.snapshot.lock().map(|s| s.ready).unwrap_or(false)
+    }
+
+    fn labels(&self, remote: &super::Remote) -> CableLabels {
+        let c = &self.config;
+        CableLabels {
+            cable_driver: CABLE_DRIVER_NAME.to_string(),
+            local_cluster: c.cluster_id.clone(),
+            local_hostname: c.hostname.clone(),
+            local_endpoint_ip: c.private_ip.to_string(),
+            remote_cluster: remote.cluster_id().to_owned(),
+            remote_hostname: remote.spec.hostname.clone(),
+            remote_endpoint_ip: remote.use_ip.to_string(),
+        }
+    }
+
+    fn judge_all(
+        &self,
+        st: &mut State,
+        observed: Option<&DeviceStatus>,
+        now: SystemTime,
+    ) -> (Vec<Connection>, Vec<CableStats>) {
+        let by_key: HashMap<PublicKey, &PeerStatus> = observed
+            .map(|d| d.peers.iter().map(|p| (p.config.public_key, p)).collect())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(st.remotes.len());
+        let mut stats = Vec::with_capacity(st.remotes.len());
+        for (cluster, remote) in &st.remotes {
+            let mut conn = Connection {
+                status: ConnectionStatus::Error,
+                status_message: String::new(),
+                endpoint: remote.endpoint.spec.clone(),
+                using_ip: remote.use_ip.to_string(),
+                using_nat: remote.use_nat,
+                latency_rtt: None,
+            };
+            let Some(peer) = st.book.peer(cluster) else {
+                if let Some(reason) = st.book.refusal(cluster) {
+                    conn.status_message = format!("refused: {}", crate::error::chain(reason));
+                }
+                out.push(conn);
+                continue;
+            };
+            let key = peer.config.public_key;
+            let Some(status) = by_key.get(&key).copied() else {
+                conn.status = ConnectionStatus::Connecting;
+                conn.status_message = if observed.is_some() {
+                    "peer not configured on the device yet".into()
+                } else {
+                    "the WireGuard device is missing; it is created again at the next resync".into()
+                };
+                out.push(conn);
+                continue;
+            };
+            let labels = self.labels(remote);
+            let prev = st.tracked.get(cluster).filter(|t| t.key == key);
+            if let Some(p) = prev.filter(|p| p.labels != labels) {
+                // The endpoint IP or hostname changed: the old series would linger otherwise.
+                self.metrics.remove_cable(&p.labels);
+            }
+            let previous_status = prev.map(|t| t.reported);
+            let track = wgcable_peers::judge(prev.map(|t| &t.track), status, now);
+            conn.status = track.status;
+            conn.status_message = track.message.clone();
+            // The health check, when there is one and it has a verdict, refines WireGuard's:
+            // a handshake proves the peer's key, a ping proves the path through the tunnel.
+            if let Some(health) = &self.health {
+                // One pinger per IP family; latency is reported for the first family that has
+                // a verdict (IPv4 first, as Submariner's single healthCheckIP), and either
+                // family failing is an error: a dual-stack tunnel that drops IPv6 is broken.
+                let verdicts: Vec<(HealthKey, crate::health::HealthStatus)> =
+                    HealthKey::both(cluster)
+                        .into_iter()
+                        .filter_map(|k| health.status(&k).map(|h| (k, h)))
+                        .collect();
+                if let Some((_, h)) = verdicts.iter().find(|(_, h)| h.latency.is_some()) {
+                    conn.latency_rtt = h.latency.clone();
+                    if let Some(rtt) = h.last_rtt {
+                        self.metrics.set_latency(&labels, rtt.as_secs_f64());
+                    }
+                }
+                if let Some((key, h)) = verdicts.iter().find(|(_, h)| h.failed) {
+                    if conn.status == ConnectionStatus::Connected {
+                        conn.status = ConnectionStatus::Error;
+                        conn.status_message = format!(
+                            "Failed to successfully ping the remote endpoint's {} health-check IP ({} lost in a row)",
+                            key.family_name(),
+                            h.consecutive_lost
+                        );
+                    }
+                }
+            }
+            if previous_status != Some(conn.status) {
+                log_transition(cluster, previous_status, &conn);
+            }
+            let age = status
+                .last_handshake
+                .and_then(|t| now.duration_since(t).ok())
+                .map(|d| d.as_secs_f64());
+            self.metrics.record_poll(
+                &labels,
+                &wgcable_metrics::CablePoll {
+                    status: conn.status,
+                    rx_bytes: status.rx_bytes,
+                    tx_bytes: status.tx_bytes,
+                    established: track
+                        .established
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs_f64()),
+                    last_handshake_age: age,
+                },
+            );
+            stats.push(CableStats {
+                cluster_id: cluster.clone(),
+                rx_bytes: status.rx_bytes,
+                tx_bytes: status.tx_bytes,
+                last_handshake_age: age,
+            });
+            st.tracked.insert(
+                cluster.clone(),
+                Tracked {
+                    key,
+                    track,
+                    labels,
+                    reported: conn.status,
+                },
+            );
+            out.push(conn);
+        }
+        (out, stats)
+    }
+}
+
+/// One line per change of a connection's status, with the reason: people read these to learn
+/// when a tunnel went down and why.
+fn log_transition(cluster: &str, from: Option<ConnectionStatus>, conn: &Connection) {
+    let from = from.map_or("new", ConnectionStatus::as_str);
+    let to = conn.status.as_str();
+    match conn.status {
+        ConnectionStatus::Error => {
+            tracing::warn!(cluster = %cluster, from, to, reason = %conn.status_message, "connection status changed")
+        }
+        _ => {
+            tracing::info!(cluster = %cluster, from, to, reason = %conn.status_message, "connection status changed")
+        }
+    }
+}
