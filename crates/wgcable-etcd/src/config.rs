@@ -26,7 +26,7 @@ pub struct EtcdConfig {
     pub key: Option<PathBuf>,
     /// The largest value handed on whole: the admission layer's size limit. A larger value is
     /// handed on cut to this plus one byte, so that admission refuses it as oversized without
-    /// it being held whole. Default 1 MiB.
+    /// it being held whole. Default `wgcable_api::ParseLimits::default().max_bytes` (1 MiB).
     pub max_value_bytes: usize,
     /// The largest gRPC message decoded. etcd splits large watch responses into fragments no
     /// larger than its `--max-request-bytes` (default 1.5 MiB), and every value fits in such a
@@ -54,7 +54,8 @@ pub struct EtcdConfig {
 impl EtcdConfig {
     /// A configuration with every default and these endpoints.
     pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> EtcdConfig {
-        let max_value_bytes = 1024 * 1024;
+        // The admission parser's own size limit: one number for both.
+        let max_value_bytes = wgcable_api::ParseLimits::default().max_bytes;
         EtcdConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             prefix: DEFAULT_PREFIX.to_string(),
