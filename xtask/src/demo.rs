@@ -20,6 +20,10 @@ use crate::topology::{self, Options, Topology, DEVICE, METRICS_URL, TABLE};
 const USAGE: &str = "usage: cargo xtask demo [--clusters 2|3] [--broker file|etcd]";
 
 pub fn run(args: &[String]) -> Result<()> {
+    if crate::wants_help(args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let mut clusters = 3;
     let mut etcd = false;
     let mut it = args.iter();

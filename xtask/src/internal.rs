@@ -23,6 +23,10 @@ const USAGE: &str =
     "usage: xtask internal http-get URL | tcp-recv PORT [ADDR] | tcp-send HOST PORT BYTES | etcd-writer URL[,URL...]";
 
 pub fn run(args: &[String]) -> Result<()> {
+    if crate::wants_help(args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["http-get", url] => {

@@ -23,13 +23,19 @@ mod topology;
 
 use anyhow::{bail, Result};
 
-const USAGE: &str = "usage: cargo xtask <task>
+const USAGE: &str = "usage: cargo xtask <task> [--help]
 tasks:
   test                  fmt check, clippy -D warnings, all tests, then e2e when root
   e2e [--keep]          multi-cluster scenarios in network namespaces (root)
   e2e --cleanup         remove leftovers of crashed e2e/demo runs
   demo [--clusters N]   start 2 or 3 connected clusters and show them (root)
+  bench [--runs N]      the benchmarks of docs/benchmarks.md (root)
   fuzz [--seconds N] [TARGET]  run the fuzz targets (cargo-fuzz), N s each (default 20)";
+
+/// `--help` or `-h` anywhere in a task's arguments: the task prints its usage and exits 0.
+pub(crate) fn wants_help(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--help" || a == "-h")
+}
 
 fn main() -> Result<()> {
     // Errors here are for people: the chain of contexts says what failed, a backtrace of
@@ -54,5 +60,29 @@ fn main() -> Result<()> {
             Ok(())
         }
         other => bail!("unknown task {other:?}\n{USAGE}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cargo xtask <task> --help` prints the task's usage and succeeds, for every task (a task
+    /// that did not know `--help` would fail on it, or start its work).
+    #[test]
+    fn every_task_takes_help() {
+        type Task = fn(&[String]) -> Result<()>;
+        let tasks: [(&str, Task); 5] = [
+            ("test", test::run),
+            ("e2e", e2e::run),
+            ("demo", demo::run),
+            ("bench", bench::run),
+            ("internal", internal::run),
+        ];
+        for (name, run) in tasks {
+            for flag in ["--help", "-h"] {
+                run(&[flag.to_string()]).unwrap_or_else(|e| panic!("{name} {flag}: {e:#}"));
+            }
+        }
     }
 }

@@ -12,6 +12,10 @@ use crate::e2e;
 use crate::topology::cargo;
 
 pub fn run(args: &[String]) -> Result<()> {
+    if crate::wants_help(args) {
+        println!("usage: cargo xtask test");
+        return Ok(());
+    }
     if !args.is_empty() {
         bail!("usage: cargo xtask test");
     }

@@ -480,6 +480,9 @@ impl Topology {
             &format!("{},{}", c.health_check_ip, c.health_check_ip6),
             "--state-dir",
             &c.state_dir.to_string_lossy(),
+            // A PSK of their own: the well-known default is refused.
+            "--psk",
+            "wgcable-e2e-not-a-secret",
         ]
         .iter()
         .map(|s| s.to_string())

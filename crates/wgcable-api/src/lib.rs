@@ -9,6 +9,9 @@
 //! * [`EndpointSpec::validate`] turns the stringly-typed spec into a [`ValidatedSpec`] of parsed
 //!   addresses, CIDRs, ports and the WireGuard public key, or reports every problem at once.
 //!   IPv6 and dual-stack (`private_ips`, `public_ips`, `healthCheckIPs`) are first-class.
+//! * [`local_endpoint`] builds the gateway's own Endpoint from a [`LocalEndpointConfig`] the way
+//!   Submariner's gateway publishes it (name, cable name, `submariner-io/clusterID` label,
+//!   namespace, dual-stack lists, backend_config).
 //!
 //! What this crate must NOT know about: any I/O (it only parses and formats strings; no files,
 //! no Kubernetes API, no network), netlink, WireGuard devices, routing, or the engine's state.
@@ -16,6 +19,7 @@
 mod connection;
 mod endpoint;
 mod error;
+mod local;
 mod parse;
 mod policy;
 mod serde_util;
@@ -30,6 +34,7 @@ pub use endpoint::{
     KIND_ENDPOINT_LIST, MAX_CLUSTER_ID_LEN,
 };
 pub use error::ApiError;
+pub use local::{local_endpoint, LocalEndpointConfig, CLUSTER_ID_LABEL};
 pub use parse::{
     endpoints_from_json_value, parse_endpoint, parse_endpoints, Format, FoundType, Known, Location,
     ParseError, ParseLimits, ParseProblem,

@@ -543,9 +543,17 @@ async fn a_waiting_endpoint_connects_once_its_conflict_is_gone() {
     );
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
     let text = h.metrics.encode_text().expect("text");
+    let repairs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("wgcable_repairs_total{"))
+        .collect();
     assert!(
-        !text.contains("wgcable_repairs_total{"),
-        "an accepted endpoint is not drift: {text}"
+        !repairs.is_empty(),
+        "the repair counters are exported: {text}"
+    );
+    assert!(
+        repairs.iter().all(|l| l.ends_with(" 0")),
+        "an accepted endpoint is not drift: {repairs:?}"
     );
 }
 

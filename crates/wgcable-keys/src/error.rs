@@ -71,6 +71,49 @@ impl fmt::Display for FormatProblem {
     }
 }
 
+/// Why a key file that is a symbolic link was not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SymlinkProblem {
+    /// The chain leaves the key directory, or a link in it is absolute.
+    LeadsOutside,
+    /// The chain ends at nothing.
+    Dangling,
+    /// Too many links (a loop).
+    TooManyLinks,
+}
+
+impl fmt::Display for SymlinkProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SymlinkProblem::LeadsOutside => {
+                "it is a symbolic link that leads outside its directory (or is absolute)"
+            }
+            SymlinkProblem::Dangling => "it is a symbolic link to nothing",
+            SymlinkProblem::TooManyLinks => "it is a chain of too many symbolic links (a loop?)",
+        })
+    }
+}
+
+/// Why a pre-shared key passphrase is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeakPsk {
+    /// The passphrase is empty.
+    Empty,
+    /// The passphrase is Submariner's well-known default, `default psk`.
+    WellKnownDefault,
+}
+
+impl fmt::Display for WeakPsk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeakPsk::Empty => "the pre-shared key is empty",
+            WeakPsk::WellKnownDefault => {
+                "the pre-shared key is Submariner's well-known default \"default psk\", which anyone can derive"
+            }
+        })
+    }
+}
+
 /// Everything that can go wrong in this crate.
 ///
 /// No variant ever holds key material; paths, modes, lengths and offsets only.
@@ -109,8 +152,9 @@ pub enum KeyError {
 
     #[error(
         "refusing to use key file {p}: it is accessible by group or others (mode {mode:04o}); \
-         run `chmod 600 {p}` if the key cannot have leaked, otherwise remove {p} to generate a new \
-         key (peers will need the new public key)",
+         run `chmod 600 {p}` (for a Kubernetes Secret volume: `defaultMode: 0400`) if the key \
+         cannot have leaked, otherwise remove {p} to generate a new key (peers will need the new \
+         public key)",
         p = .path.display(),
         mode = .mode & 0o7777
     )]
@@ -133,6 +177,78 @@ pub enum KeyError {
         path: PathBuf,
         problem: FormatProblem,
     },
+
+    #[error(
+        "refusing to use key file {p}: {problem}; only links that stay inside {d} are followed \
+         (as a Kubernetes Secret volume makes them): put the key file itself there, or mount the \
+         Secret at {d}",
+        p = .path.display(),
+        d = .dir.display()
+    )]
+    Symlink {
+        path: PathBuf,
+        dir: PathBuf,
+        problem: SymlinkProblem,
+    },
+
+    #[error(
+        "refusing to use key file {p}: it belongs to uid {owner}, not to the gateway's user (uid \
+         {expected}), so another user could replace the key; run `chown {expected} {p}` if that \
+         user is trusted, otherwise remove {p} to generate a new key",
+        p = .path.display()
+    )]
+    WrongOwner {
+        path: PathBuf,
+        owner: u32,
+        expected: u32,
+    },
+
+    #[error(
+        "no key file {p} in the read-only key directory; provision one, e.g. `wg genkey > \
+         private.key && kubectl create secret generic wgcable-key --from-file=private.key`, \
+         and mount it there with defaultMode 0400",
+        p = .path.display()
+    )]
+    MissingReadOnly { path: PathBuf },
+
+    #[error("reading the pre-shared key file {}", .path.display())]
+    ReadPsk {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("refusing the pre-shared key file {p}: {problem}", p = .path.display())]
+    BadPskFile {
+        path: PathBuf,
+        problem: PskFileProblem,
+    },
+
+    #[error("refusing the pre-shared key: {0}")]
+    WeakPsk(WeakPsk),
+}
+
+/// Why a pre-shared key file's content or type is refused (never its content itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PskFileProblem {
+    /// Not a regular file (after following links).
+    NotRegularFile,
+    /// Larger than any sensible passphrase.
+    TooLarge { bytes: u64 },
+    /// Not UTF-8 text.
+    NotText,
+}
+
+impl fmt::Display for PskFileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PskFileProblem::NotRegularFile => f.write_str("it is not a regular file"),
+            PskFileProblem::TooLarge { bytes } => {
+                write!(f, "it is {bytes} bytes; a passphrase is at most 4096")
+            }
+            PskFileProblem::NotText => f.write_str("it is not UTF-8 text"),
+        }
+    }
 }
 
 impl KeyError {
@@ -145,7 +261,13 @@ impl KeyError {
             | KeyError::Write { path, .. }
             | KeyError::InsecurePermissions { path, .. }
             | KeyError::NotRegularFile { path, .. }
-            | KeyError::Corrupt { path, .. } => Some(path),
+            | KeyError::Corrupt { path, .. }
+            | KeyError::Symlink { path, .. }
+            | KeyError::WrongOwner { path, .. }
+            | KeyError::MissingReadOnly { path }
+            | KeyError::ReadPsk { path, .. }
+            | KeyError::BadPskFile { path, .. } => Some(path),
+            KeyError::WeakPsk(_) => None,
         }
     }
 
@@ -162,6 +284,8 @@ impl KeyError {
             KeyError::InsecurePermissions { .. }
                 | KeyError::NotRegularFile { .. }
                 | KeyError::Corrupt { .. }
+                | KeyError::Symlink { .. }
+                | KeyError::WrongOwner { .. }
         )
     }
 }

@@ -15,7 +15,8 @@ pub const KEY_LEN: usize = 32;
 /// Length of a key in `wg(8)`'s base64 form: 32 bytes, standard alphabet, padded.
 pub const KEY_BASE64_LEN: usize = 44;
 
-/// The pre-shared key string Submariner uses when env `CE_IPSEC_PSK` is not set.
+/// The pre-shared key string Submariner used when env `CE_IPSEC_PSK` was not set. Anyone can
+/// derive its key: [`crate::check_passphrase`] refuses it, as upstream now does.
 pub const DEFAULT_PSK: &str = "default psk";
 
 const REDACTED: &str = "<redacted>";

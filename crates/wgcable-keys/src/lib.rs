@@ -11,16 +11,25 @@
 //! * [`KeyStore`] loads the gateway's private key from a state directory or creates it once,
 //!   atomically and with mode 0600, so that restarting the gateway keeps its identity (upstream
 //!   Submariner generates a new key on every start and drops every tunnel).
+//!   [`KeyStore::read_only`] reads a key provisioned from outside, such as a Kubernetes Secret
+//!   volume, whose symbolic links are followed only inside the mounted directory.
+//! * [`check_passphrase`] refuses an empty PSK and Submariner's well-known default;
+//!   [`PskFile`] reads the passphrase from a mounted secret and [`PskWatcher`] notices when it
+//!   changes, so a gateway can refresh the key without a restart.
 //!
 //! Secrets are zeroized on drop, print as `<redacted>` and never appear in an error message.
 //!
 //! What this crate must NOT know about: the network (no sockets, no netlink, no WireGuard
-//! device), Submariner's data model and the engine. Its only I/O is the key file.
+//! device), Submariner's data model and the engine. Its only I/O is the key file and the PSK file.
 
 mod error;
 mod key;
+mod psk;
 mod store;
 
-pub use error::{FormatProblem, KeyError, KeyKind};
+pub use error::{FormatProblem, KeyError, KeyKind, PskFileProblem, SymlinkProblem, WeakPsk};
 pub use key::{PresharedKey, PrivateKey, PublicKey, DEFAULT_PSK, KEY_BASE64_LEN, KEY_LEN};
+pub use psk::{
+    check_passphrase, PskFile, PskStamp, PskWatcher, PSK_FILE_NAME, SUBMARINER_SECRETS_DIR,
+};
 pub use store::{KeyStore, KEY_FILE_NAME};

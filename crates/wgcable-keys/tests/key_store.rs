@@ -1,10 +1,10 @@
 //! Key store behaviour on a real filesystem (a temp dir; no root needed).
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt as _};
+use std::os::unix::fs::{symlink, MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
-use wgcable_keys::{FormatProblem, KeyError, KeyStore, PrivateKey, KEY_FILE_NAME};
+use wgcable_keys::{FormatProblem, KeyError, KeyStore, PrivateKey, SymlinkProblem, KEY_FILE_NAME};
 
 /// `wg genkey | tee /dev/stderr | wg pubkey`
 const WG_PRIVATE: &str = "WBDGH20HSpAgYOEGOTBcw5a0DS5qKMK9rP8WJcQrV2o=";
@@ -114,42 +114,215 @@ fn refuses_group_or_world_accessible_file() {
 }
 
 #[test]
-fn refuses_symlink_even_to_a_good_key() {
+fn refuses_a_symlink_leading_out_of_the_directory_even_to_a_good_key() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let target = tmp.path().join("elsewhere.key");
     write_key_file(&target, &format!("{WG_PRIVATE}\n"), 0o600);
     let dir = tmp.path().join("state");
     fs::create_dir(&dir).expect("mkdir");
     let store = KeyStore::new(&dir);
-    symlink(&target, store.path()).expect("symlink");
-
-    let err = store.load_or_create().expect_err("symlink refused");
-    assert!(
-        matches!(err, KeyError::NotRegularFile { found, .. } if found == "a symbolic link"),
-        "{err:?}"
-    );
-    let msg = assert_safe_message(&err, store.path(), WG_PRIVATE);
-    assert!(msg.contains("remove"), "{msg}");
-    // The link and its target are untouched.
-    assert!(fs::symlink_metadata(store.path())
-        .expect("lstat")
-        .file_type()
-        .is_symlink());
-    assert_eq!(
-        fs::read_to_string(&target).expect("read"),
-        format!("{WG_PRIVATE}\n")
-    );
+    // Absolute, relative with `..`, and through an intermediate link inside the directory.
+    let links: [(&str, &Path); 3] = [
+        (KEY_FILE_NAME, &target),
+        (KEY_FILE_NAME, Path::new("../elsewhere.key")),
+        ("..data", Path::new("..")),
+    ];
+    for (name, to) in links {
+        let _ = fs::remove_file(dir.join(KEY_FILE_NAME));
+        let _ = fs::remove_file(dir.join("..data"));
+        symlink(to, dir.join(name)).expect("symlink");
+        if name != KEY_FILE_NAME {
+            symlink("..data/elsewhere.key", store.path()).expect("symlink");
+        }
+        for result in [store.load().map(|_| ()), store.load_or_create().map(|_| ())] {
+            let err = result.expect_err("a link out of the directory is refused");
+            assert!(
+                matches!(
+                    err,
+                    KeyError::Symlink {
+                        problem: SymlinkProblem::LeadsOutside,
+                        ..
+                    }
+                ),
+                "{name} -> {to:?}: {err:?}"
+            );
+            assert!(err.is_refused_key_file());
+            let msg = assert_safe_message(&err, store.path(), WG_PRIVATE);
+            assert!(msg.contains("only links that stay inside"), "{msg}");
+        }
+        // The link and its target are untouched.
+        assert!(fs::symlink_metadata(store.path())
+            .expect("lstat")
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            fs::read_to_string(&target).expect("read"),
+            format!("{WG_PRIVATE}\n")
+        );
+    }
 
     // A dangling symlink is refused too, rather than followed to create a file elsewhere.
     let dangling_dir = tmp.path().join("dangling");
     fs::create_dir(&dangling_dir).expect("mkdir");
     let store = KeyStore::new(&dangling_dir);
-    symlink(tmp.path().join("nowhere"), store.path()).expect("symlink");
-    let err = store
+    for to in [tmp.path().join("nowhere"), "..data/private.key".into()] {
+        let _ = fs::remove_file(store.path());
+        symlink(&to, store.path()).expect("symlink");
+        let err = store
+            .load_or_create()
+            .expect_err("dangling symlink refused");
+        assert!(
+            matches!(
+                err,
+                KeyError::Symlink {
+                    problem: SymlinkProblem::Dangling | SymlinkProblem::LeadsOutside,
+                    ..
+                }
+            ),
+            "{to:?}: {err:?}"
+        );
+        assert!(!tmp.path().join("nowhere").exists());
+        assert_eq!(dir_entries(&dangling_dir), vec![KEY_FILE_NAME.to_string()]);
+    }
+    // A loop of links inside the directory.
+    let _ = fs::remove_file(store.path());
+    symlink("loop-b", store.path()).expect("symlink");
+    symlink(KEY_FILE_NAME, dangling_dir.join("loop-b")).expect("symlink");
+    let err = store.load().expect_err("loop refused");
+    assert!(
+        matches!(
+            err,
+            KeyError::Symlink {
+                problem: SymlinkProblem::TooManyLinks,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Lays `dir` out as the kubelet mounts a Secret with one key, `private.key`:
+/// `private.key -> ..data/private.key`, `..data -> ..<version>`, the file in `..<version>/`.
+fn secret_volume(dir: &Path, version: &str, content: &str, mode: u32) {
+    let data = dir.join(format!("..{version}"));
+    fs::create_dir_all(&data).expect("mkdir");
+    write_key_file(&data.join(KEY_FILE_NAME), content, mode);
+    let tmp_link = dir.join("..data_tmp");
+    symlink(format!("..{version}"), &tmp_link).expect("symlink");
+    fs::rename(&tmp_link, dir.join("..data")).expect("swap ..data");
+    if fs::symlink_metadata(dir.join(KEY_FILE_NAME)).is_err() {
+        symlink(format!("..data/{KEY_FILE_NAME}"), dir.join(KEY_FILE_NAME)).expect("symlink");
+    }
+}
+
+#[test]
+fn reads_a_key_from_a_kubernetes_secret_volume_and_never_writes_there() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("secret");
+    secret_volume(
+        &dir,
+        "2026_01_01_00_00_00.1",
+        &format!("{WG_PRIVATE}\n"),
+        0o400,
+    );
+    let before = dir_entries(&dir);
+    for store in [KeyStore::read_only(&dir), KeyStore::new(&dir)] {
+        let (key, created) = store.load_or_create().expect("the link chain is followed");
+        assert!(!created);
+        assert_eq!(key.public_key().to_string(), WG_PUBLIC);
+        assert_eq!(dir_entries(&dir), before, "nothing written");
+    }
+    assert!(KeyStore::read_only(&dir).is_read_only());
+
+    // An update of the Secret swaps `..data`; the new key is read.
+    let (other, _) = KeyStore::new(tmp.path().join("other"))
         .load_or_create()
-        .expect_err("dangling symlink refused");
-    assert!(matches!(err, KeyError::NotRegularFile { .. }), "{err:?}");
-    assert!(!tmp.path().join("nowhere").exists());
+        .expect("create");
+    secret_volume(
+        &dir,
+        "2026_01_02_00_00_00.1",
+        &format!("{}\n", other.to_base64().as_str()),
+        0o400,
+    );
+    assert_eq!(KeyStore::read_only(&dir).load().expect("load"), Some(other));
+
+    // Every other check still applies to the file the chain ends at.
+    secret_volume(
+        &dir,
+        "2026_01_03_00_00_00.1",
+        &format!("{WG_PRIVATE}\n"),
+        0o644,
+    );
+    let err = KeyStore::read_only(&dir).load().expect_err("0644 refused");
+    assert!(
+        matches!(err, KeyError::InsecurePermissions { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("defaultMode: 0400"), "{err}");
+    secret_volume(&dir, "2026_01_04_00_00_00.1", "not a key\n", 0o400);
+    let err = KeyStore::read_only(&dir)
+        .load()
+        .expect_err("corrupt refused");
+    assert!(matches!(err, KeyError::Corrupt { .. }), "{err:?}");
+    fs::remove_file(dir.join("..2026_01_04_00_00_00.1").join(KEY_FILE_NAME)).expect("rm");
+    fs::create_dir(dir.join("..2026_01_04_00_00_00.1").join(KEY_FILE_NAME)).expect("mkdir");
+    let err = KeyStore::read_only(&dir)
+        .load()
+        .expect_err("directory refused");
+    assert!(
+        matches!(
+            err,
+            KeyError::NotRegularFile {
+                found: "a directory",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_read_only_store_without_a_key_says_how_to_provide_one_and_creates_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = KeyStore::read_only(tmp.path());
+    let err = store.load_or_create().expect_err("missing key");
+    assert!(matches!(err, KeyError::MissingReadOnly { .. }), "{err:?}");
+    assert!(err.to_string().contains("wg genkey"), "{err}");
+    assert_eq!(err.path(), Some(store.path()));
+    assert!(dir_entries(tmp.path()).is_empty());
+    // A missing directory is the same error, and is not created either.
+    let absent = tmp.path().join("absent");
+    let err = KeyStore::read_only(&absent)
+        .load_or_create()
+        .expect_err("missing");
+    assert!(matches!(err, KeyError::MissingReadOnly { .. }), "{err:?}");
+    assert!(!absent.exists());
+}
+
+#[test]
+fn refuses_a_key_file_of_another_user() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_, _) = KeyStore::new(tmp.path()).load_or_create().expect("create");
+    let mine = fs::metadata(tmp.path().join(KEY_FILE_NAME))
+        .expect("stat")
+        .uid();
+    let store = KeyStore::new(tmp.path()).expecting_owner(mine.wrapping_add(1));
+    let err = store.load_or_create().expect_err("wrong owner");
+    assert!(
+        matches!(err, KeyError::WrongOwner { owner, expected, .. } if owner == mine && expected == mine.wrapping_add(1)),
+        "{err:?}"
+    );
+    assert!(err.is_refused_key_file());
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("chown {}", mine.wrapping_add(1))),
+        "{msg}"
+    );
+    // The store's default is the process's own user, which created the file.
+    KeyStore::new(tmp.path())
+        .load()
+        .expect("own file")
+        .expect("present");
 }
 
 #[test]

@@ -21,7 +21,7 @@ mod metrics;
 mod prom_text;
 
 pub use http::{serve, GatewayState, HttpConfig, PROMETHEUS_TEXT_CONTENT_TYPE};
-pub use metrics::{names, CableLabels, CablePoll, GatewayMetrics};
+pub use metrics::{names, CableLabels, CablePoll, GatewayMetrics, REJECTION_REASONS, REPAIR_KINDS};
 
 /// The port Submariner's gateway serves metrics on unless `SUBMARINER_METRICSPORT` says otherwise.
 pub const DEFAULT_METRICS_PORT: u16 = 32780;

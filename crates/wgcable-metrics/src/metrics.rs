@@ -1,4 +1,12 @@
 //! The gateway's metric families and the bookkeeping that keeps them consistent.
+//!
+//! Names, help texts and labels of the `submariner_` series are upstream's, read from
+//! Submariner's source: the per-cable series from submariner `pkg/cable/metrics.go`,
+//! `submariner_gateway_sync_iterations` from `pkg/cableengine/syncer/syncer.go` (a counter
+//! without `_total`, kept so for compatibility upstream says), and `submariner_gateways`,
+//! `submariner_gateway_creation_timestamp` and `submariner_requested_connections` from the
+//! operator's `controllers/submariner/submariner_metrics.go`, which upstream computes from the
+//! Gateway objects; a wgcable gateway exports them for itself, as if the operator looked at it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -39,7 +47,36 @@ pub mod names {
     pub const PEERS: &str = "wgcable_peers";
     /// Ours: info metric, 1 for the WireGuard `backend` in use.
     pub const BACKEND_INFO: &str = "wgcable_backend_info";
+    /// Ours: info metric, 1 with the `version` and `git_commit` of the running binary.
+    pub const BUILD_INFO: &str = "wgcable_build_info";
+    /// Submariner: number of gateways (of this cluster, as seen by this gateway).
+    pub const GATEWAYS: &str = "submariner_gateways";
+    /// Submariner: unix seconds when the gateway was created (`local_cluster`, `local_hostname`).
+    pub const GATEWAY_CREATION_TIMESTAMP: &str = "submariner_gateway_creation_timestamp";
+    /// Submariner: gateway status synchronisations (a counter without `_total`, as upstream).
+    pub const GATEWAY_SYNC_ITERATIONS: &str = "submariner_gateway_sync_iterations";
+    /// Submariner: connections by local and remote cluster/hostname and `status`.
+    pub const REQUESTED_CONNECTIONS: &str = "submariner_requested_connections";
 }
+
+/// The drift repairs the engine counts (`wgcable_repairs_total{what}`): exported at 0 from the
+/// start so that `rate()` and alerts work before the first repair.
+pub const REPAIR_KINDS: [&str; 7] = [
+    "device", "link", "identity", "addr", "peer", "route", "rule",
+];
+
+/// The reasons the engine refuses an endpoint for (`wgcable_endpoints_rejected_total{reason}`),
+/// exported at 0 from the start.
+pub const REJECTION_REASONS: [&str; 5] = ["parse", "invalid", "duplicate", "refused", "device"];
+
+/// Labels of `submariner_requested_connections`, as upstream's operator orders them.
+const REQUESTED_LABEL_NAMES: [&str; 5] = [
+    "local_cluster",
+    "local_hostname",
+    "remote_cluster",
+    "remote_hostname",
+    STATUS_LABEL,
+];
 
 /// Label names shared by every per-cable series, in the order [`CableLabels::values`] returns.
 const CABLE_LABEL_NAMES: [&str; 7] = [
@@ -62,8 +99,9 @@ const MAX_WORD_LEN: usize = 32;
 
 /// The seven labels that identify a cable in Submariner's metrics.
 ///
-/// The values are cluster ids, hostnames and endpoint IPs (Submariner uses the public IPs); they
-/// are exported verbatim, so never put key material in them.
+/// The values are cluster ids, hostnames and endpoint IPs; they are exported verbatim, so never
+/// put key material in them. Build them with [`CableLabels::for_cable`] to get upstream's choice
+/// of values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct CableLabels {
     pub cable_driver: String,
@@ -76,6 +114,26 @@ pub struct CableLabels {
 }
 
 impl CableLabels {
+    /// The labels Submariner gives a cable between two Endpoints (submariner
+    /// `pkg/cable/metrics.go` `getLabels`): cluster ids and hostnames, and as the endpoint IPs
+    /// the *public* IP of each side's spec (empty when none is published), not the IP the cable
+    /// uses, so that series keep their identity when NAT discovery switches addresses.
+    pub fn for_cable(
+        cable_driver: &str,
+        local: &wgcable_api::EndpointSpec,
+        remote: &wgcable_api::EndpointSpec,
+    ) -> Self {
+        CableLabels {
+            cable_driver: cable_driver.to_owned(),
+            local_cluster: local.cluster_id.clone(),
+            local_hostname: local.hostname.clone(),
+            local_endpoint_ip: local.public_ip.clone(),
+            remote_cluster: remote.cluster_id.clone(),
+            remote_hostname: remote.hostname.clone(),
+            remote_endpoint_ip: remote.public_ip.clone(),
+        }
+    }
+
     fn values(&self) -> [&str; 7] {
         [
             &self.cable_driver,
@@ -102,10 +160,14 @@ impl CableLabels {
 struct Book {
     statuses: HashMap<CableLabels, &'static str>,
     published_short: HashSet<(String, &'static str)>,
+    published_requested: HashSet<RequestedKey>,
     /// Each polled cable's series, looked up once: a status poll of 1,000 cables then hashes
     /// each cable's labels once instead of once per metric family.
     handles: HashMap<CableLabels, CableHandles>,
 }
+
+/// (local cluster, local hostname, remote cluster, remote hostname, status).
+type RequestedKey = (String, String, String, String, &'static str);
 
 #[derive(Debug)]
 struct CableHandles {
@@ -148,6 +210,11 @@ pub struct GatewayMetrics {
     endpoints_rejected: IntCounterVec,
     peers: IntGauge,
     backend: IntGaugeVec,
+    build_info: IntGaugeVec,
+    gateways: prometheus::Gauge,
+    gateway_creation: GaugeVec,
+    sync_iterations: IntCounter,
+    requested_connections: GaugeVec,
     book: Mutex<Book>,
 }
 
@@ -249,9 +316,59 @@ impl GatewayMetrics {
                     &["backend"],
                 ),
             )?,
+            build_info: register(
+                &registry,
+                names::BUILD_INFO,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::BUILD_INFO,
+                        "Version and git commit of the running wgcable; always 1",
+                    ),
+                    &["version", "git_commit"],
+                ),
+            )?,
+            gateways: register(
+                &registry,
+                names::GATEWAYS,
+                prometheus::Gauge::new(names::GATEWAYS, "Number of gateways"),
+            )?,
+            gateway_creation: gauge_vec(
+                &registry,
+                names::GATEWAY_CREATION_TIMESTAMP,
+                "Timestamp of gateway creation time",
+                &["local_cluster", "local_hostname"],
+            )?,
+            sync_iterations: register(
+                &registry,
+                names::GATEWAY_SYNC_ITERATIONS,
+                IntCounter::new(
+                    names::GATEWAY_SYNC_ITERATIONS,
+                    "Gateway synchronization iterations",
+                ),
+            )?,
+            requested_connections: gauge_vec(
+                &registry,
+                names::REQUESTED_CONNECTIONS,
+                "Number of connections (by endpoint and status)",
+                &REQUESTED_LABEL_NAMES,
+            )?,
             registry,
             book: Mutex::new(Book::default()),
-        })
+        }
+        .with_known_counters())
+    }
+
+    /// Creates the counters of every known label value at 0, and the build info of this
+    /// library's version until the binary says more with [`Self::set_build_info`].
+    fn with_known_counters(self) -> Self {
+        for what in REPAIR_KINDS {
+            self.repairs.with_label_values(&[what]);
+        }
+        for reason in REJECTION_REASONS {
+            self.endpoints_rejected.with_label_values(&[reason]);
+        }
+        self.set_build_info(env!("CARGO_PKG_VERSION"), "unknown");
+        self
     }
 
     /// The registry holding every metric of this instance.
@@ -428,6 +545,45 @@ impl GatewayMetrics {
             .set(1);
     }
 
+    /// Records the running binary's version and git commit (`wgcable_build_info`); only the
+    /// latest is exported. Values other than short version-like text are exported as "other".
+    pub fn set_build_info(&self, version: &str, git_commit: &str) {
+        let _book = self.book();
+        self.build_info.reset();
+        self.build_info
+            .with_label_values(&[version_text(version), version_text(git_commit)])
+            .set(1);
+    }
+
+    /// Records the number of gateways of the local cluster this gateway knows of
+    /// (`submariner_gateways`): 1 for itself once it runs. Zero also drops the creation
+    /// timestamps, as upstream does.
+    pub fn set_gateways(&self, count: usize) {
+        self.gateways.set(count as f64);
+        if count == 0 {
+            self.gateway_creation.reset();
+        }
+    }
+
+    /// Records when the gateway of `local_cluster` on `local_hostname` was created
+    /// (`submariner_gateway_creation_timestamp`, unix seconds).
+    pub fn set_gateway_creation_timestamp(
+        &self,
+        local_cluster: &str,
+        local_hostname: &str,
+        unix_seconds: f64,
+    ) {
+        self.gateway_creation
+            .with_label_values(&[local_cluster, local_hostname])
+            .set(unix_seconds);
+    }
+
+    /// Counts one gateway status synchronisation (`submariner_gateway_sync_iterations`):
+    /// upstream's syncer counts each refresh of its Gateway object, every 5 s.
+    pub fn inc_gateway_sync(&self) {
+        self.sync_iterations.inc();
+    }
+
     /// Gathers every metric and writes it in the Prometheus text format.
     pub fn encode_text(&self) -> Result<String, Error> {
         let families = {
@@ -469,6 +625,34 @@ impl GatewayMetrics {
             }
         }
         book.published_short = counts.into_keys().collect();
+
+        // submariner_requested_connections: upstream's operator counts each connection of each
+        // Gateway by (local, remote, status); here the gateway counts its own cables.
+        let mut requested: HashMap<RequestedKey, u32> = HashMap::new();
+        for (cable, status) in &book.statuses {
+            *requested
+                .entry((
+                    cable.local_cluster.clone(),
+                    cable.local_hostname.clone(),
+                    cable.remote_cluster.clone(),
+                    cable.remote_hostname.clone(),
+                    *status,
+                ))
+                .or_default() += 1;
+        }
+        for (key, count) in &requested {
+            self.requested_connections
+                .with_label_values(&requested_values(key))
+                .set(f64::from(*count));
+        }
+        for key in &book.published_requested {
+            if !requested.contains_key(key) {
+                let _ = self
+                    .requested_connections
+                    .remove_label_values(&requested_values(key));
+            }
+        }
+        book.published_requested = requested.into_keys().collect();
     }
 }
 
@@ -485,6 +669,25 @@ fn fixed_word(word: &str) -> &str {
     } else {
         OTHER_WORD
     }
+}
+
+/// Keeps build-info label values to version-like text (`0.1.0`, `1.2.3-rc.1+abc`, a commit
+/// hash); anything else is exported as "other".
+fn version_text(value: &str) -> &str {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_'));
+    if ok {
+        value
+    } else {
+        OTHER_WORD
+    }
+}
+
+fn requested_values(key: &RequestedKey) -> [&str; 5] {
+    [&key.0, &key.1, &key.2, &key.3, key.4]
 }
 
 fn gauge_vec(
@@ -767,10 +970,11 @@ mod tests {
         metrics.remove_cable(&north);
         metrics.remove_cable(&cable("nowhere", "192.0.2.1"));
         let scrape = scraped(&metrics);
-        for name in PER_CABLE
-            .into_iter()
-            .chain([names::CONNECTIONS, names::CONNECTIONS_SHORT])
-        {
+        for name in PER_CABLE.into_iter().chain([
+            names::CONNECTIONS,
+            names::CONNECTIONS_SHORT,
+            names::REQUESTED_CONNECTIONS,
+        ]) {
             assert!(
                 scrape.series(name).is_empty(),
                 "{name}: {:?}",
@@ -964,6 +1168,10 @@ mod tests {
             .values()
             .into_iter()
             .chain(["connecting", "peer", "unparsable", "other"])
+            // Pre-registered at 0, and the build info.
+            .chain(REPAIR_KINDS)
+            .chain(REJECTION_REASONS)
+            .chain([env!("CARGO_PKG_VERSION"), "unknown"])
             .collect();
         assert_eq!(seen, expected);
         assert_eq!(
@@ -1006,5 +1214,215 @@ mod tests {
         metrics.set_connection_status(&c, ConnectionStatus::Connected);
         let scrape = scraped(&metrics);
         assert_eq!(statuses_of(&scrape, &c), vec!["connected".to_owned()]);
+    }
+
+    #[test]
+    fn counters_are_exported_at_zero_before_the_first_increment() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let scrape = scraped(&metrics);
+        for what in REPAIR_KINDS {
+            assert_eq!(
+                scrape.value(names::REPAIRS_TOTAL, &[("what", what)]),
+                Some(0.0),
+                "{what}"
+            );
+        }
+        for reason in REJECTION_REASONS {
+            assert_eq!(
+                scrape.value(names::ENDPOINTS_REJECTED_TOTAL, &[("reason", reason)]),
+                Some(0.0),
+                "{reason}"
+            );
+        }
+        assert_eq!(scrape.types[names::REPAIRS_TOTAL], "counter");
+        assert_eq!(scrape.value(names::GATEWAY_SYNC_ITERATIONS, &[]), Some(0.0));
+        assert_eq!(scrape.value(names::GATEWAYS, &[]), Some(0.0));
+        // The known words are the ones the engine uses.
+        for word in REPAIR_KINDS.into_iter().chain(REJECTION_REASONS) {
+            assert_eq!(fixed_word(word), word);
+        }
+    }
+
+    #[test]
+    fn gateway_series_have_upstreams_names_help_types_and_labels() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        metrics.set_gateways(1);
+        metrics.set_gateway_creation_timestamp("east", "gw-east-1", 1_767_225_600.0);
+        metrics.inc_gateway_sync();
+        metrics.inc_gateway_sync();
+        let west = cable("west", "203.0.113.7");
+        metrics.set_connection_status(&west, ConnectionStatus::Connected);
+
+        let scrape = scraped(&metrics);
+        assert_eq!(scrape.value(names::GATEWAYS, &[]), Some(1.0));
+        assert_eq!(
+            scrape.value(
+                names::GATEWAY_CREATION_TIMESTAMP,
+                &[("local_cluster", "east"), ("local_hostname", "gw-east-1")]
+            ),
+            Some(1_767_225_600.0)
+        );
+        assert_eq!(scrape.value(names::GATEWAY_SYNC_ITERATIONS, &[]), Some(2.0));
+        assert_eq!(
+            scrape.value(
+                names::REQUESTED_CONNECTIONS,
+                &[
+                    ("local_cluster", "east"),
+                    ("local_hostname", "gw-east-1"),
+                    ("remote_cluster", "west"),
+                    ("remote_hostname", "gw-west-1"),
+                    ("status", "connected"),
+                ]
+            ),
+            Some(1.0)
+        );
+        for (name, kind, help) in [
+            (names::GATEWAYS, "gauge", "Number of gateways"),
+            (
+                names::GATEWAY_CREATION_TIMESTAMP,
+                "gauge",
+                "Timestamp of gateway creation time",
+            ),
+            (
+                names::GATEWAY_SYNC_ITERATIONS,
+                "counter",
+                "Gateway synchronization iterations",
+            ),
+            (
+                names::REQUESTED_CONNECTIONS,
+                "gauge",
+                "Number of connections (by endpoint and status)",
+            ),
+        ] {
+            assert_eq!(scrape.types[name], kind, "{name}");
+            assert_eq!(scrape.help[name], help, "{name}");
+        }
+        // No gateway left: the creation timestamps go too, as upstream.
+        metrics.set_gateways(0);
+        let scrape = scraped(&metrics);
+        assert!(scrape.series(names::GATEWAY_CREATION_TIMESTAMP).is_empty());
+        assert_eq!(scrape.value(names::GATEWAYS, &[]), Some(0.0));
+    }
+
+    #[test]
+    fn requested_connections_follow_every_status_change_and_removal() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let west = cable("west", "203.0.113.7");
+        let north = cable("north", "203.0.113.8");
+        let requested = |scrape: &Scrape| -> BTreeMap<(String, String), f64> {
+            scrape
+                .series(names::REQUESTED_CONNECTIONS)
+                .into_iter()
+                .map(|s| {
+                    assert_eq!(s.labels.len(), 5, "{s:?}");
+                    (
+                        (
+                            s.labels["remote_cluster"].clone(),
+                            s.labels[STATUS_LABEL].clone(),
+                        ),
+                        s.value,
+                    )
+                })
+                .collect()
+        };
+        let want = |entries: &[(&str, &str)]| -> BTreeMap<(String, String), f64> {
+            entries
+                .iter()
+                .map(|(c, s)| (((*c).to_owned(), (*s).to_owned()), 1.0))
+                .collect()
+        };
+        metrics.set_connection_status(&west, ConnectionStatus::Connecting);
+        metrics.record_poll(
+            &north,
+            &CablePoll {
+                status: ConnectionStatus::Connected,
+                rx_bytes: 1,
+                tx_bytes: 1,
+                established: None,
+                last_handshake_age: None,
+            },
+        );
+        assert_eq!(
+            requested(&scraped(&metrics)),
+            want(&[("north", "connected"), ("west", "connecting")])
+        );
+        metrics.set_connection_status(&west, ConnectionStatus::Error);
+        assert_eq!(
+            requested(&scraped(&metrics)),
+            want(&[("north", "connected"), ("west", "error")])
+        );
+        metrics.remove_cable(&north);
+        assert_eq!(requested(&scraped(&metrics)), want(&[("west", "error")]));
+    }
+
+    #[test]
+    fn cable_labels_use_each_sides_public_ip_as_upstream() {
+        let local = wgcable_api::EndpointSpec {
+            cluster_id: "east".into(),
+            hostname: "gw-east-1".into(),
+            private_ip: "192.168.77.11".into(),
+            public_ip: "198.51.100.1".into(),
+            ..Default::default()
+        };
+        let remote = wgcable_api::EndpointSpec {
+            cluster_id: "west".into(),
+            hostname: "gw-west-1".into(),
+            private_ip: "192.168.77.12".into(),
+            ..Default::default()
+        };
+        let labels = CableLabels::for_cable("wireguard", &local, &remote);
+        assert_eq!(
+            labels,
+            CableLabels {
+                cable_driver: "wireguard".into(),
+                local_cluster: "east".into(),
+                local_hostname: "gw-east-1".into(),
+                local_endpoint_ip: "198.51.100.1".into(),
+                remote_cluster: "west".into(),
+                remote_hostname: "gw-west-1".into(),
+                // No public IP published: empty, as upstream exports it.
+                remote_endpoint_ip: String::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn build_info_carries_version_and_commit_and_only_the_latest() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let scrape = scraped(&metrics);
+        assert_eq!(
+            scrape.value(
+                names::BUILD_INFO,
+                &[
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    ("git_commit", "unknown")
+                ]
+            ),
+            Some(1.0)
+        );
+        metrics.set_build_info("0.1.0", "4ee870f0a1b2");
+        metrics.set_build_info("0.2.0-rc.1+dirty", "4ee870f0a1b2");
+        let scrape = scraped(&metrics);
+        assert_eq!(
+            scrape.series(names::BUILD_INFO),
+            vec![&prom_text::Sample {
+                name: names::BUILD_INFO.to_owned(),
+                labels: [
+                    ("git_commit".to_owned(), "4ee870f0a1b2".to_owned()),
+                    ("version".to_owned(), "0.2.0-rc.1+dirty".to_owned())
+                ]
+                .into(),
+                value: 1.0,
+            }]
+        );
+        assert_eq!(scrape.types[names::BUILD_INFO], "gauge");
+        metrics.set_build_info("1.0 with spaces", "{bad}");
+        assert_eq!(
+            scraped(&metrics).value(
+                names::BUILD_INFO,
+                &[("version", "other"), ("git_commit", "other")]
+            ),
+            Some(1.0)
+        );
     }
 }

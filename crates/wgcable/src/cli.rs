@@ -1,16 +1,24 @@
 //! Command-line flags. Each gateway flag also reads Submariner's environment variable where
 //! one exists, so wgcable drops into a Submariner gateway pod's environment unchanged.
+//!
+//! Every input is checked here, before anything on the host changes: a mistake is a usage error
+//! (exit code 2) that names the flag, and the environment variable when the value came from one.
 
+use std::ffi::OsString;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use wgcable_engine::config::{DEFAULT_DEVICE, DEFAULT_PORT, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE};
 use wgcable_engine::{DriverConfig, GatewayConfig};
-use wgcable_keys::PresharedKey;
+use wgcable_keys::{KeyError, KeyStore, PresharedKey, PskFile};
 use wgcable_peers::BackendPreference;
+
+use crate::build;
 
 /// A usage mistake found after parsing (exit code 2).
 #[derive(Debug)]
@@ -23,18 +31,40 @@ impl std::fmt::Display for UsageError {
 }
 impl std::error::Error for UsageError {}
 
+fn usage(message: impl Into<String>) -> UsageError {
+    UsageError(message.into())
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wgcable",
-    version,
+    version = build::VERSION,
     about = "WireGuard cable driver and gateway for multi-cluster networking (Submariner-compatible)"
 )]
 pub struct Cli {
-    /// More logging (-v debug, -vv trace). WGCABLE_LOG=<filter> overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More logging (-v debug, -vv trace, with each line's target). WGCABLE_LOG=<filter>, else
+    /// RUST_LOG=<filter>, overrides the level.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// How log lines are written to stderr: text for people, json (one object per line) for
+    /// log collectors.
+    #[arg(
+        long,
+        value_enum,
+        env = "WGCABLE_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,14 +82,18 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ShowCommand {
-    /// The connections to remote clusters, as `subctl show connections` prints them.
+    /// The connections to remote clusters, in the columns of `subctl show connections`.
     Connections {
         /// Print the Connection objects as JSON (Submariner's field names).
         #[arg(long)]
         json: bool,
-        /// The gateway's HTTP address.
-        #[arg(long, default_value = "http://127.0.0.1:32780")]
-        url: String,
+        /// The gateway's HTTP address: host:port or http://host:port (default: 127.0.0.1 on
+        /// the metrics port).
+        #[arg(long)]
+        url: Option<String>,
+        /// The port used when --url is absent or names no port.
+        #[arg(long, env = "SUBMARINER_METRICSPORT", default_value_t = wgcable_metrics::DEFAULT_METRICS_PORT)]
+        metrics_port: u16,
     },
     /// The local Endpoint, as published to the broker.
     Endpoint {
@@ -74,21 +108,37 @@ pub struct GatewayArgs {
     /// The local cluster's id (a DNS label).
     #[arg(long, env = "SUBMARINER_CLUSTERID")]
     pub cluster_id: String,
-    /// The local cluster's CIDRs (pods and services), comma-separated; IPv4 and IPv6.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// The local cluster's CIDRs (pods and services), comma-separated; IPv4 and IPv6. Without
+    /// it, the service CIDRs then the cluster CIDRs are used.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
     pub subnets: Vec<IpNet>,
+    /// The pod CIDRs, comma-separated (used when --subnets is absent).
+    #[arg(long, env = "SUBMARINER_CLUSTERCIDR", value_parser = parse_cidr_list)]
+    pub cluster_cidr: Option<CidrList>,
+    /// The service CIDRs, comma-separated (used when --subnets is absent).
+    #[arg(long, env = "SUBMARINER_SERVICECIDR", value_parser = parse_cidr_list)]
+    pub service_cidr: Option<CidrList>,
+    /// The namespace the local Endpoint is published in.
+    #[arg(long, env = "SUBMARINER_NAMESPACE")]
+    pub namespace: Option<String>,
     /// The gateway's private (underlay) IP that other gateways reach it on.
     #[arg(long)]
     pub private_ip: IpAddr,
-    /// The gateway's public IP, used by remote clusters when NAT is in play.
-    #[arg(long)]
-    pub public_ip: Option<IpAddr>,
-    /// This gateway is behind NAT: remote gateways use its public IP.
-    #[arg(long)]
+    /// The gateway's public IP(s), used by remote clusters when NAT is in play: an address, or
+    /// Submariner's resolver list where only `ipv4:<address>` entries are supported.
+    #[arg(long, env = "SUBMARINER_PUBLICIP", value_parser = parse_public_ips)]
+    pub public_ip: Option<PublicIps>,
+    /// This gateway is behind NAT: remote gateways use its public IP (needs --public-ip).
+    #[arg(long, env = "SUBMARINER_NATENABLED", value_name = "BOOL", num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool)]
     pub nat: bool,
-    /// The hostname published in the Endpoint (default: this host's name).
-    #[arg(long)]
+    /// The hostname published in the Endpoint: the node's name, by which Submariner's route
+    /// agent recognises the gateway node (default: this host's name).
+    #[arg(long, env = "NODE_NAME")]
     pub hostname: Option<String>,
+    /// The gateway pod's name, logged at start (identifies this gateway among several).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// The gateway's address inside the local subnets (one per IP family, comma-separated),
     /// put on the device as the source of traffic it sends to remote clusters.
     #[arg(long, value_delimiter = ',')]
@@ -96,15 +146,34 @@ pub struct GatewayArgs {
     /// The WireGuard UDP port.
     #[arg(long, env = "CE_IPSEC_NATTPORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
-    /// The pre-shared key string; the PSK is its SHA-256, as in Submariner.
-    #[arg(long, env = "CE_IPSEC_PSK", default_value = wgcable_keys::DEFAULT_PSK, hide_env_values = true)]
-    pub psk: String,
+    /// The pre-shared key string; the PSK is its SHA-256, as in Submariner. Visible in `ps` and
+    /// the pod spec: prefer --psk-file or CE_IPSEC_PSKSECRET. Used only when neither is given.
+    #[arg(long, env = "CE_IPSEC_PSK", hide_env_values = true)]
+    pub psk: Option<String>,
+    /// A file holding the pre-shared key string, or a directory (a mounted Secret) holding it
+    /// as `psk`; one trailing newline is ignored. Wins over CE_IPSEC_PSKSECRET and --psk.
+    #[arg(long, value_name = "PATH")]
+    pub psk_file: Option<PathBuf>,
+    /// The Secret holding the pre-shared key as `psk`: a name (mounted at
+    /// /var/run/secrets/submariner.io/<name>, as Submariner's operator does) or a path. Wins
+    /// over --psk.
+    #[arg(long, env = "CE_IPSEC_PSKSECRET", value_name = "NAME|PATH")]
+    pub psk_secret: Option<String>,
+    /// Accept an empty pre-shared key or Submariner's well-known default "default psk" (used
+    /// when none is set). Only for throwaway demos and tests: anyone can derive that key.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub insecure_default_psk: bool,
     /// The WireGuard device name.
     #[arg(long, default_value = DEFAULT_DEVICE)]
     pub device: String,
-    /// The shared directory Endpoints are exchanged through.
+    /// The shared directory Endpoints are exchanged through; it must exist.
     #[arg(long)]
     pub broker_dir: PathBuf,
+    /// Create --broker-dir if it does not exist (instead of refusing a path that may be a typo).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub broker_dir_create: bool,
     /// Where the private key is kept (0600); keeping it keeps the public key across restarts.
     #[arg(long, default_value = "/var/lib/wgcable")]
     pub state_dir: PathBuf,
@@ -126,17 +195,19 @@ pub struct GatewayArgs {
     /// The device MTU (default: the underlay MTU minus 80).
     #[arg(long)]
     pub mtu: Option<u32>,
-    /// How often connection status is judged.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How often connection status is judged (a bare number is seconds).
+    #[arg(long, default_value = "5s", value_parser = seconds_or_duration)]
     pub status_interval: Duration,
-    /// How often the host is compared with the desired state and drift repaired.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How often the host is compared with the desired state and drift repaired (a bare number
+    /// is seconds).
+    #[arg(long, default_value = "30s", value_parser = seconds_or_duration)]
     pub resync_interval: Duration,
-    /// How often the broker directory is rescanned besides inotify.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How often the broker directory is rescanned besides inotify (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = seconds_or_duration)]
     pub rescan_interval: Duration,
     /// Ping each remote gateway's health-check IP through the tunnel (latency, path check).
-    #[arg(long, env = "SUBMARINER_HEALTHCHECKENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SUBMARINER_HEALTHCHECKENABLED", value_name = "BOOL", num_args = 0..=1,
+          default_value = "true", default_missing_value = "true", value_parser = parse_go_bool)]
     pub health_check: bool,
     /// Time between health-check pings (a bare number is seconds, as Submariner's variable).
     #[arg(long, env = "SUBMARINER_HEALTHCHECKINTERVAL", default_value = "1s", value_parser = seconds_or_duration)]
@@ -148,14 +219,88 @@ pub struct GatewayArgs {
         default_value_t = 5
     )]
     pub health_check_max_lost: u32,
+    /// Check the flags and environment, print the configuration the gateway would run with, and
+    /// exit without changing anything.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
-/// Submariner's interval variables are bare seconds; people write `500ms` or `2s`.
-fn seconds_or_duration(s: &str) -> Result<Duration, String> {
+/// A comma-separated CIDR list from Submariner's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CidrList(pub Vec<IpNet>);
+
+/// The public addresses, at most one per IP family, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicIps(pub Vec<IpAddr>);
+
+/// Go's `strconv.ParseBool`, which Submariner's environment is parsed with.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(
+            "expected a boolean: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false or False"
+                .to_string(),
+        ),
+    }
+}
+
+/// Submariner's interval variables are bare seconds; people write `500ms` or `2s`. Every
+/// duration flag takes both.
+pub fn seconds_or_duration(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(_) => humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1, 1s, 500ms)")),
     }
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.trim()
+        .parse::<IpNet>()
+        .map_err(|e| format!("{e} (expected a CIDR such as 10.42.0.0/16 or fd00:42::/56)"))
+}
+
+fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| parse_cidr(item).map_err(|e| format!("{item:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(CidrList)
+}
+
+/// Submariner's `SUBMARINER_PUBLICIP` is a list of resolvers (`ipv4:1.2.3.4`, `api:host`,
+/// `lb:service`, `dns:name`); wgcable resolves nothing over the network, so it takes the literal
+/// ones (`ipv4:`, `ipv6:` or a bare address) and refuses the others with what to write instead.
+fn parse_public_ips(s: &str) -> Result<PublicIps, String> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (method, value) = match item.split_once(':') {
+            Some((m @ ("ipv4" | "ipv6" | "api" | "lb" | "dns"), v)) => (m, v),
+            _ => ("", item),
+        };
+        let ip = match method {
+            "" => value.parse::<IpAddr>().ok(),
+            "ipv4" => value.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
+            "ipv6" => value.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
+            _ => {
+                return Err(format!(
+                    "the {method}: resolver is not supported (wgcable does not look its public IP up); give the address itself, e.g. 203.0.113.7 or ipv4:203.0.113.7"
+                ))
+            }
+        };
+        let Some(ip) = ip else {
+            return Err(format!(
+                "{item:?} is not an IP address (expected e.g. 203.0.113.7, ipv4:203.0.113.7 or 2001:db8::7)"
+            ));
+        };
+        // Upstream takes the first resolver that works; with literal addresses, the first of
+        // each family.
+        if !ips.iter().any(|known| known.is_ipv4() == ip.is_ipv4()) {
+            ips.push(ip);
+        }
+    }
+    Ok(PublicIps(ips))
 }
 
 #[derive(Debug, Args)]
@@ -174,64 +319,656 @@ pub struct CleanupArgs {
     pub backend: BackendPreference,
 }
 
+/// Where the pre-shared key came from, for messages (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PskOrigin {
+    /// `--psk-file`.
+    File(PskFile),
+    /// `CE_IPSEC_PSKSECRET` / `--psk-secret`.
+    Secret(PskFile),
+    /// `--psk` / `CE_IPSEC_PSK`.
+    Literal,
+    /// Nothing set and `--insecure-default-psk`.
+    InsecureDefault,
+}
+
+impl PskOrigin {
+    /// Where the key came from, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            PskOrigin::File(f) => format!("--psk-file {}", f.path().display()),
+            PskOrigin::Secret(f) => {
+                format!(
+                    "CE_IPSEC_PSKSECRET (--psk-secret) at {}",
+                    f.path().display()
+                )
+            }
+            PskOrigin::Literal => "CE_IPSEC_PSK (--psk)".to_string(),
+            PskOrigin::InsecureDefault => "the built-in default".to_string(),
+        }
+    }
+
+    /// The file to follow for changes, if the key came from one.
+    pub fn file(&self) -> Option<&PskFile> {
+        match self {
+            PskOrigin::File(f) | PskOrigin::Secret(f) => Some(f),
+            PskOrigin::Literal | PskOrigin::InsecureDefault => None,
+        }
+    }
+}
+
+/// Everything `wgcable gateway` was asked for: the engine's configuration and what the binary
+/// itself acts on or the engine cannot take yet.
+#[derive(Debug)]
+pub struct GatewayPlan {
+    /// What the engine runs with.
+    pub config: GatewayConfig,
+    /// `--namespace` / `SUBMARINER_NAMESPACE`, for the published Endpoint.
+    pub namespace: Option<String>,
+    /// `--pod-name` / `POD_NAME`.
+    pub pod_name: Option<String>,
+    /// Every public address, one per IP family (the engine publishes the first today).
+    pub public_ips: Vec<IpAddr>,
+    /// Where the pre-shared key came from.
+    pub psk_origin: PskOrigin,
+    /// PSK sources that were set but lost to a higher one (for a warning).
+    pub psk_ignored: Vec<&'static str>,
+    /// Weak pre-shared keys are accepted (`--insecure-default-psk`), also on a refresh.
+    pub insecure_psk: bool,
+    /// `--broker-dir` is to be created before the gateway starts.
+    pub create_broker_dir: bool,
+    /// `--check-config`: print [`GatewayPlan::summary`] instead of running.
+    pub check_only: bool,
+}
+
+impl GatewayPlan {
+    /// The configuration in operator terms, one `key: value` per line (no secrets).
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let d = &c.driver;
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        let lines = [
+            ("cluster-id", d.cluster_id.clone()),
+            (
+                "namespace",
+                self.namespace.clone().unwrap_or_else(|| "-".into()),
+            ),
+            ("hostname", d.hostname.clone()),
+            (
+                "pod-name",
+                self.pod_name.clone().unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "subnets",
+                list(d.local_subnets.iter().map(|n| n.to_string()).collect()),
+            ),
+            ("private-ip", d.private_ip.to_string()),
+            (
+                "public-ip",
+                list(self.public_ips.iter().map(|ip| ip.to_string()).collect()),
+            ),
+            ("nat", d.nat.to_string()),
+            (
+                "health-check-ip",
+                list(d.health_check_ips.iter().map(|ip| ip.to_string()).collect()),
+            ),
+            ("port", d.listen_port.to_string()),
+            ("psk", format!("from {}", self.psk_origin.describe())),
+            ("device", d.device.clone()),
+            ("backend", c.backend.to_string()),
+            ("table", d.table.to_string()),
+            ("rule-priority", d.rule_priority.to_string()),
+            (
+                "mtu",
+                d.mtu.map_or_else(|| "auto".to_string(), |m| m.to_string()),
+            ),
+            (
+                "broker-dir",
+                format!(
+                    "{}{}",
+                    c.broker_dir.display(),
+                    if self.create_broker_dir {
+                        " (to be created)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            ("state-dir", c.state_dir.display().to_string()),
+            ("metrics-addr", c.metrics_addr.to_string()),
+            (
+                "status-interval",
+                humantime::format_duration(c.status_interval).to_string(),
+            ),
+            (
+                "resync-interval",
+                humantime::format_duration(c.resync_interval).to_string(),
+            ),
+            (
+                "rescan-interval",
+                humantime::format_duration(c.rescan_interval).to_string(),
+            ),
+            (
+                "health-check",
+                match &c.health_check {
+                    Some(hc) => format!(
+                        "every {}, error after {} lost",
+                        humantime::format_duration(hc.interval),
+                        hc.max_lost
+                    ),
+                    None => "off".to_string(),
+                },
+            ),
+        ];
+        lines.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
+    }
+}
+
+/// The message for a PSK that is missing or weak: what is wrong and every way to set one.
+fn psk_help(problem: &str) -> UsageError {
+    usage(format!(
+        "{problem}. Set the same secret on every gateway of the deployment, e.g. one made with \
+         `openssl rand -base64 48`: in a mounted Secret (CE_IPSEC_PSKSECRET=<secret name>, key \
+         `psk`, or --psk-file <path>), or in CE_IPSEC_PSK / --psk. For a throwaway demo, \
+         --insecure-default-psk accepts Submariner's well-known default"
+    ))
+}
+
 impl GatewayArgs {
-    /// Turns the flags into the engine's configuration; every mistake is a usage error.
-    pub fn into_config(self) -> Result<GatewayConfig, UsageError> {
+    /// Turns the flags into the engine's configuration; every mistake is a usage error. Reads
+    /// files (the PSK, the key file, the directories' types) but changes nothing.
+    pub fn into_plan(self) -> Result<GatewayPlan, UsageError> {
         let min = Duration::from_millis(100);
         for (flag, d) in [
             ("--status-interval", self.status_interval),
             ("--resync-interval", self.resync_interval),
             ("--rescan-interval", self.rescan_interval),
-            ("--health-check-interval", self.health_check_interval),
+            (
+                "--health-check-interval (SUBMARINER_HEALTHCHECKINTERVAL)",
+                self.health_check_interval,
+            ),
         ] {
             if d < min {
-                return Err(UsageError(format!(
+                return Err(usage(format!(
                     "{flag} {d:?} is too short; use at least 100ms"
                 )));
             }
         }
-        if self.psk.is_empty() {
-            return Err(UsageError("--psk (CE_IPSEC_PSK) must not be empty".into()));
+
+        let subnets = self.local_subnets()?;
+        check_overlaps(&subnets)?;
+
+        let public_ips = self.public_ip.map(|p| p.0).unwrap_or_default();
+        if self.nat && public_ips.is_empty() {
+            return Err(usage(
+                "--nat (SUBMARINER_NATENABLED) needs --public-ip (SUBMARINER_PUBLICIP): remote \
+                 gateways reach a gateway behind NAT on its public IP, and an empty one would be \
+                 published",
+            ));
+        }
+
+        let (preshared_key, psk_origin, psk_ignored) = resolve_psk(
+            self.psk,
+            self.psk_file,
+            self.psk_secret,
+            self.insecure_default_psk,
+        )?;
+
+        if let Some(ns) = &self.namespace {
+            if !is_dns_label(ns) {
+                return Err(usage(format!(
+                    "--namespace (SUBMARINER_NAMESPACE) {ns:?} is not a Kubernetes namespace name (a DNS label: lowercase letters, digits and '-', at most 63)"
+                )));
+            }
         }
         let hostname = match self.hostname {
-            Some(h) => h,
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            Some(h) if !h.is_empty() => h,
+            _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "localhost".into()),
         };
+        if hostname.len() > 253 || hostname.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(usage(
+                "--hostname (NODE_NAME) must be a node name: at most 253 characters, no spaces",
+            ));
+        }
+
         let driver = DriverConfig {
             cluster_id: self.cluster_id,
             hostname,
-            local_subnets: self.subnets,
+            local_subnets: subnets,
             private_ip: self.private_ip,
-            public_ip: self.public_ip,
+            // The singular field carries the IPv4 address when there is one, as upstream's.
+            public_ip: public_ips
+                .iter()
+                .copied()
+                .find(IpAddr::is_ipv4)
+                .or_else(|| public_ips.first().copied()),
             nat: self.nat,
             health_check_ips: self.health_check_ip,
             listen_port: self.port,
-            preshared_key: PresharedKey::from_passphrase(&self.psk),
+            preshared_key,
             device: self.device,
             table: self.table,
             rule_priority: self.rule_priority,
             mtu: self.mtu,
         };
-        driver.validate().map_err(|e| UsageError(e.to_string()))?;
-        Ok(GatewayConfig {
-            driver,
-            backend: self.backend,
-            broker_dir: self.broker_dir,
-            state_dir: self.state_dir,
-            metrics_addr: self
-                .metrics_addr
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.metrics_port))),
-            status_interval: self.status_interval,
-            resync_interval: self.resync_interval,
-            rescan_interval: self.rescan_interval,
-            health_check: self
-                .health_check
-                .then_some(wgcable_engine::gateway::HealthCheckConfig {
-                    interval: self.health_check_interval,
-                    max_lost: self.health_check_max_lost,
-                }),
+        driver.validate().map_err(|e| usage(e.to_string()))?;
+
+        check_state_dir(&self.state_dir)?;
+        let create_broker_dir = check_broker_dir(&self.broker_dir, self.broker_dir_create)?;
+
+        Ok(GatewayPlan {
+            config: GatewayConfig {
+                driver,
+                backend: self.backend,
+                broker_dir: self.broker_dir,
+                state_dir: self.state_dir,
+                metrics_addr: self
+                    .metrics_addr
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.metrics_port))),
+                status_interval: self.status_interval,
+                resync_interval: self.resync_interval,
+                rescan_interval: self.rescan_interval,
+                health_check: self.health_check.then_some(
+                    wgcable_engine::gateway::HealthCheckConfig {
+                        interval: self.health_check_interval,
+                        max_lost: self.health_check_max_lost,
+                    },
+                ),
+            },
+            namespace: self.namespace,
+            pod_name: self.pod_name.filter(|p| !p.is_empty()),
+            public_ips,
+            psk_origin,
+            psk_ignored,
+            insecure_psk: self.insecure_default_psk,
+            create_broker_dir,
+            check_only: self.check_config,
         })
+    }
+
+    /// `--subnets`, else Submariner's service CIDRs then cluster CIDRs (upstream's order).
+    fn local_subnets(&self) -> Result<Vec<IpNet>, UsageError> {
+        if !self.subnets.is_empty() {
+            return Ok(self.subnets.clone());
+        }
+        let from_env: Vec<IpNet> = self
+            .service_cidr
+            .iter()
+            .chain(&self.cluster_cidr)
+            .flat_map(|list| list.0.iter().copied())
+            .collect();
+        if from_env.is_empty() {
+            return Err(usage(
+                "no local subnets: give --subnets, or set SUBMARINER_CLUSTERCIDR and/or \
+                 SUBMARINER_SERVICECIDR (--cluster-cidr, --service-cidr) to the cluster's pod and \
+                 service CIDRs",
+            ));
+        }
+        Ok(from_env)
+    }
+}
+
+/// Picks the pre-shared key: `--psk-file`, else `CE_IPSEC_PSKSECRET`, else `CE_IPSEC_PSK`;
+/// refuses an empty one or Submariner's default unless `insecure`.
+fn resolve_psk(
+    literal: Option<String>,
+    file: Option<PathBuf>,
+    secret: Option<String>,
+    insecure: bool,
+) -> Result<(PresharedKey, PskOrigin, Vec<&'static str>), UsageError> {
+    let file = file.filter(|p| !p.as_os_str().is_empty());
+    let secret = secret.filter(|s| !s.is_empty());
+    let mut ignored = Vec::new();
+    let origin = if let Some(path) = file {
+        if secret.is_some() {
+            ignored.push("CE_IPSEC_PSKSECRET (--psk-secret)");
+        }
+        if literal.is_some() {
+            ignored.push("CE_IPSEC_PSK (--psk)");
+        }
+        PskOrigin::File(PskFile::new(path))
+    } else if let Some(secret) = secret {
+        if literal.is_some() {
+            ignored.push("CE_IPSEC_PSK (--psk)");
+        }
+        PskOrigin::Secret(PskFile::from_secret(&secret))
+    } else if literal.is_some() {
+        PskOrigin::Literal
+    } else if insecure {
+        PskOrigin::InsecureDefault
+    } else {
+        return Err(psk_help("no pre-shared key is set"));
+    };
+    let passphrase = match (&origin, &literal) {
+        (PskOrigin::File(f) | PskOrigin::Secret(f), _) => {
+            let (text, _) = f
+                .read_passphrase()
+                .map_err(|e| usage(format!("{}: {}", origin.describe(), chain(&e))))?;
+            text
+        }
+        (PskOrigin::Literal, Some(text)) => zeroize::Zeroizing::new(text.clone()),
+        _ => zeroize::Zeroizing::new(String::new()),
+    };
+    match wgcable_keys::check_passphrase(&passphrase) {
+        Ok(()) => {}
+        Err(_) if insecure => {}
+        Err(e) => return Err(psk_help(&format!("{}: {}", origin.describe(), chain(&e)))),
+    }
+    // Submariner's behaviour before its hardening: an unset or empty PSK meant "default psk".
+    let key = if passphrase.is_empty() {
+        PresharedKey::from_passphrase(wgcable_keys::DEFAULT_PSK)
+    } else {
+        PresharedKey::from_passphrase(&passphrase)
+    };
+    Ok((key, origin, ignored))
+}
+
+/// Refuses two local subnets that overlap (or repeat): the remote side could not tell which of
+/// the two a destination belongs to, and one of them is a mistake.
+fn check_overlaps(subnets: &[IpNet]) -> Result<(), UsageError> {
+    for (i, a) in subnets.iter().enumerate() {
+        for b in &subnets[i + 1..] {
+            let a_n = a.trunc();
+            let b_n = b.trunc();
+            if a_n.contains(&b_n.network()) || b_n.contains(&a_n.network()) {
+                return Err(usage(format!(
+                    "local subnets {a} and {b} overlap; list each of the cluster's pod and service CIDRs once (--subnets, or SUBMARINER_CLUSTERCIDR / SUBMARINER_SERVICECIDR)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The state directory must be a directory (created if missing), and a key file already in it
+/// must be usable: both are found here rather than after the device was created.
+fn check_state_dir(dir: &Path) -> Result<(), UsageError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(usage(format!(
+            "--state-dir {d} is not a directory, so the private key {k} cannot be kept there; \
+             point --state-dir at a directory (it is created when missing)",
+            d = dir.display(),
+            k = dir.join(wgcable_keys::KEY_FILE_NAME).display()
+        ))),
+        Ok(_) => match KeyStore::new(dir).load() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(usage(format!(
+                "--state-dir {}: {}",
+                dir.display(),
+                chain(&e)
+            ))),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(usage(format!(
+            "--state-dir {d}: cannot use it for the private key {k}: {e}",
+            d = dir.display(),
+            k = dir.join(wgcable_keys::KEY_FILE_NAME).display()
+        ))),
+    }
+}
+
+/// `--broker-dir` must be an existing directory: a path that does not exist is more likely a
+/// typo in a shared-storage path (which would leave the gateway alone) than a wish. Returns
+/// whether it is to be created (`--broker-dir-create`).
+fn check_broker_dir(dir: &Path, create: bool) -> Result<bool, UsageError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(false),
+        Ok(_) => Err(usage(format!(
+            "--broker-dir {} is a file, not a directory; give the shared directory the gateways exchange Endpoints through",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && create => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(usage(format!(
+            "--broker-dir {} does not exist; check the path (every gateway must use the same shared directory), or add --broker-dir-create to create it",
+            dir.display()
+        ))),
+        Err(e) => Err(usage(format!("--broker-dir {}: {e}", dir.display()))),
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The error and its causes on one line (the engine's formatter, so there is one).
+fn chain(e: &KeyError) -> String {
+    wgcable_engine::chain(e)
+}
+
+/// Checks, before clap parses, the environment variables behind the invoked subcommand's flags.
+///
+/// clap reports a bad value from the environment as if it were the flag's ("invalid value 'abc'
+/// for '--port <PORT>'"), which sends the user looking at a command line that does not have it;
+/// this names the variable. An empty variable is treated as unset, as Submariner's envconfig
+/// does (its operator sets some to ""), by removing it from the environment.
+pub fn check_environment(cmd: &clap::Command, argv: &[OsString]) -> Result<(), String> {
+    let args: Vec<&str> = argv.iter().skip(1).filter_map(|a| a.to_str()).collect();
+    if args
+        .iter()
+        .any(|a| matches!(*a, "-h" | "--help" | "-V" | "--version" | "help"))
+    {
+        return Ok(());
+    }
+    // The invoked subcommand chain, found by name among the arguments.
+    let mut invoked = vec![cmd];
+    let mut current = cmd;
+    for arg in &args {
+        if let Some(sub) = current.find_subcommand(arg) {
+            invoked.push(sub);
+            current = sub;
+        }
+    }
+    let given = |long: &str| {
+        args.iter().any(|a| {
+            a.strip_prefix("--")
+                .is_some_and(|rest| rest == long || rest.starts_with(&format!("{long}=")))
+        })
+    };
+    let mut problems = Vec::new();
+    for command in invoked {
+        for arg in command.get_arguments() {
+            let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let Some(value) = std::env::var_os(var) else {
+                continue;
+            };
+            if value.is_empty() {
+                // Rust 2021: removing a variable is safe; nothing else runs yet.
+                std::env::remove_var(var);
+                continue;
+            }
+            if given(long) {
+                continue;
+            }
+            // The flag's own parser, run on the variable's value through a command holding just
+            // this flag (clap does not expose a parser on its own).
+            let mut flag = OsString::from(format!("--{long}="));
+            flag.push(&value);
+            let probe = clap::Command::new("env")
+                .no_binary_name(true)
+                .arg(arg.clone().required(false).env(None::<&str>))
+                .try_get_matches_from([flag]);
+            if let Err(e) = probe {
+                let reason = match (
+                    std::error::Error::source(&e),
+                    e.get(ContextKind::ValidValue),
+                ) {
+                    (Some(source), _) => source.to_string(),
+                    (None, Some(ContextValue::Strings(valid))) => {
+                        format!("possible values: {}", valid.join(", "))
+                    }
+                    _ => e.kind().to_string(),
+                };
+                let shown = if arg.is_hide_env_values_set() {
+                    "(hidden)".to_string()
+                } else {
+                    format!("'{}'", value.to_string_lossy())
+                };
+                problems.push(format!(
+                    "invalid value {shown} in environment variable {} (read for --{long}): {reason}",
+                    var.to_string_lossy()
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\nerror: "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_parse_as_gos_strconv_parse_bool() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(parse_go_bool(t), Ok(true), "{t}");
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(parse_go_bool(f), Ok(false), "{f}");
+        }
+        for bad in ["yes", "no", "on", "tRUE", "", " true", "2"] {
+            assert!(parse_go_bool(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_take_bare_seconds_and_units() {
+        assert_eq!(seconds_or_duration("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(seconds_or_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(seconds_or_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(seconds_or_duration("soon").is_err());
+    }
+
+    #[test]
+    fn public_ips_take_literals_and_refuse_resolvers() {
+        let ips = |s| parse_public_ips(s).map(|p| p.0);
+        assert_eq!(
+            ips("203.0.113.7"),
+            Ok(vec!["203.0.113.7".parse().expect("ip")])
+        );
+        assert_eq!(
+            ips("ipv4:203.0.113.7, ipv6:2001:db8::7,ipv4:198.51.100.1"),
+            Ok(vec![
+                "203.0.113.7".parse().expect("ip"),
+                "2001:db8::7".parse().expect("ip")
+            ])
+        );
+        assert_eq!(
+            ips("2001:db8::7"),
+            Ok(vec!["2001:db8::7".parse().expect("ip")])
+        );
+        assert_eq!(ips(""), Ok(vec![]));
+        let err = ips("api:ip4.seeip.org,ipv4:1.2.3.4").expect_err("api");
+        assert!(err.contains("api: resolver is not supported"), "{err}");
+        let err = ips("lb:submariner-gateway").expect_err("lb");
+        assert!(err.contains("lb: resolver"), "{err}");
+        assert!(ips("ipv4:2001:db8::7").is_err());
+        assert!(ips("gateway.example").is_err());
+    }
+
+    #[test]
+    fn cidr_lists_are_comma_separated_with_spaces_allowed() {
+        assert_eq!(
+            parse_cidr_list("10.42.0.0/16, fd00:42::/56,").map(|l| l.0),
+            Ok(vec![
+                "10.42.0.0/16".parse().expect("cidr"),
+                "fd00:42::/56".parse().expect("cidr")
+            ])
+        );
+        let err = parse_cidr_list("10.42.0.0/16,10.43.0.0/33").expect_err("bad");
+        assert!(err.contains("10.43.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_subnets_are_found_in_either_order() {
+        let nets = |list: &[&str]| -> Vec<IpNet> {
+            list.iter().map(|s| s.parse().expect("cidr")).collect()
+        };
+        for bad in [
+            &["10.42.0.0/16", "10.42.128.0/17"][..],
+            &["10.42.128.0/17", "10.42.0.0/16"],
+            &["10.42.0.0/16", "10.43.0.0/16", "10.42.0.0/16"],
+            &["fd00:42::/56", "fd00:42:0:1::/64"],
+        ] {
+            let err = check_overlaps(&nets(bad)).expect_err("overlap");
+            assert!(err.0.contains("overlap"), "{err}");
+        }
+        check_overlaps(&nets(&["10.42.0.0/16", "10.43.0.0/16", "fd00:42::/56"])).expect("disjoint");
+        // An IPv4 and an IPv6 subnet never overlap, even where their bits would.
+        check_overlaps(&nets(&["0.0.0.0/8", "::/8"])).expect("families differ");
+    }
+
+    #[test]
+    fn the_psk_file_wins_then_the_secret_then_the_literal() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("psk-file");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let secret = tmp.path().join("secret");
+        std::fs::create_dir(&secret).expect("mkdir");
+        std::fs::write(secret.join("psk"), "from-secret").expect("write");
+        let secret = secret.to_string_lossy().into_owned();
+
+        let (key, origin, ignored) = resolve_psk(
+            Some("literal".into()),
+            Some(file.clone()),
+            Some(secret.clone()),
+            false,
+        )
+        .expect("file");
+        assert_eq!(key, PresharedKey::from_passphrase("from-file"));
+        assert!(matches!(origin, PskOrigin::File(_)));
+        assert_eq!(ignored.len(), 2);
+
+        let (key, origin, ignored) =
+            resolve_psk(Some("literal".into()), None, Some(secret), false).expect("secret");
+        assert_eq!(key, PresharedKey::from_passphrase("from-secret"));
+        assert!(matches!(origin, PskOrigin::Secret(_)));
+        assert_eq!(ignored, ["CE_IPSEC_PSK (--psk)"]);
+
+        let (key, origin, ignored) =
+            resolve_psk(Some("literal".into()), None, None, false).expect("literal");
+        assert_eq!(key, PresharedKey::from_passphrase("literal"));
+        assert_eq!(origin, PskOrigin::Literal);
+        assert!(ignored.is_empty());
+        assert_eq!(origin.file(), None);
+    }
+
+    #[test]
+    fn weak_or_missing_psks_are_refused_unless_insecure() {
+        for (literal, fragment) in [
+            (None, "no pre-shared key is set"),
+            (Some(""), "is empty"),
+            (Some("default psk"), "well-known default"),
+        ] {
+            let err = resolve_psk(literal.map(String::from), None, None, false).expect_err("weak");
+            assert!(err.0.contains(fragment), "{err}");
+            assert!(err.0.contains("CE_IPSEC_PSKSECRET"), "{err}");
+            assert!(err.0.contains("--insecure-default-psk"), "{err}");
+            let (key, _, _) =
+                resolve_psk(literal.map(String::from), None, None, true).expect("insecure");
+            // Unset or empty meant "default psk" in Submariner before its hardening.
+            assert_eq!(
+                key,
+                PresharedKey::from_passphrase(wgcable_keys::DEFAULT_PSK)
+            );
+        }
     }
 }

@@ -6,15 +6,37 @@
 mod cli;
 mod show;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, ShowCommand};
+use crate::cli::{Cli, Command, GatewayPlan, LogFormat, ShowCommand};
+
+/// What the binary was built from (see build.rs).
+pub mod build {
+    /// The git commit, or "unknown" for a build outside a git checkout.
+    pub const GIT_COMMIT: &str = env!("WGCABLE_GIT_COMMIT");
+    /// The crate version.
+    pub const VERSION_NUMBER: &str = env!("CARGO_PKG_VERSION");
+    /// What `--version` prints after the name.
+    pub const VERSION: &str = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("WGCABLE_GIT_COMMIT"),
+        ")"
+    );
+}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Err(message) = cli::check_environment(&Cli::command(), &argv) {
+        // A usage error like clap's own: exit code 2.
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(argv);
+    init_logging(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // Two workers are plenty for one control loop, the HTTP server and netlink.
         .worker_threads(2)
@@ -49,12 +71,15 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Gateway(args) => {
-            let config = args.into_config()?;
-            wgcable_engine::gateway::run(config, shutdown_signal()).await?;
-            Ok(())
+            let plan = args.into_plan()?;
+            gateway(plan).await
         }
         Command::Show { what } => match what {
-            ShowCommand::Connections { json, url } => show::connections(&url, json).await,
+            ShowCommand::Connections {
+                json,
+                url,
+                metrics_port,
+            } => show::connections(url.as_deref(), metrics_port, json).await,
             ShowCommand::Endpoint { state_dir } => show::endpoint(&state_dir),
         },
         Command::Cleanup(args) => {
@@ -78,24 +103,100 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Starts the gateway the plan describes; everything was validated already.
+async fn gateway(plan: GatewayPlan) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if plan.check_only {
+        print!("{}", plan.summary());
+        tracing::info!("the configuration is valid; nothing was changed (--check-config)");
+        return Ok(());
+    }
+    tracing::info!(
+        version = build::VERSION,
+        cluster = %plan.config.driver.cluster_id,
+        hostname = %plan.config.driver.hostname,
+        namespace = plan.namespace.as_deref().unwrap_or("-"),
+        pod = plan.pod_name.as_deref().unwrap_or("-"),
+        "starting the gateway"
+    );
+    let origin = plan.psk_origin.describe();
+    for ignored in &plan.psk_ignored {
+        tracing::warn!("{ignored} is set but not used: the pre-shared key comes from {origin}");
+    }
+    if let Some(file) = plan.psk_origin.file() {
+        // The engine does not refresh the key yet (wgcable_keys::PskWatcher is ready for it).
+        tracing::info!(
+            path = %file.resolve().display(),
+            "pre-shared key read from a file; a change takes effect at the next restart"
+        );
+    }
+    if plan.insecure_psk {
+        tracing::warn!(
+            "--insecure-default-psk: a weak pre-shared key is accepted; never use this outside a demo"
+        );
+    }
+    if plan.public_ips.len() > 1 {
+        tracing::warn!(
+            published = ?plan.config.driver.public_ip,
+            "only one public IP is published for now; the other family's is not"
+        );
+    }
+    if plan.create_broker_dir {
+        let dir = &plan.config.broker_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating --broker-dir {}", dir.display()))?;
+        tracing::info!(path = %dir.display(), "created the broker directory (--broker-dir-create)");
+    }
+    wgcable_engine::gateway::run(plan.config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Logs to stderr. The filter is `WGCABLE_LOG`, else `RUST_LOG`, else the level `-v` asks for;
+/// a filter that does not parse is reported and skipped rather than silently ignored.
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WGCABLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for people: logs going to files and journals stay plain text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .with_target(false)
-        .init();
+    let mut ignored = Vec::new();
+    let filter = ["WGCABLE_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| {
+            let value = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
+            match tracing_subscriber::EnvFilter::try_new(&value) {
+                Ok(filter) => Some(filter),
+                Err(e) => {
+                    ignored.push(format!("ignoring {var}: {e}"));
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Colour only for people: logs going to files and journals stay plain text.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            // The target (module path) helps when debugging, and is noise otherwise.
+            .with_target(verbose >= 2)
+            .init(),
+        // One JSON object per line, with the fields at the top level where collectors look.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    for message in ignored {
+        tracing::warn!("{message}");
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

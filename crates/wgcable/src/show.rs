@@ -2,17 +2,19 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use wgcable_api::Connection;
 
-/// Prints the connections of the gateway at `url` as a table (or JSON).
-pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
-    let body = get(url, "/connections").await?;
+/// Prints the connections of the gateway at `url` (or `127.0.0.1:<port>`) as a table, or JSON.
+pub async fn connections(url: Option<&str>, port: u16, json: bool) -> anyhow::Result<()> {
+    let authority = authority(url, port)?;
+    let body = get(&authority, "/connections").await?;
     let conns: Vec<Connection> = serde_json::from_slice(&body)
-        .with_context(|| format!("decoding the connections served at {url}"))?;
+        .with_context(|| format!("decoding the connections served at http://{authority}"))?;
     if json {
         println!(
             "{}",
@@ -22,64 +24,201 @@ pub async fn connections(url: &str, json: bool) -> anyhow::Result<()> {
     }
     // Byte counters and handshake ages are not part of Submariner's Connection; they come
     // from the same gateway's metrics.
-    let metrics = String::from_utf8_lossy(&get(url, "/metrics").await?).into_owned();
-    let rx = per_cluster(&metrics, "submariner_gateway_rx_bytes");
-    let tx = per_cluster(&metrics, "submariner_gateway_tx_bytes");
-    let hs = per_cluster(
-        &metrics,
-        wgcable_metrics::names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS,
-    );
+    let metrics = String::from_utf8_lossy(&get(&authority, "/metrics").await?).into_owned();
+    let extras = Extras {
+        rx: per_cluster(&metrics, "submariner_gateway_rx_bytes"),
+        tx: per_cluster(&metrics, "submariner_gateway_tx_bytes"),
+        handshake_age: per_cluster(
+            &metrics,
+            wgcable_metrics::names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS,
+        ),
+    };
+    print!("{}", render_connections(&conns, &extras));
+    Ok(())
+}
+
+/// What the table shows besides the Connection objects, by remote cluster id.
+#[derive(Debug, Default)]
+struct Extras {
+    rx: BTreeMap<String, f64>,
+    tx: BTreeMap<String, f64>,
+    handshake_age: BTreeMap<String, f64>,
+}
+
+/// The table: `subctl show connections`' columns in its order, then wgcable's own; columns
+/// padded to their widest cell plus three spaces, as subctl's printer does.
+fn render_connections(conns: &[Connection], extras: &Extras) -> String {
     let mut rows = vec![[
-        "CLUSTER",
         "GATEWAY",
-        "ENDPOINT IP",
+        "CLUSTER",
+        "REMOTE IP",
         "NAT",
         "CABLE DRIVER",
         "SUBNETS",
         "STATUS",
+        "RTT avg.",
         "LAST HANDSHAKE",
         "RX/TX",
-        "RTT AVG.",
     ]
     .map(String::from)];
-    for c in &conns {
+    for c in conns {
         let id = &c.endpoint.cluster_id;
-        rows.push([
-            id.clone(),
-            c.endpoint.hostname.clone(),
-            c.using_ip.clone(),
-            if c.using_nat { "yes" } else { "no" }.to_string(),
-            c.endpoint.backend.clone(),
-            c.endpoint.subnets.join(","),
-            c.status.as_str().to_string(),
-            hs.get(id)
-                .map(|s| format!("{}s ago", s.round()))
-                .unwrap_or_else(|| "-".into()),
-            match (rx.get(id), tx.get(id)) {
-                (Some(r), Some(t)) => format!("{}/{}", human_bytes(*r), human_bytes(*t)),
-                _ => "-".into(),
-            },
-            c.latency_rtt
-                .as_ref()
-                .map(|l| l.average.clone())
-                .unwrap_or_else(|| "-".into()),
-        ]);
+        // subctl's choice: the IP in use, else the public IP of a NATed endpoint, else private.
+        let (remote_ip, nat) = if !c.using_ip.is_empty() {
+            (c.using_ip.clone(), c.using_nat)
+        } else if c.endpoint.nat_enabled {
+            (c.endpoint.public_ip.clone(), true)
+        } else {
+            (c.endpoint.private_ip.clone(), false)
+        };
+        rows.push(
+            [
+                c.endpoint.hostname.clone(),
+                id.clone(),
+                remote_ip,
+                if nat { "yes" } else { "no" }.to_string(),
+                c.endpoint.backend.clone(),
+                c.endpoint.subnets.join(", "),
+                c.status.as_str().to_string(),
+                c.latency_rtt
+                    .as_ref()
+                    .map(|l| rtt(&l.average))
+                    .unwrap_or_default(),
+                extras
+                    .handshake_age
+                    .get(id)
+                    .map(|s| format!("{}s ago", s.round()))
+                    .unwrap_or_else(|| "-".into()),
+                match (extras.rx.get(id), extras.tx.get(id)) {
+                    (Some(r), Some(t)) => format!("{}/{}", human_bytes(*r), human_bytes(*t)),
+                    _ => "-".into(),
+                },
+            ]
+            .map(|cell| printable(&cell)),
+        );
     }
     let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
+    let mut out = String::new();
     for row in &rows {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
     }
     if conns.is_empty() {
-        println!("(no connections)");
+        out.push_str("(no connections)\n");
     }
-    Ok(())
+    out
+}
+
+/// A Go duration string as the gateway reports RTTs (`501.202608ms`) with three significant
+/// digits (`501ms`, `1.23ms`, `87.5µs`); anything unparsable is shown as it is.
+fn rtt(go: &str) -> String {
+    match parse_go_duration(go) {
+        Some(d) => short_duration(d),
+        None => go.to_string(),
+    }
+}
+
+/// Parses Go's `time.Duration.String()` form: one or more `<decimal><unit>` parts, units ns,
+/// us/µs/μs, ms, s, m, h. Written here because humantime, the duration crate already used,
+/// refuses fractions ("1.5ms"), which Go prints for every RTT.
+fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest == "0" || rest == "0s" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let (scale, unit_len) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("µs", 1e-6),
+            ("μs", 1e-6),
+            ("ms", 1e-3),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .iter()
+        .find(|(unit, _)| rest.starts_with(unit))
+        .map(|(unit, scale)| (*scale, unit.len()))?;
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    let (value, unit) = if secs >= 1.0 {
+        (secs, "s")
+    } else if secs >= 1e-3 {
+        (secs * 1e3, "ms")
+    } else if secs >= 1e-6 {
+        (secs * 1e6, "µs")
+    } else {
+        return format!("{}ns", d.as_nanos());
+    };
+    if value >= 100.0 {
+        format!("{value:.0}{unit}")
+    } else if value >= 10.0 {
+        format!("{value:.1}{unit}")
+    } else {
+        format!("{value:.2}{unit}")
+    }
+}
+
+/// Cells come from remote Endpoints (other clusters' input): control characters would move the
+/// cursor or recolour the operator's terminal, so they are shown as `?`.
+fn printable(cell: &str) -> String {
+    cell.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// `host:port` to connect to, from `--url` (`host`, `host:port`, `http://host[:port][/]`) and
+/// the default port (`SUBMARINER_METRICSPORT`).
+fn authority(url: Option<&str>, port: u16) -> anyhow::Result<String> {
+    let Some(url) = url else {
+        return Ok(format!("127.0.0.1:{port}"));
+    };
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => bail!(
+            "--url {url}: only http:// is served by the gateway (not {scheme}://); give host:port or http://host:port"
+        ),
+        None => url,
+    };
+    let host_port = rest.trim_end_matches('/');
+    if host_port.is_empty() || host_port.contains('/') {
+        bail!("--url {url}: expected host:port or http://host:port, without a path");
+    }
+    // An explicit port: `host:port` or `[v6]:port`; a bare IPv6 address has colons but no port.
+    let has_port = if let Some(after) = host_port.strip_prefix('[') {
+        after
+            .split_once(']')
+            .is_some_and(|(_, p)| p.starts_with(':'))
+    } else {
+        host_port.matches(':').count() == 1
+    };
+    Ok(if has_port {
+        host_port.to_string()
+    } else if host_port.contains(':') && !host_port.starts_with('[') {
+        format!("[{host_port}]:{port}")
+    } else {
+        format!("{host_port}:{port}")
+    })
 }
 
 /// Prints the local Endpoint the gateway published.
@@ -137,12 +276,9 @@ fn human_bytes(b: f64) -> String {
     }
 }
 
-/// A plain HTTP/1.1 GET with hyper, over TCP; `url` is `http://host:port`.
-async fn get(url: &str, path: &str) -> anyhow::Result<Bytes> {
-    let authority = url
-        .strip_prefix("http://")
-        .with_context(|| format!("--url {url} must start with http://"))?
-        .trim_end_matches('/');
+/// A plain HTTP/1.1 GET with hyper, over TCP, to `authority` (`host:port`).
+async fn get(authority: &str, path: &str) -> anyhow::Result<Bytes> {
+    let url = format!("http://{authority}");
     let stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::TcpStream::connect(authority),
@@ -195,6 +331,103 @@ mod tests {
         assert_eq!(rx.get("b"), Some(&1234.0));
         assert_eq!(rx.get("c"), Some(&5.0));
         assert_eq!(rx.len(), 2);
+    }
+
+    #[test]
+    fn rtts_are_shown_with_three_significant_digits() {
+        for (go, shown) in [
+            ("501.202608ms", "501ms"),
+            ("1.234567ms", "1.23ms"),
+            ("12.3456ms", "12.3ms"),
+            ("87.512µs", "87.5µs"),
+            ("87.512us", "87.5µs"),
+            ("999ns", "999ns"),
+            ("1.5s", "1.50s"),
+            ("1m30.5s", "90.5s"),
+            ("0s", "0ns"),
+            ("garbage", "garbage"),
+            ("", "0ns"),
+        ] {
+            assert_eq!(rtt(go), shown, "{go:?}");
+        }
+    }
+
+    #[test]
+    fn url_takes_host_port_or_http_and_the_default_port() {
+        for (url, port, want) in [
+            (None, 32780, "127.0.0.1:32780"),
+            (None, 9999, "127.0.0.1:9999"),
+            (Some("10.0.0.1:8080"), 32780, "10.0.0.1:8080"),
+            (Some("http://10.0.0.1:8080/"), 32780, "10.0.0.1:8080"),
+            (Some("gw.example"), 32780, "gw.example:32780"),
+            (Some("http://gw.example"), 1234, "gw.example:1234"),
+            (Some("[::1]:8080"), 32780, "[::1]:8080"),
+            (Some("[::1]"), 32780, "[::1]:32780"),
+            (Some("::1"), 32780, "[::1]:32780"),
+        ] {
+            assert_eq!(authority(url, port).expect("valid"), want, "{url:?}");
+        }
+        for bad in ["https://gw:443", "http://gw:1/metrics", "", "http://"] {
+            assert!(authority(Some(bad), 1).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_table_has_subctls_columns_first_and_ours_after() {
+        let conns: Vec<Connection> = serde_json::from_str(
+            r#"[{"status":"connected","statusMessage":"","usingIP":"192.168.77.12","usingNAT":false,
+                 "endpoint":{"cluster_id":"cluster-b","cable_name":"c","hostname":"gw-b",
+                   "subnets":["10.202.0.0/16","fd00:202::/56"],"private_ip":"192.168.77.12",
+                   "public_ip":"","nat_enabled":false,"backend":"wireguard"},
+                 "latencyRTT":{"last":"1ms","min":"1ms","average":"501.202608ms","max":"2s","stdDev":"1ms"}},
+                {"status":"connecting","statusMessage":"","usingIP":"",
+                 "endpoint":{"cluster_id":"cluster-c","cable_name":"c","hostname":"gw-c\u001b[31m",
+                   "subnets":["10.203.0.0/16"],"private_ip":"192.168.77.13",
+                   "public_ip":"203.0.113.13","nat_enabled":true,"backend":"wireguard"}}]"#,
+        )
+        .expect("connections");
+        let extras = Extras {
+            rx: [("cluster-b".to_string(), 2048.0)].into(),
+            tx: [("cluster-b".to_string(), 512.0)].into(),
+            handshake_age: [("cluster-b".to_string(), 4.4)].into(),
+        };
+        let table = render_connections(&conns, &extras);
+        let lines: Vec<&str> = table.lines().collect();
+        let header: Vec<&str> = lines[0]
+            .split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "GATEWAY",
+                "CLUSTER",
+                "REMOTE IP",
+                "NAT",
+                "CABLE DRIVER",
+                "SUBNETS",
+                "STATUS",
+                "RTT avg.",
+                "LAST HANDSHAKE",
+                "RX/TX"
+            ]
+        );
+        assert!(
+            lines[1]
+                == "gw-b        cluster-b   192.168.77.12   no    wireguard      10.202.0.0/16, fd00:202::/56   connected    501ms      4s ago           2.0KiB/512B",
+            "{table}"
+        );
+        // No IP in use yet: subctl shows the public IP of a NATed endpoint.
+        let cells: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(cells[2..4], ["203.0.113.13", "yes"], "{table}");
+        // A remote hostname cannot put escape sequences on the operator's terminal.
+        assert!(!table.contains('\u{1b}'), "{table:?}");
+        assert!(lines[2].starts_with("gw-c?[31m"), "{table}");
+        assert_eq!(
+            render_connections(&[], &Extras::default()).lines().nth(1),
+            Some("(no connections)")
+        );
     }
 
     #[test]

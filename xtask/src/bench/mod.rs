@@ -69,6 +69,10 @@ pub(crate) fn push(samples: &mut Samples, name: &str, value: f64) {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    if crate::wants_help(args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let mut runs = 3usize;
     let mut quick = false;
     let mut cases: Vec<u32> = Vec::new();
