@@ -163,6 +163,11 @@ impl EtcdSource {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// The key a cluster's Endpoint is published at.
     pub fn key_of(&self, cluster_id: &str) -> Result<String, Error> {
         self.shared.layout.key_of(cluster_id)

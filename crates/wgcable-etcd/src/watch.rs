@@ -34,6 +34,8 @@ use crate::Error;
 
 /// Keys fetched per listing request at first; halved when a page is too large to receive.
 const PAGE: i64 = 500;
+/// While etcd stays unavailable, a new reason is reported at most this often.
+const REREPORT: Duration = Duration::from_secs(30);
 
 /// Why one round of the loop stopped.
 #[derive(Debug)]
@@ -76,6 +78,8 @@ pub(crate) struct Watcher {
     pending: VecDeque<SourceEvent>,
     /// The health last reported (`None`: nothing reported yet, the start).
     health: Option<SourceHealth>,
+    /// When an unhealthy state was last reported (a new reason is reported at most this often).
+    reported: Option<Instant>,
     /// Consecutive failures, for the backoff.
     failures: u32,
     active: Option<Active>,
@@ -90,6 +94,7 @@ impl Watcher {
             tracker,
             pending: VecDeque::new(),
             health: None,
+            reported: None,
             failures: 0,
             active: None,
             ignored_warnings: WarnLimiter::new(Duration::from_secs(60), 10),
@@ -135,14 +140,25 @@ impl Watcher {
         }
     }
 
+    /// Reports an unhealthy etcd: at once when it was healthy, then a changed reason at most
+    /// every [`REREPORT`] (during an outage each retry may fail a little differently, say
+    /// with another member's address, and that must not flood the log).
     fn unhealthy(&mut self, why: String, wait: Duration) {
         let endpoints = self.shared.config.endpoints.join(",");
         let health = SourceHealth::Unhealthy(format!("etcd ({endpoints}): {why}"));
-        if self.health.as_ref() != Some(&health) {
+        let was_unhealthy = matches!(self.health, Some(SourceHealth::Unhealthy(_)));
+        let now = Instant::now();
+        let due = self
+            .reported
+            .is_none_or(|t| now.duration_since(t) >= REREPORT);
+        if !was_unhealthy || (self.health.as_ref() != Some(&health) && due) {
             tracing::warn!(problem = %why, endpoints = %endpoints, retry_in = ?wait,
                 "the etcd broker is unavailable; tunnels stay as they are, retrying");
             self.pending.push_back(SourceEvent::Health(health.clone()));
             self.health = Some(health);
+            self.reported = Some(now);
+        } else {
+            tracing::debug!(problem = %why, retry_in = ?wait, "etcd still unavailable");
         }
     }
 
@@ -509,6 +525,39 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use crate::error::is_transient;
+
+    fn watcher() -> Watcher {
+        let source = crate::EtcdSource::new(crate::EtcdConfig::new(["http://192.0.2.1:2379"]))
+            .expect("valid config");
+        Watcher::new(source.shared())
+    }
+
+    fn health(w: &mut Watcher) -> Vec<SourceEvent> {
+        w.pending.drain(..).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_reported_on_change_and_a_new_reason_at_most_every_30_s() {
+        let mut w = watcher();
+        w.healthy();
+        assert!(health(&mut w).is_empty(), "healthy at start is no news");
+        w.unhealthy("down".into(), Duration::ZERO);
+        let evs = health(&mut w);
+        assert!(
+            matches!(evs.as_slice(), [SourceEvent::Health(SourceHealth::Unhealthy(m))] if m.contains("down")),
+            "{evs:?}"
+        );
+        w.unhealthy("down".into(), Duration::ZERO);
+        w.unhealthy("refused by 10.0.0.2".into(), Duration::ZERO);
+        assert!(health(&mut w).is_empty(), "the same outage, reported once");
+        tokio::time::advance(REREPORT).await;
+        w.unhealthy("refused by 10.0.0.3".into(), Duration::ZERO);
+        assert_eq!(health(&mut w).len(), 1, "a new reason after 30 s");
+        w.healthy();
+        assert_eq!(health(&mut w), [SourceEvent::Health(SourceHealth::Healthy)]);
+        w.unhealthy("down".into(), Duration::ZERO);
+        assert_eq!(health(&mut w).len(), 1, "a new outage, at once");
+    }
 
     #[test]
     fn next_key_is_the_successor() {
