@@ -4,6 +4,7 @@
 //! - `e2e [--cleanup] [--keep]`: real gateways in network namespaces, the scenarios of issue 7.
 //! - `demo [--clusters 2|3]`: the multi-cluster demo.
 //! - `fuzz [--seconds N] [TARGET]`: the fuzz targets in `fuzz/`.
+//! - `vm test|e2e|run`: the same in a qemu VM whose kernel has WireGuard (see `vm`).
 //! - `internal ...`: helpers that the tasks above run inside the namespaces.
 //!
 //! It drives the `wgcable` binary from the outside only (its CLI, its HTTP endpoints, and the
@@ -20,6 +21,7 @@ mod interrupt;
 mod state;
 mod test;
 mod topology;
+mod vm;
 
 use anyhow::{bail, Result};
 
@@ -30,7 +32,9 @@ tasks:
   e2e --cleanup         remove leftovers of crashed e2e/demo runs
   demo [--clusters N]   start 2 or 3 connected clusters and show them (root)
   bench [--runs N]      the benchmarks of docs/benchmarks.md (root)
-  fuzz [--seconds N] [TARGET]  run the fuzz targets (cargo-fuzz), N s each (default 20)";
+  fuzz [--seconds N] [TARGET]  run the fuzz targets (cargo-fuzz), N s each (default 20)
+  vm test|e2e|run       the tests, the e2e (--backend kernel) or a command in a qemu VM
+                        booted from Debian's kernel, which has WireGuard (root)";
 
 /// `--help` or `-h` anywhere in a task's arguments: the task prints its usage and exits 0.
 pub(crate) fn wants_help(args: &[String]) -> bool {
@@ -55,6 +59,7 @@ fn main() -> Result<()> {
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
         "internal" => internal::run(rest),
+        "vm" => vm::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

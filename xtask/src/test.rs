@@ -2,14 +2,17 @@
 //! denied, the unit and integration tests (nextest when installed, plus doctests, which
 //! nextest does not run), a 20 s run of each fuzz target, then the e2e scenarios when root.
 //! Every step runs even after a failure, so one run shows everything that is wrong; the exit
-//! status is non-zero if any step failed. Without root, e2e is skipped with one line, except under CI, where that is a
-//! failure.
+//! status is non-zero if any step failed. Without root, e2e is skipped with one line, except
+//! under CI, where that is a failure. Then `vm test` and `vm e2e` (kernel WireGuard in qemu)
+//! when the VM can run; when it cannot (not root, packages missing) one line says so, and
+//! under CI that is a failure.
 
 use anyhow::{bail, Result};
 
 use crate::cmd;
 use crate::e2e;
 use crate::topology::cargo;
+use crate::vm;
 
 pub fn run(args: &[String]) -> Result<()> {
     if crate::wants_help(args) {
@@ -36,6 +39,12 @@ pub fn run(args: &[String]) -> Result<()> {
     ]);
     results.push(("clippy", cmd::run(&mut c)));
 
+    // Privileged tests that skip (outside CI) append their line here; printed at the end, so a
+    // skip is seen even though the test runner captured it.
+    let skip_log = std::env::temp_dir().join(format!("wgcable-skips-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&skip_log);
+    std::env::set_var("WGCABLE_SKIP_LOG", &skip_log);
+
     let mut probe = cargo();
     probe.args(["nextest", "--version"]);
     let nextest = cmd::output(&mut probe).is_ok_and(|o| o.status.success());
@@ -52,6 +61,14 @@ pub fn run(args: &[String]) -> Result<()> {
         results.push(("doctests", cmd::run(&mut c)));
     }
 
+    if let Ok(skips) = std::fs::read_to_string(&skip_log) {
+        let lines: Vec<&str> = skips.lines().collect();
+        println!("\n{} privileged test(s) skipped:", lines.len());
+        for line in lines {
+            println!("  {line}");
+        }
+        let _ = std::fs::remove_file(&skip_log);
+    }
     // A bounded fuzz run (20 s a target); `cargo xtask fuzz --seconds N` runs longer.
     results.push((
         "fuzz",
@@ -72,6 +89,23 @@ pub fn run(args: &[String]) -> Result<()> {
         println!(
             "e2e skipped: not root (network namespaces need it; run `cargo xtask e2e` as root)"
         );
+    }
+
+    // Kernel WireGuard, which this machine's kernel lacks: in a VM booted from Debian's kernel.
+    match vm::unavailable() {
+        None => {
+            eprintln!("\n==== cargo xtask vm test ====");
+            results.push(("vm test", vm::run(&["test".to_string()])));
+            eprintln!("\n==== cargo xtask vm e2e ====");
+            results.push(("vm e2e", vm::run(&["e2e".to_string()])));
+        }
+        Some(why) if std::env::var_os("CI").is_some() => {
+            println!("vm: cannot run ({why}), and CI is set: the kernel WireGuard tests must run in CI");
+            results.push(("vm", Err(anyhow::anyhow!("the VM cannot run: {why}"))));
+        }
+        Some(why) => println!(
+            "vm test and vm e2e skipped: {why} (they run the kernel WireGuard tests in qemu; `cargo xtask vm test`)"
+        ),
     }
 
     let failed: Vec<&str> = results

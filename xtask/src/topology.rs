@@ -393,6 +393,15 @@ impl Topology {
         })
     }
 
+    /// The value of `flag` among the arguments every gateway gets (e.g. `--backend`).
+    pub fn gateway_flag(&self, flag: &str) -> Option<&str> {
+        self.gateway_args
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|at| self.gateway_args.get(at + 1))
+            .map(String::as_str)
+    }
+
     /// `nsenter -t HOLDER -m -n -- program args`: a command in cluster `i`'s gateway.
     pub fn gw<I, S>(&self, i: usize, program: impl AsRef<std::ffi::OsStr>, args: I) -> Command
     where

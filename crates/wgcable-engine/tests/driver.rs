@@ -2,12 +2,10 @@
 //! no root, no sleeps. The fakes count every write, so tests can assert that something that is
 //! already right is not touched.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
 use ipnet::IpNet;
 use wgcable_api::{ConnectionStatus, Endpoint, EndpointSpec, BACKEND_CONFIG_PUBLIC_KEY};
 use wgcable_engine::config::{DEFAULT_DEVICE, DEFAULT_PORT, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE};
@@ -15,135 +13,39 @@ use wgcable_engine::{CableDriver, DriverConfig, Error, Trigger, WireGuardDriver}
 use wgcable_keys::{PresharedKey, PrivateKey, PublicKey};
 use wgcable_metrics::GatewayMetrics;
 use wgcable_netlink::{FakeNetlink, IpFamily, LinkKind, Netlink, Rule};
-use wgcable_peers::{BackendKind, DeviceStatus, DeviceUpdate, PeerChange, PeerStatus, WgDevice};
+use wgcable_peers::{
+    DeviceCall, DeviceStatus, DeviceUpdate, FakeWgDevice, PeerChange, PeerStatus, WgDevice,
+};
 
-/// An in-memory WireGuard device. Creating it creates a `wireguard` link in the fake kernel,
-/// as both real backends do.
-#[derive(Debug)]
-struct FakeDevice {
-    netlink: Arc<FakeNetlink>,
-    devices: Mutex<BTreeMap<String, DeviceStatus>>,
-    applies: Mutex<Vec<DeviceUpdate>>,
-    reads: std::sync::atomic::AtomicUsize,
+/// What the tests ask of the device fake (wgcable-peers' `FakeWgDevice`, which behaves as the
+/// kernel does and passes the same contract suite as the real backends), on our device.
+trait DeviceExt {
+    fn dev(&self) -> DeviceStatus;
+    fn peer_of(&self, key: &PublicKey) -> Option<PeerStatus>;
+    fn applies(&self) -> usize;
+    fn reads(&self) -> usize;
+    /// Simulates traffic and a handshake on a peer.
+    fn traffic(&self, key: &PublicKey, handshake: SystemTime, rx: u64, tx: u64);
 }
 
-impl FakeDevice {
-    fn new(netlink: Arc<FakeNetlink>) -> Arc<Self> {
-        Arc::new(FakeDevice {
-            netlink,
-            devices: Mutex::default(),
-            applies: Mutex::default(),
-            reads: Default::default(),
-        })
+impl DeviceExt for FakeWgDevice {
+    fn dev(&self) -> DeviceStatus {
+        self.status(DEFAULT_DEVICE).expect("device exists")
     }
-    fn status(&self) -> DeviceStatus {
-        self.devices
-            .lock()
-            .expect("lock")
-            .get(DEFAULT_DEVICE)
-            .cloned()
-            .expect("device exists")
+    fn peer_of(&self, key: &PublicKey) -> Option<PeerStatus> {
+        self.peer(DEFAULT_DEVICE, key)
     }
     fn applies(&self) -> usize {
-        self.applies.lock().expect("lock").len()
+        self.calls(DeviceCall::Apply)
     }
-    fn peer(&self, key: &PublicKey) -> Option<PeerStatus> {
-        self.status()
-            .peers
-            .into_iter()
-            .find(|p| p.config.public_key == *key)
+    fn reads(&self) -> usize {
+        self.calls(DeviceCall::Read)
     }
-    /// Simulates traffic and a handshake on a peer.
     fn traffic(&self, key: &PublicKey, handshake: SystemTime, rx: u64, tx: u64) {
-        let mut devs = self.devices.lock().expect("lock");
-        let dev = devs.get_mut(DEFAULT_DEVICE).expect("device");
-        let p = dev
-            .peers
-            .iter_mut()
-            .find(|p| p.config.public_key == *key)
-            .expect("peer");
-        p.last_handshake = Some(handshake);
-        p.rx_bytes = rx;
-        p.tx_bytes = tx;
-    }
-}
-
-#[async_trait]
-impl WgDevice for FakeDevice {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Userspace
-    }
-    async fn ensure(&self, name: &str) -> Result<bool, wgcable_peers::Error> {
-        if self.devices.lock().expect("lock").contains_key(name)
-            && self.netlink.link(name).is_some()
-        {
-            return Ok(false);
-        }
-        if self.netlink.link(name).is_none() {
-            self.netlink
-                .link_add(name, &LinkKind::Wireguard)
-                .await
-                .expect("fake link_add");
-        }
-        self.devices.lock().expect("lock").insert(
-            name.to_string(),
-            DeviceStatus {
-                name: name.to_string(),
-                public_key: None,
-                listen_port: None,
-                peers: Vec::new(),
-            },
+        assert!(
+            self.set_traffic(DEFAULT_DEVICE, key, Some(handshake), rx, tx),
+            "no such peer"
         );
-        Ok(true)
-    }
-    async fn read(&self, name: &str) -> Result<Option<DeviceStatus>, wgcable_peers::Error> {
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(self.devices.lock().expect("lock").get(name).cloned())
-    }
-    async fn apply(&self, name: &str, update: &DeviceUpdate) -> Result<(), wgcable_peers::Error> {
-        self.applies.lock().expect("lock").push(update.clone());
-        let mut devs = self.devices.lock().expect("lock");
-        let Some(dev) = devs.get_mut(name) else {
-            return Err(wgcable_peers::Error::NoDevice {
-                device: name.to_string(),
-            });
-        };
-        if let Some(k) = &update.private_key {
-            dev.public_key = Some(k.public_key());
-        }
-        if let Some(p) = update.listen_port {
-            dev.listen_port = Some(p);
-        }
-        for change in &update.peers {
-            match change {
-                PeerChange::Add(c) => dev.peers.push(PeerStatus {
-                    config: c.clone(),
-                    last_handshake: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                }),
-                PeerChange::Update { config, .. } => {
-                    let p = dev
-                        .peers
-                        .iter_mut()
-                        .find(|p| p.config.public_key == config.public_key)
-                        .expect("update existing");
-                    p.config = config.clone();
-                }
-                PeerChange::Remove(k) => dev.peers.retain(|p| p.config.public_key != *k),
-            }
-        }
-        Ok(())
-    }
-    async fn delete(&self, name: &str) -> Result<(), wgcable_peers::Error> {
-        self.devices.lock().expect("lock").remove(name);
-        if let Some(link) = self.netlink.link(name) {
-            self.netlink
-                .link_del(link.index)
-                .await
-                .expect("fake link_del");
-        }
-        Ok(())
     }
 }
 
@@ -196,7 +98,7 @@ fn config() -> DriverConfig {
 
 struct Harness {
     netlink: Arc<FakeNetlink>,
-    device: Arc<FakeDevice>,
+    device: Arc<FakeWgDevice>,
     metrics: Arc<GatewayMetrics>,
     driver: WireGuardDriver,
     key: PrivateKey,
@@ -221,7 +123,7 @@ async fn harness_with(config: DriverConfig) -> Harness {
         .addr_add(eth0.index, "192.168.77.11/24".parse().expect("cidr"))
         .await
         .expect("addr");
-    let device = FakeDevice::new(netlink.clone());
+    let device = Arc::new(FakeWgDevice::new(netlink.clone()));
     let key = PrivateKey::generate();
     let metrics = Arc::new(GatewayMetrics::new().expect("metrics"));
     let driver = WireGuardDriver::new(
@@ -289,11 +191,11 @@ async fn connect_configures_peer_routes_rule_and_link() {
     assert_eq!(h.connect(&b).await.expect("connect b"), "192.168.77.12");
     h.connect(&c).await.expect("connect c");
 
-    let dev = h.device.status();
+    let dev = h.device.dev();
     assert_eq!(dev.public_key, Some(h.key.public_key()));
     assert_eq!(dev.listen_port, Some(DEFAULT_PORT));
     assert_eq!(dev.peers.len(), 2);
-    let pb = h.device.peer(&b.key.public_key()).expect("peer b");
+    let pb = h.device.peer_of(&b.key.public_key()).expect("peer b");
     assert_eq!(
         pb.config.endpoint,
         Some("192.168.77.12:4500".parse().expect("addr"))
@@ -352,7 +254,7 @@ async fn endpoint_change_updates_only_that_peer() {
     let c = remote("cluster-c", "192.168.77.13", &["10.203.0.0/16"]);
     h.connect(&b).await.expect("b");
     h.connect(&c).await.expect("c");
-    let before_c = h.device.peer(&c.key.public_key()).expect("c");
+    let before_c = h.device.peer_of(&c.key.public_key()).expect("c");
     h.netlink.clear_ops();
     let applies = h.device.applies();
 
@@ -364,14 +266,7 @@ async fn endpoint_change_updates_only_that_peer() {
     h.connect(&b2).await.expect("b moved");
 
     assert_eq!(h.device.applies(), applies + 1, "one device update");
-    let last = h
-        .device
-        .applies
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("update");
+    let (_, last) = h.device.applied().last().cloned().expect("update");
     assert_eq!(
         last.peers.len(),
         1,
@@ -381,7 +276,7 @@ async fn endpoint_change_updates_only_that_peer() {
         matches!(&last.peers[0], PeerChange::Update { config, .. } if config.public_key == b.key.public_key())
     );
     assert_eq!(
-        h.device.peer(&c.key.public_key()).expect("c"),
+        h.device.peer_of(&c.key.public_key()).expect("c"),
         before_c,
         "cluster-c untouched"
     );
@@ -411,8 +306,8 @@ async fn disconnect_removes_peer_routes_and_metrics() {
         .disconnect_from_endpoint(&c.endpoint)
         .await
         .expect("disconnect");
-    assert!(h.device.peer(&c.key.public_key()).is_none());
-    assert!(h.device.peer(&b.key.public_key()).is_some());
+    assert!(h.device.peer_of(&c.key.public_key()).is_none());
+    assert!(h.device.peer_of(&b.key.public_key()).is_some());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
     let text = h.metrics.encode_text().expect("text");
     assert!(
@@ -437,7 +332,7 @@ async fn key_change_replaces_the_peer() {
     h.connect(&b).await.expect("b");
     let b_new = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16"]);
     h.connect(&b_new).await.expect("b with a new key");
-    let dev = h.device.status();
+    let dev = h.device.dev();
     assert_eq!(dev.peers.len(), 1);
     assert_eq!(dev.peers[0].config.public_key, b_new.key.public_key());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
@@ -495,7 +390,7 @@ async fn refused_endpoints_touch_nothing() {
         h.netlink.writes()
     );
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
-    assert_eq!(h.device.status().peers.len(), 1);
+    assert_eq!(h.device.dev().peers.len(), 1);
     // The refused ones that are valid wait, listed as errors with the reason; the invalid one
     // is not remembered at all. A resync still touches nothing.
     let conns = h.driver.connections().await.expect("connections");
@@ -531,14 +426,14 @@ async fn a_waiting_endpoint_connects_once_its_conflict_is_gone() {
     // holds them, then connects on its own once B leaves.
     let b2 = remote("cluster-b2", "192.168.77.22", &["10.202.0.0/16"]);
     h.connect(&b2).await.expect_err("overlaps cluster-b");
-    assert!(h.device.peer(&b2.key.public_key()).is_none());
+    assert!(h.device.peer_of(&b2.key.public_key()).is_none());
     h.driver
         .disconnect_from_endpoint(&b.endpoint)
         .await
         .expect("b leaves");
-    assert!(h.device.peer(&b.key.public_key()).is_none());
+    assert!(h.device.peer_of(&b.key.public_key()).is_none());
     assert!(
-        h.device.peer(&b2.key.public_key()).is_some(),
+        h.device.peer_of(&b2.key.public_key()).is_some(),
         "b2 connected"
     );
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
@@ -598,7 +493,7 @@ async fn drift_is_repaired_and_counted() {
     assert_eq!(report.peers_removed, 1, "{report:?}");
     assert_eq!(report.routes_added, 1, "{report:?}");
     assert!(report.rules_added >= 1, "{report:?}");
-    assert!(h.device.peer(&stranger).is_none());
+    assert!(h.device.peer_of(&stranger).is_none());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
     assert!(h.netlink.rules().contains(&Rule {
         priority: Some(DEFAULT_RULE_PRIORITY),
@@ -619,7 +514,7 @@ async fn drift_is_repaired_and_counted() {
         report.device_created && report.device_configured,
         "{report:?}"
     );
-    assert!(h.device.peer(&b.key.public_key()).is_some());
+    assert!(h.device.peer_of(&b.key.public_key()).is_some());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16"]));
 
     // And a resync with nothing wrong does nothing at all.
@@ -679,10 +574,10 @@ async fn incumbent_keeps_its_subnets_across_a_restart() {
     assert_eq!(report.refused.len(), 1, "{report:?}");
     assert_eq!(report.refused[0].0, "aa-cluster");
     assert!(
-        h.device.peer(&b.key.public_key()).is_some(),
+        h.device.peer_of(&b.key.public_key()).is_some(),
         "incumbent kept"
     );
-    assert!(h.device.peer(&newcomer.key.public_key()).is_none());
+    assert!(h.device.peer_of(&newcomer.key.public_key()).is_none());
     let conns = restarted.connections().await.expect("connections");
     let refused = conns
         .iter()
@@ -807,27 +702,22 @@ async fn a_natted_peer_may_roam_but_a_new_public_ip_is_applied() {
     assert_eq!(h.connect(&b).await.expect("b"), "198.51.100.12");
     let key = b.key.public_key();
     assert_eq!(
-        h.device.peer(&key).expect("peer").config.endpoint,
+        h.device.peer_of(&key).expect("peer").config.endpoint,
         Some("198.51.100.12:4500".parse().expect("addr"))
     );
 
     // The NAT maps the remote to another port; WireGuard follows its packets there.
-    {
-        let mut devs = h.device.devices.lock().expect("lock");
-        let dev = devs.get_mut(DEFAULT_DEVICE).expect("device");
-        let p = dev
-            .peers
-            .iter_mut()
-            .find(|p| p.config.public_key == key)
-            .expect("peer");
-        p.config.endpoint = Some("198.51.100.12:61000".parse().expect("addr"));
-    }
+    assert!(h.device.roam(
+        DEFAULT_DEVICE,
+        &key,
+        "198.51.100.12:61000".parse().expect("addr")
+    ));
     let applies = h.device.applies();
     let report = h.driver.reconcile(Trigger::Resync).await.expect("resync");
     assert!(report.is_noop(), "roaming is not drift: {report:?}");
     assert_eq!(h.device.applies(), applies);
     assert_eq!(
-        h.device.peer(&key).expect("peer").config.endpoint,
+        h.device.peer_of(&key).expect("peer").config.endpoint,
         Some("198.51.100.12:61000".parse().expect("addr"))
     );
 
@@ -839,7 +729,7 @@ async fn a_natted_peer_may_roam_but_a_new_public_ip_is_applied() {
     moved.endpoint.spec.public_ip = "203.0.113.12".into();
     h.connect(&moved).await.expect("moved");
     assert_eq!(
-        h.device.peer(&key).expect("peer").config.endpoint,
+        h.device.peer_of(&key).expect("peer").config.endpoint,
         Some("203.0.113.12:4500".parse().expect("addr"))
     );
 }
@@ -851,20 +741,15 @@ async fn a_peer_that_is_not_natted_is_put_back_on_its_endpoint() {
     let b = remote("cluster-b", "192.168.77.12", &["10.202.0.0/16"]);
     h.connect(&b).await.expect("b");
     let key = b.key.public_key();
-    {
-        let mut devs = h.device.devices.lock().expect("lock");
-        let dev = devs.get_mut(DEFAULT_DEVICE).expect("device");
-        let p = dev
-            .peers
-            .iter_mut()
-            .find(|p| p.config.public_key == key)
-            .expect("peer");
-        p.config.endpoint = Some("192.168.77.99:4500".parse().expect("addr"));
-    }
+    assert!(h.device.roam(
+        DEFAULT_DEVICE,
+        &key,
+        "192.168.77.99:4500".parse().expect("addr")
+    ));
     let report = h.driver.reconcile(Trigger::Resync).await.expect("resync");
     assert_eq!(report.peers_updated, 1, "{report:?}");
     assert_eq!(
-        h.device.peer(&key).expect("peer").config.endpoint,
+        h.device.peer_of(&key).expect("peer").config.endpoint,
         Some("192.168.77.12:4500".parse().expect("addr"))
     );
 }
@@ -879,7 +764,7 @@ async fn a_connect_after_a_reconcile_is_applied_from_the_plan_alone() {
     h.connect(&c).await.expect("c");
 
     h.netlink.clear_ops();
-    let reads = h.device.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let reads = h.device.reads();
     let applies = h.device.applies();
     let d = remote(
         "cluster-d",
@@ -887,11 +772,7 @@ async fn a_connect_after_a_reconcile_is_applied_from_the_plan_alone() {
         &["10.204.0.0/16", "fd00:204::/48"],
     );
     h.connect(&d).await.expect("d");
-    assert_eq!(
-        h.device.reads.load(std::sync::atomic::Ordering::SeqCst),
-        reads,
-        "no device read-back"
-    );
+    assert_eq!(h.device.reads(), reads, "no device read-back");
     assert_eq!(h.device.applies(), applies + 1, "one device update");
     assert_eq!(
         h.netlink.ops().len(),
@@ -920,7 +801,7 @@ async fn a_connect_after_a_reconcile_is_applied_from_the_plan_alone() {
         h.routes(),
         nets(&["10.202.0.0/16", "10.204.0.0/16", "fd00:204::/48"])
     );
-    assert!(h.device.peer(&c.key.public_key()).is_none());
+    assert!(h.device.peer_of(&c.key.public_key()).is_none());
 
     // What the incremental path did is exactly what a full reconcile wants.
     let report = h.driver.reconcile(Trigger::Resync).await.expect("resync");
@@ -937,8 +818,8 @@ async fn a_stale_cache_falls_back_to_a_full_reconcile() {
     h.device.delete(DEFAULT_DEVICE).await.expect("delete");
     let c = remote("cluster-c", "192.168.77.13", &["10.203.0.0/16"]);
     h.connect(&c).await.expect("c connects all the same");
-    assert!(h.device.peer(&b.key.public_key()).is_some());
-    assert!(h.device.peer(&c.key.public_key()).is_some());
+    assert!(h.device.peer_of(&b.key.public_key()).is_some());
+    assert!(h.device.peer_of(&c.key.public_key()).is_some());
     assert_eq!(h.routes(), nets(&["10.202.0.0/16", "10.203.0.0/16"]));
 }
 
@@ -978,4 +859,80 @@ async fn the_first_ipv6_remote_gets_its_rule_at_once() {
         [IpFamily::V4, IpFamily::V6],
         "the IPv6 rule came with the first IPv6 remote"
     );
+}
+
+/// One Endpoint the device refuses (a peer the kernel will not take, say 500 allowed IPs on a
+/// kernel that cannot split them) must not keep the other tunnels from being configured: the
+/// refused change is isolated, that cluster alone is refused with the device's reason and
+/// counted, and the 40 others are applied in the same reconcile.
+#[tokio::test]
+async fn a_peer_the_device_refuses_is_isolated_and_the_others_are_applied() {
+    let h = harness().await;
+    h.driver.init().await.expect("init");
+    let healthy: Vec<Remote> = (0..40u32)
+        .map(|i| {
+            remote(
+                &format!("c{i}"),
+                &format!("192.168.78.{}", i + 1),
+                &[&format!("10.{}.0.0/16", 100 + i)],
+            )
+        })
+        .collect();
+    let bad = remote("big", "192.168.79.1", &["10.250.0.0/16"]);
+    h.device
+        .refuse_peer(bad.key.public_key(), nix::errno::Errno::EINVAL as i32);
+    let infos = healthy
+        .iter()
+        .chain(std::iter::once(&bad))
+        .map(|r| h.driver.nat_info(r.endpoint.clone()))
+        .collect();
+    let report = h
+        .driver
+        .set_endpoints(infos)
+        .await
+        .expect("the host itself is fine");
+    for r in &healthy {
+        assert!(
+            h.device.peer_of(&r.key.public_key()).is_some(),
+            "{} configured",
+            r.endpoint.spec.cluster_id
+        );
+    }
+    assert!(h.device.peer_of(&bad.key.public_key()).is_none());
+    let bad_net: IpNet = "10.250.0.0/16".parse().expect("cidr");
+    assert!(
+        !h.routes().contains(&bad_net),
+        "no route into a peer that is not there"
+    );
+    assert_eq!(h.routes().len(), 40);
+    assert_eq!(report.peers_added, 40, "{report}");
+    assert!(
+        report
+            .refused
+            .iter()
+            .any(|(c, why)| c == "big" && why.contains("refused")),
+        "{:?}",
+        report.refused
+    );
+    let text = h.metrics.encode_text().expect("text");
+    assert!(
+        text.contains("wgcable_endpoints_rejected_total{reason=\"device\"} 1"),
+        "counted once"
+    );
+    let conns = h.driver.connections().await.expect("connections");
+    let big = conns
+        .iter()
+        .find(|c| c.endpoint.cluster_id == "big")
+        .expect("listed");
+    assert_eq!(big.status, ConnectionStatus::Error);
+    assert!(
+        big.status_message.contains("device refused"),
+        "{}",
+        big.status_message
+    );
+    // It stays refused (no retry at every resync) until its Endpoint changes.
+    let applies = h.device.applies();
+    let again = h.driver.reconcile(Trigger::Resync).await.expect("resync");
+    assert!(again.is_noop(), "{again}");
+    assert_eq!(h.device.applies(), applies);
 }

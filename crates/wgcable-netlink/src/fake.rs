@@ -698,6 +698,43 @@ impl Netlink for FakeNetlink {
         let op = || Op::RouteGet { dst };
         let state = self.begin(Method::RouteGet, dst.to_string(), op)?;
         let family = IpFamily::of(dst);
+        // Policy routing first, as the kernel does: rules of this family ahead of the main
+        // table's (priority 32766), in priority order, each looking up its table (longest
+        // prefix through a link that is up). Only selectors a plain lookup can meet count: a
+        // destination prefix; a rule with a source, a mark or `not` never matches it.
+        // (Found by the netlink contract: the fake used to ignore rules.)
+        let mut rules: Vec<&Rule> = state
+            .rules
+            .iter()
+            .filter(|r| r.family == family && r.priority.unwrap_or(0) < 32766)
+            .filter(|r| r.src.is_none() && r.fwmark.is_none() && !r.invert)
+            .filter(|r| r.dst.is_none_or(|d| d.contains(&dst)))
+            .collect();
+        rules.sort_by_key(|r| r.priority.unwrap_or(0));
+        for rule in rules.into_iter().filter(|r| r.table != TABLE_MAIN) {
+            let found = state
+                .routes
+                .get(&rule.table)
+                .into_iter()
+                .flatten()
+                .filter(|r| r.dst.contains(&dst))
+                .filter_map(|r| {
+                    let oif = r.oif?;
+                    state
+                        .links
+                        .get(&oif)
+                        .is_some_and(|l| l.link.up)
+                        .then_some((r, oif))
+                })
+                .max_by_key(|(r, _)| r.dst.prefix_len());
+            if let Some((route, oif)) = found {
+                return Ok(RouteLookup {
+                    oif,
+                    pref_src: route.pref_src.or_else(|| state.source_on(oif, family)),
+                    gateway: route.gateway,
+                });
+            }
+        }
         // (prefix length, is a subnet, lookup): the longest prefix wins, a subnet a tie.
         let mut best: Option<(u8, bool, RouteLookup)> = None;
         let mut consider = |len: u8, subnet: bool, lookup: RouteLookup| {

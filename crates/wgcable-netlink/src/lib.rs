@@ -61,6 +61,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 mod ensure;
 mod error;
 #[cfg(any(test, feature = "testing"))]

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -42,9 +43,14 @@ const MAX_IN_FLIGHT: usize = 128;
 const PROTOCOL: RouteProtocol = RouteProtocol::Static;
 
 /// The rtnetlink-backed [`Netlink`]: one socket, cloneable handle inside.
+///
+/// Any number of tasks may use it (and its clones) at once: other requests are pipelined on
+/// the socket, but dumps take turns, because the kernel runs one dump per socket at a time
+/// and refuses a second one with EBUSY ("Device or resource busy").
 #[derive(Debug, Clone)]
 pub struct RtNetlink {
     handle: Handle,
+    dumps: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RtNetlink {
@@ -61,12 +67,16 @@ impl RtNetlink {
             )));
         }
         let (conn, handle, _unsolicited) = rtnetlink::new_connection().map_err(Error::Connect)?;
-        Ok((RtNetlink { handle }, conn))
+        Ok((RtNetlink::from_handle(handle), conn))
     }
 
-    /// Wraps a handle whose connection the caller already runs.
+    /// Wraps a handle whose connection the caller already runs. Dumps take turns among the
+    /// clones of what this returns; wrap each connection's handle once.
     pub fn from_handle(handle: Handle) -> RtNetlink {
-        RtNetlink { handle }
+        RtNetlink {
+            handle,
+            dumps: Arc::default(),
+        }
     }
 
     /// The underlying rtnetlink handle, for operations this crate does not offer.
@@ -81,6 +91,11 @@ impl RtNetlink {
         flags: u16,
         op: impl FnOnce() -> Op,
     ) -> Result<Vec<RouteNetlinkMessage>, Error> {
+        let _turn = if flags & NLM_F_DUMP != 0 {
+            Some(self.dumps.lock().await)
+        } else {
+            None
+        };
         let mut req = NetlinkMessage::from(message);
         req.header.flags = flags;
         let mut handle = self.handle.clone();

@@ -611,3 +611,53 @@ fn wireguard_link_is_unsupported_or_works() {
         }
     });
 }
+
+/// The contract FakeNetlink passes too (`src/contract.rs`), against the real kernel.
+#[test]
+fn rtnetlink_passes_the_netlink_contract() {
+    in_netns("rtnetlink_passes_the_netlink_contract", |nl| async move {
+        wgcable_netlink::contract::netlink_contract(&nl).await;
+    });
+}
+
+/// The kernel runs one dump per socket at a time and answers a second with EBUSY ("Device or
+/// resource busy"; seen in the e2e when the engine read routes and rules concurrently on a
+/// loaded machine). Deterministically: every listing is queued on the socket before its
+/// connection sends anything, so without turns the kernel would see them all at once.
+#[test]
+fn concurrent_dumps_on_one_socket_take_turns() {
+    in_netns(
+        "concurrent_dumps_on_one_socket_take_turns",
+        |nl| async move {
+            let link = scratch_link(&nl, "dumps0").await;
+            // Enough routes that one dump needs several messages: the kernel holds the dump open
+            // until they are read.
+            let many: Vec<RouteSpec> = (0..1500u32)
+                .map(|i| RouteSpec {
+                    dst: IpNet::new(IpAddr::from([10, 96, (i / 256) as u8, (i % 256) as u8]), 32)
+                        .expect("prefix"),
+                    oif: link.index,
+                    table: 151,
+                    pref_src: None,
+                })
+                .collect();
+            nl.route_add(&many).await.expect("adding routes");
+            let (other, conn) = RtNetlink::connect().expect("a second socket");
+            let listings = futures::future::join_all((0..8).map(|_| async {
+                let (routes, rules) = futures::join!(other.route_list(151), other.rule_list());
+                (
+                    routes.expect("concurrent route listing").len(),
+                    rules.expect("concurrent rule listing").len(),
+                )
+            }));
+            let mut listings = Box::pin(listings);
+            assert!(
+                futures::poll!(&mut listings).is_pending(),
+                "nothing can be answered before the connection runs"
+            );
+            tokio::spawn(conn);
+            let counts = listings.await;
+            assert!(counts.iter().all(|c| c.0 == many.len()), "{counts:?}");
+        },
+    );
+}

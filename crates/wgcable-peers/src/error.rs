@@ -2,6 +2,7 @@
 //! something, how. They never contain key material.
 
 use std::io;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use std::time::Duration;
 pub(crate) const INSTALL_HINT: &str = "load the wireguard kernel module (modprobe wireguard) \
      or install a userspace implementation: apt-get install wireguard-go \
      (or set WG_USERSPACE_IMPLEMENTATION to its path)";
+
+use crate::kernel::KernelRefusal;
 
 /// Errors of the WireGuard device backends.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,43 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// The kernel refused a request that is not an update (a read, the family lookup).
+    #[error("{op} WireGuard device {device} over generic netlink: the kernel refused")]
+    KernelRefused {
+        device: String,
+        op: &'static str,
+        #[source]
+        source: KernelRefusal,
+    },
+
+    /// The kernel refused one message of an update. The messages before it were applied (each
+    /// on its own), the ones after it were not sent; nothing was dropped silently.
+    #[error(
+        "configuring WireGuard device {device}: the kernel refused netlink message {} of \
+         {messages}, which carried {}; {}",
+        message + 1,
+        changes_text(changes),
+        applied_text(*message, *messages)
+    )]
+    KernelRejectedUpdate {
+        device: String,
+        /// Index of the refused message (0-based).
+        message: usize,
+        messages: usize,
+        /// Indices into the update's `peers` that the refused message carried (whole or in
+        /// part); one index when the kernel refused a single peer change.
+        changes: Range<usize>,
+        #[source]
+        source: KernelRefusal,
+    },
+
+    /// One peer change cannot be sent even in a netlink message of its own.
+    #[error(
+        "configuring WireGuard device {device}: peer change {change} of the update does not fit \
+         a netlink message even alone; nothing was sent"
+    )]
+    UpdateTooLarge { device: String, change: usize },
 
     #[error("the kernel reported WireGuard device {device} in a form we cannot read: {detail}")]
     KernelData { device: String, detail: String },
@@ -192,7 +232,7 @@ impl Error {
     }
 
     /// The device refused the configuration it was sent (bad argument, too large), as
-    /// opposed to being unreachable: retrying each change of a batch alone finds which one it
+    /// opposed to being unreachable: retrying the changes of a batch apart finds which one it
     /// refuses, so the others can still be applied.
     pub fn is_rejected_config(&self) -> bool {
         use nix::errno::Errno;
@@ -205,11 +245,45 @@ impl Error {
             Errno::ENOBUFS,
         ];
         match self {
-            Error::UapiRejected { .. } => true,
-            Error::Kernel { source, .. } => source
-                .raw_os_error()
+            Error::UapiRejected { .. } | Error::UpdateTooLarge { .. } => true,
+            Error::Kernel { .. }
+            | Error::KernelRefused { .. }
+            | Error::KernelRejectedUpdate { .. } => self
+                .errno()
                 .is_some_and(|code| CONTENT.contains(&Errno::from_raw(code))),
             _ => false,
+        }
+    }
+
+    /// The errno the kernel or a userspace implementation refused with, if it did.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::KernelRefused { source, .. } | Error::KernelRejectedUpdate { source, .. } => {
+                Some(source.errno)
+            }
+            Error::UapiRejected { errno, .. } => Some(*errno),
+            Error::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// The kernel's own reason (its extended-ack message) for refusing, if it gave one.
+    pub fn kernel_reason(&self) -> Option<&str> {
+        match self {
+            Error::KernelRefused { source, .. } | Error::KernelRejectedUpdate { source, .. } => {
+                source.reason.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// Which peer changes of the update (indices into `DeviceUpdate::peers`) the refusal is
+    /// about: retrying each of them alone isolates the one that is refused.
+    pub fn rejected_peer_changes(&self) -> Option<Range<usize>> {
+        match self {
+            Error::KernelRejectedUpdate { changes, .. } => Some(changes.clone()),
+            Error::UpdateTooLarge { change, .. } => Some(*change..*change + 1),
+            _ => None,
         }
     }
 
@@ -222,6 +296,23 @@ impl Error {
                 | Error::UserspaceNotFound { .. }
         )
     }
+}
+
+fn changes_text(changes: &Range<usize>) -> String {
+    match changes.len() {
+        0 => "no peer change (only the device's key or port)".to_owned(),
+        1 => format!("peer change {} of the update", changes.start),
+        _ => format!(
+            "peer changes {}..={} of the update",
+            changes.start,
+            changes.end - 1
+        ),
+    }
+}
+
+fn applied_text(message: usize, messages: usize) -> String {
+    let rest = messages - message - 1;
+    format!("the {message} message(s) before it were applied, the {rest} after it were not sent")
 }
 
 fn output_suffix(output: &str) -> String {

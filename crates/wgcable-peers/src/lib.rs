@@ -4,10 +4,13 @@
 //!
 //! # Map
 //! - [`WgDevice`]: the device seam, implemented by [`KernelDevice`] (a netlink link of kind
-//!   `wireguard`, configured over WireGuard's generic netlink via `wireguard_control`) and
+//!   `wireguard`, configured over WireGuard's generic netlink with messages built from `netlink_packet_wireguard`) and
 //!   [`UserspaceDevice`] (an implementation such as `wireguard-go` in its own process,
 //!   configured over its control socket with our own small UAPI client), and mocked as
 //!   `MockWgDevice` behind the `testing` feature. [`select_backend`] picks one.
+//! - Behind `testing`: `FakeWgDevice`, an in-memory device that behaves as the kernel does,
+//!   and `contract`, the one suite every backend passes (the fake without root, wireguard-go
+//!   in namespaces, the kernel in `cargo xtask vm test`), so the fake cannot drift.
 //! - Planning, no I/O: [`desired_peers`] (endpoints -> peers, refusing hostile or broken
 //!   endpoints one by one) and [`plan`] (observed device -> the minimal [`PeerPlan`], applied as
 //!   one [`DeviceUpdate`]). [`sync_peers`] is read, plan, apply once.
@@ -18,7 +21,7 @@
 //!   reconcile; all changes of a reconcile go to the device in one request.
 //! - Key material never appears in `Debug`, `Display`, errors or logs; the device status holds
 //!   the public key only.
-//! - Blocking I/O (UAPI socket, `wireguard_control`, `/proc`) runs on tokio's blocking pool.
+//! - Blocking I/O (UAPI socket, generic netlink, `/proc`) runs on tokio's blocking pool.
 //!
 //! # Userspace pitfalls, and what is done about them
 //! - The data plane must survive the gateway: `wireguard-go` is started without `-f` so it
@@ -30,7 +33,7 @@
 //!   distinct device names. [`select_backend`] refuses a live socket whose device has no link
 //!   in our network namespace rather than configure someone else's gateway.
 //! - A handshake time of 0 means "never" in both the kernel and the UAPI protocol;
-//!   `wireguard_control` and our UAPI client both map it to `None`.
+//!   the kernel backend and our UAPI client both map it to `None`.
 //! - Some implementations have rejected in-place peer updates. `wireguard-go` (the one this
 //!   crate is tested with) accepts them; an implementation that refuses answers with an errno,
 //!   which is returned as [`Error::UapiRejected`] with its meaning rather than retried as
@@ -43,8 +46,12 @@
 //! and the engine's own state. It spawns no long-running task.
 
 mod book;
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 mod device;
 mod error;
+#[cfg(any(test, feature = "testing"))]
+mod fake;
 mod kernel;
 mod plan;
 mod prefix;
@@ -63,7 +70,9 @@ pub use device::{
     PeerConfig, PeerStatus, WgDevice,
 };
 pub use error::Error;
-pub use kernel::KernelDevice;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{DeviceCall, FakeWgDevice};
+pub use kernel::{KernelDevice, KernelRefusal};
 pub use plan::{
     desired_peers, desired_peers_of, desired_peers_validated, plan, plan_peers, DesiredPeer,
     DesiredPeers, LocalPeerConfig, PeerCandidate, PeerError, PeerPlan, DEFAULT_LISTEN_PORT,

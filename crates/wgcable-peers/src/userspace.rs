@@ -622,17 +622,40 @@ mod tests {
         assert!(text.contains("exit status: 1"), "{text}");
     }
 
+    /// Deterministic whatever the CPU's speed: it asserts that the wait ends in a timeout and
+    /// not before the bound, never that the script got to print something within it (under a
+    /// slow CPU a shell may not even start in 200 ms; that made this test flaky). That the
+    /// first process's output reaches the error is proven by the test above, which waits for
+    /// the process to exit, and the timeout's message by the one below.
     #[tokio::test]
     async fn implementation_that_never_serves_times_out() {
         let dir = tempfile::tempdir().expect("tempdir");
         // Exits successfully without ever creating the socket.
-        let exe = script(dir.path(), "fake-wg", "echo started");
+        let exe = script(dir.path(), "fake-wg", "exit 0");
         let mut config = config_in(dir.path(), exe.into_os_string());
-        config.start_timeout = Duration::from_millis(200);
+        let bound = Duration::from_millis(200);
+        config.start_timeout = bound;
         let device = UserspaceDevice::new(config);
+        let started = std::time::Instant::now();
         let err = device.ensure("wgt0").await.expect_err("times out");
-        assert!(matches!(err, Error::UserspaceTimeout { .. }), "{err:?}");
-        assert!(err.to_string().contains("it said: started"), "{err}");
+        assert!(started.elapsed() >= bound, "gave up before its bound");
+        assert!(
+            matches!(err, Error::UserspaceTimeout { waited, .. } if waited == bound),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_timeout_says_what_the_implementation_printed() {
+        let err = Error::UserspaceTimeout {
+            device: "wgt0".to_owned(),
+            implementation: "/usr/bin/wireguard-go".into(),
+            socket: "/run/wireguard/wgt0.sock".into(),
+            waited: Duration::from_secs(5),
+            output: "started".to_owned(),
+        };
+        let text = err.to_string();
+        assert!(text.contains("within 5s; it said: started"), "{text}");
     }
 
     #[tokio::test]

@@ -1,9 +1,10 @@
 //! The userspace backend against the real `wireguard-go`.
 //!
-//! Each test runs in a thread of its own that enters a fresh network namespace AND a private
-//! mount namespace with a tmpfs on `/run/wireguard` (`/var/run` is a symlink to `/run`), so
-//! neither its links nor its control socket can meet anything else on the host. `wireguard-go`
-//! started from that thread inherits both namespaces.
+//! Each test runs in the shared harness (`wgcable_netlink::testing::isolated`): a thread of its
+//! own in a fresh network namespace AND a private mount namespace with a tmpfs on
+//! `/run/wireguard` (`/var/run` is a symlink to `/run`), so neither its links nor its control
+//! socket can meet anything else on the host. `wireguard-go` started from that thread inherits
+//! both namespaces.
 //!
 //! Needs root and `wireguard-go`; without them each test prints one line saying it was
 //! skipped - unless `CI` is set, where that is a failure.
@@ -11,17 +12,15 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::future::Future;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use ipnet::IpNet;
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 use wgcable_api::{Endpoint, EndpointSpec, NatEndpointInfo, BACKEND_WIREGUARD};
 use wgcable_keys::{PresharedKey, PrivateKey, PublicKey, DEFAULT_PSK};
+use wgcable_netlink::testing::{self, Isolation};
 use wgcable_netlink::{Netlink, RtNetlink};
 use wgcable_peers::{
     desired_peers, plan, BackendKind, BackendPreference, DesiredPeer, DeviceStatus, DeviceUpdate,
@@ -41,73 +40,26 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-fn skip(test: &str, reason: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: cannot run in CI: {reason}");
-    }
-    // Straight to stderr, past libtest's capture, so the skip is seen without --nocapture.
-    let _ = writeln!(std::io::stderr(), "skipped {test}: {reason}");
-}
-
-enum Outcome {
-    Ran,
-    Skipped(String),
-}
-
-/// Enters fresh network and mount namespaces (this thread only) with a private, empty
-/// `/run/wireguard`.
-fn isolate() -> Result<Option<String>> {
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS) {
-        return Ok(Some(format!("cannot create namespaces: {e}")));
-    }
-    // Our mounts must not propagate back to the host's mount namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("making / rprivate")?;
-    fs::create_dir_all("/run/wireguard").context("creating /run/wireguard")?;
-    mount(
-        Some("tmpfs"),
-        "/run/wireguard",
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )
-    .context("mounting a tmpfs on /run/wireguard")?;
-    Ok(None)
-}
-
-fn run_isolated<F, Fut>(test: &str, body: F)
+/// Runs `body` in fresh network and mount namespaces (the shared harness), after checking
+/// that wireguard-go is there.
+fn run_isolated<F, Fut>(test: &'static str, body: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<()>>,
 {
     if let Some(reason) = missing_prerequisite() {
-        skip(test, &reason);
+        testing::skip(test, &reason);
         return;
     }
-    let thread = std::thread::spawn(move || -> Result<Outcome> {
-        if let Some(reason) = isolate()? {
-            return Ok(Outcome::Skipped(reason));
-        }
-        // Built on this thread, so the runtime's blocking pool threads (spawned from it)
-        // share its namespaces.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building a runtime")?;
-        runtime.block_on(body())?;
-        Ok(Outcome::Ran)
-    });
-    match thread.join().expect("test thread panicked") {
-        Ok(Outcome::Ran) => {}
-        Ok(Outcome::Skipped(reason)) => skip(test, &reason),
-        Err(e) => panic!("{test}: {e:#}"),
-    }
+    testing::isolated(
+        test,
+        Isolation::with_run_wireguard(),
+        move |_netlink| async move {
+            if let Err(e) = body().await {
+                panic!("{test}: {e:#}");
+            }
+        },
+    );
 }
 
 /// Runs `steps`, then deletes the device whatever happened, so no wireguard-go is left behind.
@@ -551,6 +503,17 @@ fn auto_falls_back_to_userspace_on_this_kernel() {
             netlink.link_get(DEVICE).await?.is_none(),
             "link left behind"
         );
+        Ok(())
+    });
+}
+
+/// The device contract every backend passes (the fake, wireguard-go, the kernel in the VM).
+#[test]
+fn userspace_device_passes_the_device_contract() {
+    run_isolated("userspace_device_passes_the_device_contract", || async {
+        let netlink = Arc::new(netlink()?);
+        let device = UserspaceDevice::new(UserspaceConfig::from_env());
+        wgcable_peers::contract::device_contract(&device, &*netlink).await;
         Ok(())
     });
 }

@@ -12,6 +12,10 @@
 //! | 8 broker propagation | a remote Endpoint changed 100 times -> the new peer on the device: median, p99 | the real gateway with `--broker etcd` (3-member etcd) against the file broker (inotify), same run |
 //! | 9 broker cold start | a gateway starting against 1,000 Endpoints, to all peers configured | 1,000 etcd keys against 1,000 files, same run |
 //!
+//! `--vm` runs cases 1 and 7 in the VM of `cargo xtask vm`, where the gateway finds kernel
+//! WireGuard: cold sync kernel vs `wg setconf` on the same guest kernel, throughput kernel vs
+//! wireguard-go (see `vm`).
+//!
 //! Everything is built in release mode first (the build is not part of the time budget).
 //! All network work happens in namespaces of the `topology` module (unique names, removed on
 //! success, error and Ctrl-C; `cargo xtask e2e --cleanup` removes a crashed run's leftovers).
@@ -31,6 +35,7 @@ mod planner;
 mod scale;
 mod table;
 mod throughput;
+mod vm;
 
 use broker::*;
 use convergence::*;
@@ -44,7 +49,8 @@ use crate::cmd::{self, read};
 use crate::interrupt;
 use crate::topology::{self, Options, Topology};
 
-pub(crate) const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--case N[,N...]]";
+pub(crate) const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--case N[,N...]]
+       cargo xtask bench --vm [ARGS]   (cases 1 and 7 on kernel WireGuard, in the VM)";
 /// Remote clusters of cases 1 to 3 and 5.
 pub(crate) const PEERS: u32 = 1000;
 /// The peer counts whose footprint is measured.
@@ -69,6 +75,9 @@ pub(crate) fn push(samples: &mut Samples, name: &str, value: f64) {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    if args.first().is_some_and(|a| a == "--vm") {
+        return vm::run(&args[1..]);
+    }
     if crate::wants_help(args) {
         println!("{USAGE}");
         return Ok(());

@@ -13,6 +13,7 @@
 //! To add a scenario: a module with `pub(super) fn run(&mut Topology) -> Result<String>`
 //! (the string is what it measured) and a line in [`SCENARIOS`].
 
+mod backend;
 mod bad_input;
 mod cleanup;
 mod disconnect;
@@ -39,9 +40,11 @@ use helpers::*;
 use crate::interrupt;
 use crate::topology::{self, Options, Topology};
 
-const USAGE: &str = "usage: cargo xtask e2e [--keep] [--only NAME[,NAME...]] [--list]
+const USAGE: &str = "usage: cargo xtask e2e [--keep] [--only NAME[,NAME...]] [--list] [--backend B]
        cargo xtask e2e --cleanup
   --keep     leave the namespaces and gateways running at the end (for a look around)
+  --backend  auto (default), kernel or userspace: passed to every gateway (`cargo xtask vm
+             e2e` runs --backend kernel in a VM whose kernel has WireGuard)
   --only     run only these scenarios (see --list); they still share one topology
   --list     print the scenario names and exit
   --cleanup  remove leftovers of crashed e2e/demo runs (never while another run is going)";
@@ -59,6 +62,7 @@ type Scenario = fn(&mut Topology) -> Result<String>;
 /// Every scenario, in the order they run.
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("full-mesh", full_mesh::run),
+    ("backend", backend::run),
     ("ipv6", ipv6::run),
     ("metrics", metrics::run),
     ("disconnect", disconnect::run),
@@ -78,6 +82,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
 pub fn run(args: &[String]) -> Result<()> {
     let mut keep = false;
     let mut only: Option<Vec<String>> = None;
+    let mut backend = "auto".to_string();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -95,6 +100,10 @@ pub fn run(args: &[String]) -> Result<()> {
                 };
                 only = Some(list.split(',').map(str::to_string).collect());
             }
+            "--backend" => match args.next().map(String::as_str) {
+                Some(b @ ("auto" | "kernel" | "userspace")) => backend = b.to_string(),
+                _ => bail!("--backend needs auto, kernel or userspace\n{USAGE}"),
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -104,7 +113,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let selected = select(only.as_deref())?;
     interrupt::install()?;
-    let mut topo = match setup(keep) {
+    let mut topo = match setup(keep, &backend) {
         Ok(topo) => topo,
         Err(e) => {
             println!("FAIL setup: {e:#}");
@@ -165,15 +174,23 @@ fn select(only: Option<&[String]>) -> Result<Vec<(&'static str, Scenario)>> {
         .collect())
 }
 
-fn setup(keep: bool) -> Result<Topology> {
+fn setup(keep: bool, backend: &str) -> Result<Topology> {
     topology::check_prerequisites()?;
+    ensure!(
+        backend != "kernel" || topology::kernel_has_wireguard(),
+        "--backend kernel needs a kernel with WireGuard (this one has none: `cargo xtask vm e2e` \
+         runs the scenarios in a VM whose kernel has it)"
+    );
     let gateway_bin = topology::build_gateway()?;
+    let mut gateway_args: Vec<String> =
+        ["--resync-interval", "2s", "--status-interval", "1s", "-v"]
+            .map(String::from)
+            .to_vec();
+    gateway_args.extend(["--backend".to_string(), backend.to_string()]);
     Topology::build(Options {
         clusters: 3,
         gateway_bin,
-        gateway_args: ["--resync-interval", "2s", "--status-interval", "1s", "-v"]
-            .map(String::from)
-            .to_vec(),
+        gateway_args,
         keep,
     })
 }

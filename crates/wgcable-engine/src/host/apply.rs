@@ -230,22 +230,32 @@ async fn configure(
     }
     let mut pending: Vec<(Vec<PeerChange>, wgcable_peers::Error)> = vec![(update.peers, err)];
     while let Some((changes, err)) = pending.pop() {
-        if changes.len() == 1 {
-            let key = *changes[0].public_key();
+        // The kernel backend says which changes the refused message carried: the ones before
+        // were applied, the ones after were not sent. Without that, every change is a suspect.
+        let (suspects, untried) = match err.rejected_peer_changes() {
+            Some(r) if r.start < r.end && r.end <= changes.len() => {
+                (changes[r.clone()].to_vec(), changes[r.end..].to_vec())
+            }
+            _ => (changes, Vec::new()),
+        };
+        let mut batches = Vec::new();
+        if suspects.len() == 1 {
             applied.peer_failures.push(PeerFailure {
-                key,
+                key: *suspects[0].public_key(),
                 reason: crate::error::chain(&err),
             });
-            continue;
+        } else {
+            let right = suspects[suspects.len() / 2..].to_vec();
+            let left = suspects[..suspects.len() / 2].to_vec();
+            batches.extend([left, right]);
         }
-        let right = changes[changes.len() / 2..].to_vec();
-        let left = changes[..changes.len() / 2].to_vec();
-        for half in [left, right] {
+        batches.push(untried);
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
             applied.device_requests += 1;
             let part = DeviceUpdate {
                 private_key: None,
                 listen_port: None,
-                peers: half,
+                peers: batch,
             };
             match device.apply(name, &part).await {
                 Ok(()) => {}
