@@ -133,7 +133,10 @@ fn propagate(topo: &mut Topology, broker: &str, writer: &mut Writer) -> Result<V
                 t
             }
         };
-        watch.wait_for(|peers| peers.iter().any(|p| p == &key), WAIT)?;
+        if let Err(e) = watch.wait_for(|peers| peers.iter().any(|p| p == &key), WAIT) {
+            topo.print_log_tails(30);
+            return Err(e.context(format!("change {i} via {broker}")));
+        }
         if i > 0 {
             times.push(started.elapsed().as_secs_f64() * 1000.0);
         }
@@ -150,10 +153,12 @@ fn cold_start(topo: &mut Topology, broker: &str, writer: &mut Writer) -> Result<
         "file" => footprint::write_endpoints(&topo.broker_dir, COLD_ENDPOINTS)?,
         _ => {
             let staging = topo.run_dir.join("staging");
+            std::fs::create_dir_all(&staging)?;
             footprint::write_endpoints(&staging, COLD_ENDPOINTS)?;
             for i in 0..COLD_ENDPOINTS {
+                // The key names the cluster (`c<i>`, as in the file): another key is an impostor.
                 writer.put(
-                    &format!("/wgcable/endpoints/bench-c{i}"),
+                    &format!("/wgcable/endpoints/c{i}"),
                     &staging.join(format!("bench-c{i}.yaml")),
                 )?;
             }
@@ -162,7 +167,10 @@ fn cold_start(topo: &mut Topology, broker: &str, writer: &mut Writer) -> Result<
     let started = Instant::now();
     topo.start_gateway(0)?;
     let mut watch = PeerWatch::start(topo)?;
-    watch.wait_for(|peers| peers.len() == COLD_ENDPOINTS as usize, WAIT)?;
+    if let Err(e) = watch.wait_for(|peers| peers.len() == COLD_ENDPOINTS as usize, WAIT) {
+        topo.print_log_tails(30);
+        return Err(e.context(format!("cold start via {broker}")));
+    }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     drop(watch);
     topo.stop_gateway(0)?;
@@ -180,7 +188,7 @@ fn clear(topo: &mut Topology, writer: &mut Writer) -> Result<()> {
     if q.exists() {
         std::fs::remove_file(&q)?;
     }
-    writer.del_prefix("/wgcable/endpoints/bench-")?;
+    writer.del_prefix("/wgcable/endpoints/")?;
     let _ = cmd::output(&mut topo.gw(0, &topo.gateway_bin, ["cleanup"]));
     Ok(())
 }
