@@ -156,6 +156,40 @@ impl Connection {
     }
 }
 
+/// A connection as wgcable's `/connections` serves it: Submariner's [`Connection`] (its fields,
+/// names and values unchanged, so anything that reads Submariner's reads this) plus the
+/// cable's traffic figures, for which Submariner's type has no field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionReport {
+    #[serde(flatten)]
+    pub connection: Connection,
+
+    /// Bytes received from the peer, as the device counts them.
+    #[serde(rename = "rxBytes", default, skip_serializing_if = "Option::is_none")]
+    pub rx_bytes: Option<u64>,
+
+    /// Bytes sent to the peer.
+    #[serde(rename = "txBytes", default, skip_serializing_if = "Option::is_none")]
+    pub tx_bytes: Option<u64>,
+
+    /// Seconds since the last handshake with the peer; absent before the first.
+    #[serde(
+        rename = "lastHandshakeSeconds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_handshake_seconds: Option<f64>,
+}
+
+impl From<Connection> for ConnectionReport {
+    fn from(connection: Connection) -> Self {
+        ConnectionReport {
+            connection,
+            ..ConnectionReport::default()
+        }
+    }
+}
+
 /// What the engine hands a cable driver to connect to a remote endpoint: the endpoint plus
 /// the IP to reach it on and whether NAT is in the way (Submariner's `NATEndpointInfo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +202,35 @@ pub struct NatEndpointInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_is_a_submariner_connection_plus_traffic() {
+        let mut report =
+            ConnectionReport::from(Connection::new(EndpointSpec::default(), "192.0.2.1", false));
+        report
+            .connection
+            .set_status(ConnectionStatus::Connected, "ok");
+        let plain = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(
+            plain,
+            serde_json::to_value(&report.connection).expect("serializes"),
+            "without figures it is exactly Submariner's object"
+        );
+        report.rx_bytes = Some(7);
+        report.tx_bytes = Some(9);
+        report.last_handshake_seconds = Some(1.5);
+        let json = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(json["status"], "connected");
+        assert_eq!(json["usingIP"], "192.0.2.1");
+        assert_eq!(json["rxBytes"], 7);
+        assert_eq!(json["lastHandshakeSeconds"], 1.5);
+        let back: ConnectionReport = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, report);
+        // And a Connection reader reads it (unknown fields are ignored).
+        let as_submariner: Connection =
+            serde_json::from_value(serde_json::to_value(&report).expect("json")).expect("parses");
+        assert_eq!(as_submariner, report.connection);
+    }
 
     #[test]
     fn status_strings() {

@@ -61,3 +61,20 @@ impl ApiError {
         }
     }
 }
+
+/// An error and all its causes on one line, for logs and messages: `a: b: c`. A cause whose
+/// text its parent already ends with is not printed twice (some layers repeat their cause).
+/// The one formatter of the workspace: every crate above this one uses it.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = e.source();
+    }
+    out
+}

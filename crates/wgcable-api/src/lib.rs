@@ -25,7 +25,7 @@ mod policy;
 mod serde_util;
 mod validate;
 
-pub use connection::{Connection, ConnectionStatus, LatencyRtt, NatEndpointInfo};
+pub use connection::{Connection, ConnectionReport, ConnectionStatus, LatencyRtt, NatEndpointInfo};
 pub use endpoint::{
     ensure_valid_name, Endpoint, EndpointSpec, ObjectMeta, API_VERSION,
     BACKEND_CONFIG_INTERFACE_NAME, BACKEND_CONFIG_NATT_DISCOVERY_PORT,
@@ -33,7 +33,7 @@ pub use endpoint::{
     BACKEND_CONFIG_UDP_PORT, BACKEND_CONFIG_USING_LOADBALANCER, BACKEND_WIREGUARD, KIND_ENDPOINT,
     KIND_ENDPOINT_LIST, MAX_CLUSTER_ID_LEN,
 };
-pub use error::ApiError;
+pub use error::{error_chain, ApiError};
 pub use local::{local_endpoint, LocalEndpointConfig, CLUSTER_ID_LABEL};
 pub use parse::{
     endpoints_from_json_value, parse_endpoint, parse_endpoints, Format, FoundType, Known, Location,

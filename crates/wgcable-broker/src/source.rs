@@ -99,6 +99,22 @@ pub enum SourceEvent {
     Delete(ObjectKey),
     /// The source's health changed. Objects already delivered stay valid either way.
     Health(SourceHealth),
+    /// The source holds something at `key` that it will not read (for the file source: a
+    /// symlink, a FIFO, a device, a file name that is not `<cluster-id>.yaml`). It counts as
+    /// no object (a cluster whose object turns into this leaves); the event exists so the
+    /// refusal is counted and shown like every other, with the source's stable reason code.
+    Refused {
+        key: ObjectKey,
+        problem: SourceProblem,
+    },
+}
+
+/// Why a source refused to read an object: a stable reason code (a metrics label, e.g.
+/// `symlink`) and a message naming the rule, never the object's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceProblem {
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// What the gateway reports about itself each status interval (Submariner's Gateway object:
@@ -173,6 +189,14 @@ pub trait EndpointSource: Send + Sync + fmt::Debug {
     /// Removes the local cluster's Endpoint (`wgcable leave`): other gateways drop their
     /// tunnels to this cluster.
     async fn withdraw(&self, local: &Endpoint) -> Result<(), SourceError>;
+
+    /// The key at which [`publish`](Self::publish) puts the local Endpoint, when the source
+    /// knows it. Admission treats the object there as ours: it is compared with what was
+    /// published (and republished when it differs), never admitted as a remote; every other
+    /// object claiming the local cluster is refused.
+    fn own_key(&self) -> Option<ObjectKey> {
+        None
+    }
 
     /// Reports the gateway's status (see [`GatewayReport`]).
     async fn report(&self, _report: &GatewayReport) -> Result<(), SourceError> {

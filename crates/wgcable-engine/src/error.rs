@@ -113,18 +113,6 @@ impl Error {
     }
 }
 
-/// Formats an error and all its causes on one line, for logs: `a: b: c`.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let msg = e.to_string();
-        // Some layers repeat their cause in their own message; do not print it twice.
-        if !out.ends_with(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = e.source();
-    }
-    out
-}
+/// Formats an error and all its causes on one line, for logs: `a: b: c` (the workspace's one
+/// formatter, [`wgcable_api::error_chain`]).
+pub use wgcable_api::error_chain as chain;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wgcable_api::{Connection, Endpoint};
+use wgcable_api::{ConnectionReport, Endpoint};
 use wgcable_keys::KeyStore;
 use wgcable_metrics::{GatewayMetrics, GatewayState, HttpConfig};
 use wgcable_netlink::{Netlink, RtNetlink};
@@ -55,8 +55,8 @@ pub struct HealthCheckConfig {
 struct DriverView(Arc<WireGuardDriver>);
 
 impl GatewayState for DriverView {
-    fn connections(&self) -> Vec<Connection> {
-        self.0.last_connections()
+    fn connections(&self) -> Vec<ConnectionReport> {
+        self.0.last_reports()
     }
     fn ready(&self) -> bool {
         self.0.is_ready()

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
-use wgcable_api::Connection;
+use wgcable_api::ConnectionReport;
 
 use crate::{Error, GatewayMetrics};
 
@@ -54,7 +54,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// they must return quickly from a snapshot and never block on the reconcile loop.
 pub trait GatewayState: Send + Sync + 'static {
     /// The current connections, as `/connections` reports them.
-    fn connections(&self) -> Vec<Connection>;
+    fn connections(&self) -> Vec<ConnectionReport>;
     /// Whether the device is configured and the first reconcile is done (`/readyz`).
     fn ready(&self) -> bool;
 }
@@ -461,7 +461,7 @@ impl App {
             Route::Metrics => match self.metrics.encode_text() {
                 Ok(body) => with_type(StatusCode::OK, PROMETHEUS_TEXT_CONTENT_TYPE, body.into()),
                 Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "serving /metrics");
+                    tracing::warn!(error = %wgcable_api::error_chain(&error), "serving /metrics");
                     text(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "encoding metrics failed\n",
@@ -507,18 +507,6 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Res
     response
 }
 
-/// An error with its causes, for a log line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -528,7 +516,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
-    use wgcable_api::{ConnectionStatus, EndpointSpec};
+    use wgcable_api::{Connection, ConnectionStatus, EndpointSpec};
 
     use super::*;
     use crate::{names, prom_text, CableLabels};
@@ -538,11 +526,11 @@ mod tests {
 
     struct FakeState {
         ready: AtomicBool,
-        connections: Mutex<Vec<Connection>>,
+        connections: Mutex<Vec<ConnectionReport>>,
     }
 
     impl GatewayState for FakeState {
-        fn connections(&self) -> Vec<Connection> {
+        fn connections(&self) -> Vec<ConnectionReport> {
             self.connections.lock().expect("not poisoned").clone()
         }
         fn ready(&self) -> bool {
@@ -709,7 +697,7 @@ mod tests {
         .expect("the server closes the connection within the deadline");
     }
 
-    fn sample_connections() -> Vec<Connection> {
+    fn sample_connections() -> Vec<ConnectionReport> {
         let endpoint = EndpointSpec {
             cluster_id: "west".to_owned(),
             hostname: "gw-west".to_owned(),
@@ -717,16 +705,22 @@ mod tests {
             ..EndpointSpec::default()
         };
         vec![
-            Connection {
-                status: ConnectionStatus::Connected,
-                status_message: "Rx=10 Bytes, Tx=20 Bytes".to_owned(),
-                ..Connection::new(endpoint.clone(), "203.0.113.7", false)
+            ConnectionReport {
+                connection: Connection {
+                    status: ConnectionStatus::Connected,
+                    status_message: "Rx=10 Bytes, Tx=20 Bytes".to_owned(),
+                    ..Connection::new(endpoint.clone(), "203.0.113.7", false)
+                },
+                rx_bytes: Some(10),
+                tx_bytes: Some(20),
+                last_handshake_seconds: Some(3.0),
             },
             Connection {
                 status: ConnectionStatus::Error,
                 status_message: "no initial handshake".to_owned(),
                 ..Connection::new(endpoint, "203.0.113.7", true)
-            },
+            }
+            .into(),
         ]
     }
 

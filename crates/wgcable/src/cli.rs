@@ -743,9 +743,9 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// The error and its causes on one line (the engine's formatter, so there is one).
+/// The error and its causes on one line (the workspace's one formatter).
 fn chain(e: &KeyError) -> String {
-    wgcable_engine::chain(e)
+    wgcable_api::error_chain(e)
 }
 
 /// Checks, before clap parses, the environment variables behind the invoked subcommand's flags.

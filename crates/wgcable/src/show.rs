@@ -1,53 +1,35 @@
 //! `wgcable show`: asks a running gateway over its HTTP endpoint.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use wgcable_api::Connection;
+use wgcable_api::ConnectionReport;
 
 /// Prints the connections of the gateway at `url` (or `127.0.0.1:<port>`) as a table, or JSON.
 pub async fn connections(url: Option<&str>, port: u16, json: bool) -> anyhow::Result<()> {
     let authority = authority(url, port)?;
     let body = get(&authority, "/connections").await?;
-    let conns: Vec<Connection> = serde_json::from_slice(&body)
+    // Submariner's Connection objects, each with the cable's byte counters and handshake age
+    // beside it (`ConnectionReport`): one request, no metrics scraping.
+    let reports: Vec<ConnectionReport> = serde_json::from_slice(&body)
         .with_context(|| format!("decoding the connections served at http://{authority}"))?;
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&conns).context("encoding connections")?
+            serde_json::to_string_pretty(&reports).context("encoding connections")?
         );
         return Ok(());
     }
-    // Byte counters and handshake ages are not part of Submariner's Connection; they come
-    // from the same gateway's metrics.
-    let metrics = String::from_utf8_lossy(&get(&authority, "/metrics").await?).into_owned();
-    let extras = Extras {
-        rx: per_cluster(&metrics, "submariner_gateway_rx_bytes"),
-        tx: per_cluster(&metrics, "submariner_gateway_tx_bytes"),
-        handshake_age: per_cluster(
-            &metrics,
-            wgcable_metrics::names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS,
-        ),
-    };
-    print!("{}", render_connections(&conns, &extras));
+    print!("{}", render_connections(&reports));
     Ok(())
-}
-
-/// What the table shows besides the Connection objects, by remote cluster id.
-#[derive(Debug, Default)]
-struct Extras {
-    rx: BTreeMap<String, f64>,
-    tx: BTreeMap<String, f64>,
-    handshake_age: BTreeMap<String, f64>,
 }
 
 /// The table: `subctl show connections`' columns in its order, then wgcable's own; columns
 /// padded to their widest cell plus three spaces, as subctl's printer does.
-fn render_connections(conns: &[Connection], extras: &Extras) -> String {
+fn render_connections(reports: &[ConnectionReport]) -> String {
     let mut rows = vec![[
         "GATEWAY",
         "CLUSTER",
@@ -61,7 +43,8 @@ fn render_connections(conns: &[Connection], extras: &Extras) -> String {
         "RX/TX",
     ]
     .map(String::from)];
-    for c in conns {
+    for r in reports {
+        let c = &r.connection;
         let id = &c.endpoint.cluster_id;
         // subctl's choice: the IP in use, else the public IP of a NATed endpoint, else private.
         let (remote_ip, nat) = if !c.using_ip.is_empty() {
@@ -84,13 +67,11 @@ fn render_connections(conns: &[Connection], extras: &Extras) -> String {
                     .as_ref()
                     .map(|l| rtt(&l.average))
                     .unwrap_or_default(),
-                extras
-                    .handshake_age
-                    .get(id)
+                r.last_handshake_seconds
                     .map(|s| format!("{}s ago", s.round()))
                     .unwrap_or_else(|| "-".into()),
-                match (extras.rx.get(id), extras.tx.get(id)) {
-                    (Some(r), Some(t)) => format!("{}/{}", human_bytes(*r), human_bytes(*t)),
+                match (r.rx_bytes, r.tx_bytes) {
+                    (Some(rx), Some(tx)) => format!("{}/{}", human_bytes(rx), human_bytes(tx)),
                     _ => "-".into(),
                 },
             ]
@@ -110,7 +91,7 @@ fn render_connections(conns: &[Connection], extras: &Extras) -> String {
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }
-    if conns.is_empty() {
+    if reports.is_empty() {
         out.push_str("(no connections)\n");
     }
     out
@@ -235,35 +216,9 @@ pub fn endpoint(state_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `value` of the samples of `metric`, by their `remote_cluster` label.
-fn per_cluster(text: &str, metric: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(metric) else {
-            continue;
-        };
-        let Some(rest) = rest.strip_prefix('{') else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let Some(cluster) = labels
-            .split("\",")
-            .find_map(|kv| kv.trim_start_matches(',').strip_prefix("remote_cluster=\""))
-        else {
-            continue;
-        };
-        if let Ok(v) = value.trim().parse::<f64>() {
-            out.insert(cluster.trim_end_matches('"').to_string(), v);
-        }
-    }
-    out
-}
-
-fn human_bytes(b: f64) -> String {
+fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b;
+    let mut v = b as f64;
     let mut i = 0;
     while v >= 1024.0 && i < UNITS.len() - 1 {
         v /= 1024.0;
@@ -323,17 +278,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn per_cluster_reads_remote_cluster_label() {
-        let text = "# HELP x\nsubmariner_gateway_rx_bytes{cable_driver=\"wireguard\",local_cluster=\"a\",remote_cluster=\"b\",remote_hostname=\"h\"} 1234\n\
-                    submariner_gateway_rx_bytes{cable_driver=\"wireguard\",local_cluster=\"a\",remote_cluster=\"c\"} 5\n\
-                    submariner_gateway_tx_bytes{remote_cluster=\"b\"} 7\n";
-        let rx = per_cluster(text, "submariner_gateway_rx_bytes");
-        assert_eq!(rx.get("b"), Some(&1234.0));
-        assert_eq!(rx.get("c"), Some(&5.0));
-        assert_eq!(rx.len(), 2);
-    }
-
-    #[test]
     fn rtts_are_shown_with_three_significant_digits() {
         for (go, shown) in [
             ("501.202608ms", "501ms"),
@@ -374,8 +318,9 @@ mod tests {
 
     #[test]
     fn the_table_has_subctls_columns_first_and_ours_after() {
-        let conns: Vec<Connection> = serde_json::from_str(
+        let reports: Vec<ConnectionReport> = serde_json::from_str(
             r#"[{"status":"connected","statusMessage":"","usingIP":"192.168.77.12","usingNAT":false,
+                 "rxBytes":2048,"txBytes":512,"lastHandshakeSeconds":4.4,
                  "endpoint":{"cluster_id":"cluster-b","cable_name":"c","hostname":"gw-b",
                    "subnets":["10.202.0.0/16","fd00:202::/56"],"private_ip":"192.168.77.12",
                    "public_ip":"","nat_enabled":false,"backend":"wireguard"},
@@ -386,12 +331,7 @@ mod tests {
                    "public_ip":"203.0.113.13","nat_enabled":true,"backend":"wireguard"}}]"#,
         )
         .expect("connections");
-        let extras = Extras {
-            rx: [("cluster-b".to_string(), 2048.0)].into(),
-            tx: [("cluster-b".to_string(), 512.0)].into(),
-            handshake_age: [("cluster-b".to_string(), 4.4)].into(),
-        };
-        let table = render_connections(&conns, &extras);
+        let table = render_connections(&reports);
         let lines: Vec<&str> = table.lines().collect();
         let header: Vec<&str> = lines[0]
             .split("   ")
@@ -425,15 +365,15 @@ mod tests {
         assert!(!table.contains('\u{1b}'), "{table:?}");
         assert!(lines[2].starts_with("gw-c?[31m"), "{table}");
         assert_eq!(
-            render_connections(&[], &Extras::default()).lines().nth(1),
+            render_connections(&[]).lines().nth(1),
             Some("(no connections)")
         );
     }
 
     #[test]
     fn human_bytes_units() {
-        assert_eq!(human_bytes(512.0), "512B");
-        assert_eq!(human_bytes(2048.0), "2.0KiB");
-        assert_eq!(human_bytes(3.5 * 1024.0 * 1024.0), "3.5MiB");
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(2048), "2.0KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 + 512 * 1024), "3.5MiB");
     }
 }

@@ -706,16 +706,15 @@ fn fake_gateway(requests: usize) -> (u16, std::thread::JoinHandle<()>) {
             while reader.read_line(&mut line).expect("read") > 2 {
                 line.clear();
             }
-            let body = if request_line.contains("/connections") {
-                r#"[{"status":"connected","statusMessage":"","usingIP":"192.168.77.12","usingNAT":false,
+            // `show connections` asks for /connections only: the traffic figures come with
+            // each connection, not from scraping /metrics.
+            assert!(request_line.contains("/connections"), "{request_line}");
+            let body = r#"[{"status":"connected","statusMessage":"","usingIP":"192.168.77.12","usingNAT":false,
                     "endpoint":{"cluster_id":"cluster-b","cable_name":"c","hostname":"gw-b",
                     "subnets":["10.202.0.0/16"],"private_ip":"192.168.77.12","public_ip":"",
                     "nat_enabled":false,"backend":"wireguard"},
-                    "latencyRTT":{"last":"1ms","min":"1ms","average":"501.202608ms","max":"1s","stdDev":"1ms"}}]"#
-            } else {
-                "submariner_gateway_rx_bytes{remote_cluster=\"cluster-b\"} 2048\n\
-                 submariner_gateway_tx_bytes{remote_cluster=\"cluster-b\"} 1024\n"
-            };
+                    "latencyRTT":{"last":"1ms","min":"1ms","average":"501.202608ms","max":"1s","stdDev":"1ms"},
+                    "rxBytes":2048,"txBytes":1024,"lastHandshakeSeconds":3.2}]"#;
             let mut stream = stream;
             write!(
                 stream,
@@ -731,7 +730,7 @@ fn fake_gateway(requests: usize) -> (u16, std::thread::JoinHandle<()>) {
 
 #[test]
 fn show_connections_prints_subctls_columns_at_host_port() {
-    let (port, server) = fake_gateway(2);
+    let (port, server) = fake_gateway(1);
     let url = format!("127.0.0.1:{port}");
     let out = wgcable(&["show", "connections", "--url", &url]);
     server.join().expect("server");

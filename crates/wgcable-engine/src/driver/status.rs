@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use wgcable_api::{Connection, ConnectionStatus};
+use wgcable_api::{Connection, ConnectionReport, ConnectionStatus};
 use wgcable_keys::PublicKey;
 use wgcable_metrics::CableLabels;
 use wgcable_peers::{DeviceStatus, PeerStatus};
@@ -16,22 +16,10 @@ use crate::config::CABLE_DRIVER_NAME;
 use crate::health::HealthKey;
 use crate::Error;
 
-/// Traffic and handshake figures of one connection, beside its Submariner `Connection`
-/// (which has no field for them).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CableStats {
-    pub cluster_id: String,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    /// Seconds since the last handshake; `None` before the first.
-    pub last_handshake_age: Option<f64>,
-}
-
 /// What the HTTP server reads without waiting on a reconcile.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
-    pub connections: Arc<Vec<Connection>>,
-    pub stats: Arc<Vec<CableStats>>,
+    pub reports: Arc<Vec<ConnectionReport>>,
     pub ready: bool,
 }
 
@@ -53,28 +41,27 @@ impl WireGuardDriver {
             .read(name)
             .await
             .map_err(Error::device(format!("reading WireGuard device {name}")))?;
-        let (conns, stats) = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
-        let conns = Arc::new(conns);
+        let reports = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
+        let conns = Arc::new(reports.iter().map(|r| r.connection.clone()).collect());
         if let Ok(mut s) = self.snapshot.lock() {
-            s.connections = conns.clone();
-            s.stats = Arc::new(stats);
+            s.reports = Arc::new(reports);
         }
         Ok(conns)
     }
 
-    /// The last judged connections, without waiting for a reconcile (for the HTTP server).
+    /// The last judged connections, without waiting for a reconcile.
     pub fn last_connections(&self) -> Vec<Connection> {
-        self.snapshot
-            .lock()
-            .map(|s| s.connections.as_ref().clone())
-            .unwrap_or_default()
+        self.last_reports()
+            .into_iter()
+            .map(|r| r.connection)
+            .collect()
     }
 
-    /// The traffic and handshake figures of the last judged connections.
-    pub fn last_stats(&self) -> Vec<CableStats> {
+    /// The last judged connections with their traffic figures (what `/connections` serves).
+    pub fn last_reports(&self) -> Vec<ConnectionReport> {
         self.snapshot
             .lock()
-            .map(|s| s.stats.as_ref().clone())
+            .map(|s| s.reports.as_ref().clone())
             .unwrap_or_default()
     }
 
@@ -101,12 +88,11 @@ impl WireGuardDriver {
         st: &mut State,
         observed: Option<&DeviceStatus>,
         now: SystemTime,
-    ) -> (Vec<Connection>, Vec<CableStats>) {
+    ) -> Vec<ConnectionReport> {
         let by_key: HashMap<PublicKey, &PeerStatus> = observed
             .map(|d| d.peers.iter().map(|p| (p.config.public_key, p)).collect())
             .unwrap_or_default();
-        let mut out = Vec::with_capacity(st.remotes.len());
-        let mut stats = Vec::with_capacity(st.remotes.len());
+        let mut out: Vec<ConnectionReport> = Vec::with_capacity(st.remotes.len());
         for (cluster, remote) in &st.remotes {
             let mut conn = Connection {
                 status: ConnectionStatus::Error,
@@ -120,7 +106,7 @@ impl WireGuardDriver {
                 if let Some(reason) = st.book.refusal(cluster) {
                     conn.status_message = format!("refused: {}", crate::error::chain(reason));
                 }
-                out.push(conn);
+                out.push(conn.into());
                 continue;
             };
             let key = peer.config.public_key;
@@ -131,7 +117,7 @@ impl WireGuardDriver {
                 } else {
                     "the WireGuard device is missing; it is created again at the next resync".into()
                 };
-                out.push(conn);
+                out.push(conn.into());
                 continue;
             };
             let labels = self.labels(remote);
@@ -192,12 +178,6 @@ impl WireGuardDriver {
                     last_handshake_age: age,
                 },
             );
-            stats.push(CableStats {
-                cluster_id: cluster.clone(),
-                rx_bytes: status.rx_bytes,
-                tx_bytes: status.tx_bytes,
-                last_handshake_age: age,
-            });
             st.tracked.insert(
                 cluster.clone(),
                 Tracked {
@@ -207,9 +187,14 @@ impl WireGuardDriver {
                     reported: conn.status,
                 },
             );
-            out.push(conn);
+            out.push(ConnectionReport {
+                connection: conn,
+                rx_bytes: Some(status.rx_bytes),
+                tx_bytes: Some(status.tx_bytes),
+                last_handshake_seconds: age,
+            });
         }
-        (out, stats)
+        out
     }
 }
 
