@@ -19,6 +19,9 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// Keys live under `<prefix>/endpoints/<cluster-id>`. Default `/wgcable`.
     pub prefix: String,
+    /// This gateway's cluster id (`--cluster-id`): its key is the one it writes, and the one
+    /// admission compares with what it published (`EndpointSource::own_key`).
+    pub local_cluster: Option<String>,
     /// The CA that signed the members' server certificates (`--etcd-cacert`).
     pub cacert: Option<PathBuf>,
     /// The client certificate (`--etcd-cert`), with its key (`--etcd-key`): both or neither.
@@ -59,6 +62,7 @@ impl EtcdConfig {
         EtcdConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             prefix: DEFAULT_PREFIX.to_string(),
+            local_cluster: None,
             cacert: None,
             cert: None,
             key: None,
@@ -98,6 +102,9 @@ impl EtcdConfig {
     /// together, limits. Files are read by [`EtcdConfig::check_files`].
     pub fn validate(&self) -> Result<Layout, Error> {
         let layout = Layout::new(&self.prefix)?;
+        if let Some(id) = &self.local_cluster {
+            layout.key_of(id)?;
+        }
         let config = |what: String| Err(Error::Config { what });
         if self.endpoints.is_empty() {
             return config("--etcd-endpoints: give at least one etcd client URL (for example http://10.0.0.1:2379)".into());

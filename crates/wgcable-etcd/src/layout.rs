@@ -125,11 +125,29 @@ pub fn is_dns_label(id: &str) -> bool {
 /// written by whoever can write to etcd, so it is treated like any untrusted input; only its
 /// shape is shown, in quotes.
 pub fn printable(key: &[u8], max: usize) -> String {
-    let mut out = String::from("\"");
+    let (text, cut) = escape(key, max);
+    match cut {
+        false => format!("\"{text}\""),
+        true => format!("\"{text}...\" ({} bytes)", key.len()),
+    }
+}
+
+/// A key outside the layout as the object key it is refused under: escaped as [`printable`]
+/// does, without quotes, cut with `... (N bytes)`.
+pub fn refused_key(key: &[u8]) -> String {
+    match escape(key, MAX_SHOWN_KEY_CHARS) {
+        (text, false) => text,
+        (text, true) => format!("{text}... ({} bytes)", key.len()),
+    }
+}
+
+/// Printable ASCII kept (quotes and backslashes escaped), every other byte as `\xNN`, at most
+/// `max` bytes of the key; true when cut.
+fn escape(key: &[u8], max: usize) -> (String, bool) {
+    let mut out = String::new();
     for (shown, &b) in key.iter().enumerate() {
         if shown >= max {
-            let _ = write!(out, "...\" ({} bytes)", key.len());
-            return out;
+            return (out, true);
         }
         match b {
             b'"' | b'\\' => {
@@ -142,8 +160,7 @@ pub fn printable(key: &[u8], max: usize) -> String {
             }
         }
     }
-    out.push('"');
-    out
+    (out, false)
 }
 
 /// [`printable`] with the default cut.
@@ -247,5 +264,7 @@ mod tests {
         let shown = show_key(&huge);
         assert!(shown.len() < 200, "{}", shown.len());
         assert!(shown.ends_with("...\" (10000 bytes)"), "{shown}");
+        assert_eq!(refused_key(b"/w/endpoints/A\n"), "/w/endpoints/A\\x0a");
+        assert!(refused_key(&huge).ends_with("... (10000 bytes)"));
     }
 }

@@ -6,8 +6,10 @@
 //! or JSON; this source writes YAML). Only keys that match the layout exactly, with a DNS-label
 //! cluster id, are delivered; the key binds the value to that cluster (`bound_cluster`), its
 //! `create_revision` is the object's creation order and its `mod_revision` its version. Other
-//! keys under `<prefix>/endpoints/` are logged by key (made printable, never their value),
-//! counted ([`EtcdStats::ignored_keys`]) and ignored.
+//! keys under `<prefix>/endpoints/` are reported as `SourceEvent::Refused` (reason
+//! `key_layout`, the key made printable, never the value; once per key, and a `Delete` when
+//! the key goes), counted ([`EtcdStats::ignored_keys`]) and never delivered. The local
+//! cluster's key (`EtcdConfig::local_cluster`) is the source's `own_key`.
 //!
 //! **Fetch only.** Values are handed on as bytes (cut to the admission size limit plus one
 //! byte); parsing, validation and conflict rules are the admission layer's, the same for every

@@ -11,7 +11,7 @@ use etcd_client::{
 use futures::stream::BoxStream;
 use tokio::sync::{Mutex, OnceCell};
 use wgcable_api::Endpoint;
-use wgcable_broker::{EndpointSource, Role, SourceError, SourceEvent};
+use wgcable_broker::{EndpointSource, ObjectKey, Role, SourceError, SourceEvent};
 
 use crate::config::EtcdConfig;
 use crate::layout::Layout;
@@ -145,6 +145,10 @@ impl EtcdSource {
     /// Checks the configuration (no I/O; [`EndpointSource::preflight`] reads the TLS files).
     pub fn new(config: EtcdConfig) -> Result<EtcdSource, Error> {
         let layout = config.validate()?;
+        let own_key = match &config.local_cluster {
+            Some(id) => Some(layout.key_of(id)?),
+            None => None,
+        };
         let limits = Limits {
             max_value_bytes: config.max_value_bytes,
             max_objects: config.max_objects,
@@ -157,7 +161,7 @@ impl EtcdSource {
                 limits,
                 client: OnceCell::new(),
                 publisher: Mutex::new(Publisher::default()),
-                own_key: StdMutex::new(None),
+                own_key: StdMutex::new(own_key),
                 stats: Stats::default(),
             }),
         })
@@ -224,6 +228,10 @@ impl EndpointSource for EtcdSource {
         // connection will); connects to nothing.
         self.shared.client().await?;
         Ok(())
+    }
+
+    fn own_key(&self) -> Option<ObjectKey> {
+        self.shared.own_key().map(ObjectKey)
     }
 
     fn watch(&self) -> BoxStream<'static, SourceEvent> {

@@ -2,12 +2,14 @@
 //! listing or a watch event turns into. No I/O and no clock; the async layer
 //! ([`crate::watch`]) feeds it what etcd sent.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
 
-use wgcable_broker::{Format, ObjectKey, RawObject, SourceEvent};
+use wgcable_broker::{Format, ObjectKey, RawObject, SourceEvent, SourceProblem};
 
-use crate::layout::{show_key, Layout};
+use crate::layout::{refused_key, show_key, Layout};
+
+/// The reason code of a key outside the layout (a metrics label).
+pub(crate) const REFUSED_LAYOUT: &str = "key_layout";
 
 /// A key and value as etcd returned them (the value already cut to the value limit + 1).
 #[derive(Clone, PartialEq, Eq)]
@@ -88,8 +90,9 @@ pub(crate) struct Tracker {
     total: usize,
     /// Keys seen that do not match the layout, counted each time one is seen.
     ignored: u64,
-    /// Keys of the last call that were ignored, printable, for the caller to log.
-    just_ignored: Vec<String>,
+    /// The keys outside the layout that etcd holds now, as refused (printable), each
+    /// reported once.
+    refused: BTreeSet<String>,
 }
 
 impl Tracker {
@@ -101,7 +104,7 @@ impl Tracker {
             live: BTreeMap::new(),
             total: 0,
             ignored: 0,
-            just_ignored: Vec::new(),
+            refused: BTreeSet::new(),
         }
     }
 
@@ -127,19 +130,23 @@ impl Tracker {
         self.live.len()
     }
 
-    /// The keys ignored by the last call, printable, to log.
-    pub fn take_ignored(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.just_ignored)
-    }
-
-    /// A full listing at `revision` becomes a snapshot; on success, the tracker holds exactly
-    /// what it lists. Over the limits, nothing changes (what was delivered stays).
-    pub fn snapshot(&mut self, kvs: Vec<Kv>, revision: i64) -> Result<SourceEvent, OverLimit> {
+    /// A full listing at `revision` becomes a snapshot, followed by a refusal for every key
+    /// outside the layout (a snapshot stands for everything the source holds, refusals
+    /// included). On success the tracker holds exactly what it lists; over the limits,
+    /// nothing changes (what was delivered stays).
+    pub fn snapshot(&mut self, kvs: Vec<Kv>, revision: i64) -> Result<Vec<SourceEvent>, OverLimit> {
         let mut live = BTreeMap::new();
         let mut total = 0usize;
         let mut objects = Vec::new();
+        let mut refused = BTreeSet::new();
         for kv in kvs {
-            let Some(raw) = self.raw(kv) else { continue };
+            let raw = match self.raw(kv) {
+                Ok(raw) => raw,
+                Err(key) => {
+                    refused.insert(key);
+                    continue;
+                }
+            };
             total += raw.bytes.len();
             live.insert(
                 raw.key.0.clone(),
@@ -154,19 +161,24 @@ impl Tracker {
         self.live = live;
         self.total = total;
         self.revision = revision;
-        Ok(SourceEvent::Snapshot(objects))
+        let mut events = vec![SourceEvent::Snapshot(objects)];
+        events.extend(refused.iter().cloned().map(refusal));
+        self.refused = refused;
+        Ok(events)
     }
 
-    /// One watch event. `None` when there is nothing to tell: a key outside the layout, a
-    /// replay of something already delivered (a resumed watch may repeat the revision it was
-    /// cut in), the deletion of a key never delivered.
+    /// One watch event. `None` when there is nothing to tell: a replay of something already
+    /// delivered (a resumed watch may repeat the revision it was cut in), the deletion of a key
+    /// never delivered, a key outside the layout already refused.
     pub fn change(&mut self, change: Change) -> Result<Option<SourceEvent>, OverLimit> {
         match change {
             Change::Put(kv) => {
                 let revision = kv.mod_revision;
                 self.seen(revision);
-                let Some(raw) = self.raw(kv) else {
-                    return Ok(None);
+                let raw = match self.raw(kv) {
+                    Ok(raw) => raw,
+                    Err(key) if self.refused.insert(key.clone()) => return Ok(Some(refusal(key))),
+                    Err(_) => return Ok(None),
                 };
                 let old = self.live.get(&raw.key.0).copied();
                 if old.is_some_and(|h| h.mod_revision >= revision) {
@@ -188,7 +200,15 @@ impl Tracker {
             }
             Change::Delete { key, revision } => {
                 self.seen(revision);
-                // A key never delivered (outside the layout, or already gone) is not news.
+                if self.layout.cluster_of(&key).is_none() {
+                    // A refused key that goes: its refusal goes too.
+                    let shown = refused_key(&key);
+                    return Ok(self
+                        .refused
+                        .remove(&shown)
+                        .then_some(SourceEvent::Delete(ObjectKey(shown))));
+                }
+                // A key never delivered (or already gone) is not news.
                 let Ok(key) = String::from_utf8(key) else {
                     return Ok(None);
                 };
@@ -239,16 +259,16 @@ impl Tracker {
         Ok(())
     }
 
-    /// A key of the layout becomes a raw object; any other key is counted and `None`.
-    fn raw(&mut self, kv: Kv) -> Option<RawObject> {
+    /// A key of the layout becomes a raw object; any other key is counted and returned as
+    /// the printable key it is refused under.
+    fn raw(&mut self, kv: Kv) -> Result<RawObject, String> {
         let Some(cluster) = self.layout.cluster_of(&kv.key) else {
             self.ignored += 1;
-            self.just_ignored.push(show_key(&kv.key));
-            return None;
+            return Err(refused_key(&kv.key));
         };
         let key = String::from_utf8(kv.key).expect("cluster_of accepts only UTF-8 keys");
         let bytes = cut(kv.value, self.limits.max_value_bytes);
-        Some(RawObject {
+        Ok(RawObject {
             key: ObjectKey(key),
             bound_cluster: Some(cluster),
             format: sniff(&bytes),
@@ -256,6 +276,16 @@ impl Tracker {
             created: u64::try_from(kv.create_revision).ok(),
             version: Some(kv.mod_revision.to_string()),
         })
+    }
+}
+
+fn refusal(key: String) -> SourceEvent {
+    SourceEvent::Refused {
+        key: ObjectKey(key),
+        problem: SourceProblem {
+            reason: REFUSED_LAYOUT,
+            message: "the key does not match the layout <prefix>/endpoints/<cluster-id> (the cluster id a DNS label); it is ignored".into(),
+        },
     }
 }
 
@@ -272,48 +302,6 @@ pub(crate) fn sniff(bytes: &[u8]) -> Format {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Format::Json,
         _ => Format::Yaml,
-    }
-}
-
-/// At most `max` warnings per `window`; the rest are counted and reported with the next one
-/// let through. A hostile writer can create keys much faster than anyone can read logs.
-#[derive(Debug)]
-pub(crate) struct WarnLimiter {
-    window: Duration,
-    max: u32,
-    start: Option<Instant>,
-    count: u32,
-    suppressed: u64,
-}
-
-impl WarnLimiter {
-    pub fn new(window: Duration, max: u32) -> WarnLimiter {
-        WarnLimiter {
-            window,
-            max,
-            start: None,
-            count: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(n)`: log now, mentioning the `n` suppressed since the last one let through.
-    /// `None`: stay quiet.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .start
-            .is_none_or(|s| now.saturating_duration_since(s) >= self.window)
-        {
-            self.start = Some(now);
-            self.count = 0;
-        }
-        if self.count < self.max {
-            self.count += 1;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
     }
 }
 
@@ -361,7 +349,7 @@ mod tests {
     #[test]
     fn a_listing_becomes_a_snapshot_of_the_layout_keys_only() {
         let mut t = tracker();
-        let ev = t
+        let evs = t
             .snapshot(
                 vec![
                     kv("/w/endpoints/a", b"spec: {}", 5, 7),
@@ -372,9 +360,20 @@ mod tests {
                 9,
             )
             .expect("within limits");
-        let SourceEvent::Snapshot(objects) = ev else {
-            panic!("not a snapshot")
+        let [SourceEvent::Snapshot(objects), refusals @ ..] = evs.as_slice() else {
+            panic!("not a snapshot first: {evs:?}")
         };
+        let refused: Vec<&str> = refusals
+            .iter()
+            .map(|e| match e {
+                SourceEvent::Refused { key, problem } => {
+                    assert_eq!(problem.reason, REFUSED_LAYOUT);
+                    key.0.as_str()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(refused, ["/w/endpoints/B", "/w/endpoints/b/extra"]);
         let keys: Vec<_> = objects.iter().map(|o| o.key.0.as_str()).collect();
         assert_eq!(keys, ["/w/endpoints/a", "/w/endpoints/c"]);
         assert_eq!(objects[0].bound_cluster.as_deref(), Some("a"));
@@ -384,11 +383,23 @@ mod tests {
         assert_eq!(objects[1].format, Format::Json);
         assert_eq!(t.revision(), 9);
         assert_eq!(t.ignored(), 2);
+        // A refused key is reported once, and its deletion takes the refusal away.
+        assert_eq!(t.change(put("/w/endpoints/B", b"y", 10)).expect("ok"), None);
+        assert!(matches!(
+            t.change(put("/w/endpoints/D_", b"y", 11)).expect("ok"),
+            Some(SourceEvent::Refused { .. })
+        ));
         assert_eq!(
-            t.take_ignored(),
-            [r#""/w/endpoints/B""#, r#""/w/endpoints/b/extra""#]
+            t.change(del("/w/endpoints/B", 12)).expect("ok"),
+            Some(SourceEvent::Delete(ObjectKey("/w/endpoints/B".into())))
         );
-        assert!(t.take_ignored().is_empty());
+        assert_eq!(t.change(del("/w/endpoints/B", 13)).expect("ok"), None);
+        assert_eq!(t.ignored(), 4, "counted at each sighting");
+        // A new listing reports every refused key it holds again.
+        let evs = t
+            .snapshot(vec![kv("/w/endpoints/D_", b"y", 11, 11)], 14)
+            .expect("ok");
+        assert_eq!(evs.len(), 2, "{evs:?}");
     }
 
     #[test]
@@ -481,17 +492,5 @@ mod tests {
         let text = format!("{:?}", kv("/w/endpoints/a", b"private-key-bytes", 1, 1));
         assert!(!text.contains("private-key-bytes"), "{text}");
         assert!(text.contains("<17 bytes>"), "{text}");
-    }
-
-    #[test]
-    fn warnings_are_rate_limited() {
-        let mut w = WarnLimiter::new(Duration::from_secs(60), 2);
-        let t0 = Instant::now();
-        assert_eq!(w.allow(t0), Some(0));
-        assert_eq!(w.allow(t0), Some(0));
-        assert_eq!(w.allow(t0 + Duration::from_secs(1)), None);
-        assert_eq!(w.allow(t0 + Duration::from_secs(2)), None);
-        assert_eq!(w.allow(t0 + Duration::from_secs(61)), Some(2));
-        assert_eq!(w.allow(t0 + Duration::from_secs(62)), Some(0));
     }
 }

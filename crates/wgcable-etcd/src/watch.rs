@@ -29,7 +29,7 @@ use wgcable_broker::{SourceEvent, SourceHealth};
 
 use crate::publish;
 use crate::source::Shared;
-use crate::tracker::{cut, unreadable_value, Change, Kv, OverLimit, Tracker, WarnLimiter};
+use crate::tracker::{cut, unreadable_value, Change, Kv, OverLimit, Tracker};
 use crate::Error;
 
 /// Keys fetched per listing request at first; halved when a page is too large to receive.
@@ -83,7 +83,6 @@ pub(crate) struct Watcher {
     /// Consecutive failures, for the backoff.
     failures: u32,
     active: Option<Active>,
-    ignored_warnings: WarnLimiter,
 }
 
 impl Watcher {
@@ -97,7 +96,6 @@ impl Watcher {
             reported: None,
             failures: 0,
             active: None,
-            ignored_warnings: WarnLimiter::new(Duration::from_secs(60), 10),
         }
     }
 
@@ -180,7 +178,7 @@ impl Watcher {
         self.log_ignored();
         let snapshot = snapshot?;
         self.healthy();
-        self.pending.push_back(snapshot);
+        self.pending.extend(snapshot);
         self.flush_publish(&mut kv).await;
         Ok(())
     }
@@ -361,19 +359,13 @@ impl Watcher {
         }
     }
 
+    /// Keys outside the layout are reported as `Refused` events (admission logs and counts
+    /// them, rate-limited); the source keeps its own count.
     fn log_ignored(&mut self) {
-        let now = std::time::Instant::now();
-        let ignored = self.tracker.take_ignored();
         self.shared
             .stats
             .ignored_keys
             .store(self.tracker.ignored(), Ordering::Relaxed);
-        for key in ignored {
-            if let Some(suppressed) = self.ignored_warnings.allow(now) {
-                tracing::warn!(key = %key, suppressed,
-                    "ignored an etcd key that does not match the layout <prefix>/endpoints/<cluster-id> (cluster id: a DNS label)");
-            }
-        }
     }
 }
 

@@ -584,6 +584,21 @@ fn hostile_values_are_handed_on_bounded() -> Result<()> {
         2,
         "UPPER and a/b; /elsewhere is not ours"
     );
+    // Keys outside the layout follow the snapshot as refusals, named by key.
+    let mut refused = Vec::new();
+    while refused.len() < 2 {
+        match w.next(WAIT)? {
+            SourceEvent::Refused { key, problem } => {
+                assert_eq!(problem.reason, "key_layout");
+                refused.push(key.0);
+            }
+            other => panic!("expected the refusals, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        refused,
+        [key("UPPER"), "/wgcable/endpoints/a/b".to_string()]
+    );
 
     // ... and after (seen by the watch; the enormous one breaks the stream, then a listing).
     writer.put(&key("huge2"), vec![b'x'; 2 * 1024 * 1024])?;
@@ -604,6 +619,15 @@ fn hostile_values_are_handed_on_bounded() -> Result<()> {
         .context("enormous2")?;
     assert_eq!(e2.bytes.len(), limit + 1);
     cluster.put(&key("BAD2"), b"x")?;
+    w.until(
+        "BAD2 refused",
+        WAIT,
+        |ev| matches!(ev, SourceEvent::Refused { key: k, .. } if k.0 == key("BAD2")),
+    )?;
+    cluster.ctl(["del", &key("BAD2")])?;
+    w.until("BAD2's refusal gone", WAIT, |ev| {
+        *ev == SourceEvent::Delete(ObjectKey(key("BAD2")))
+    })?;
     cluster.put(&key("last"), b"last")?;
     w.until(
         "last",
