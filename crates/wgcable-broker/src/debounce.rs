@@ -68,6 +68,10 @@ impl Batch {
 /// latest `config.max_wait` after its first event, so a source that never stops changing still
 /// yields one batch per `max_wait`, each with the latest state of every object. The batch in
 /// progress is delivered when the source ends. Uses tokio's clock (paused time in tests).
+///
+/// A batch that holds a snapshot closes as soon as no further event is ready: a snapshot is
+/// complete already, and waiting for quiet would only delay a gateway's start (or the catch-up
+/// after a relist) by up to `max_wait` while other gateways keep publishing.
 pub fn debounce(
     events: BoxStream<'static, SourceEvent>,
     config: DebounceConfig,
@@ -77,13 +81,20 @@ pub fn debounce(
         let first = events.next().await?;
         let mut batch = Batch::default();
         batch.fold(first);
+        let window = |batch: &Batch| {
+            if batch.snapshot {
+                std::time::Duration::ZERO
+            } else {
+                config.window
+            }
+        };
         let hard = Instant::now() + config.max_wait;
-        let mut quiet = Instant::now() + config.window;
+        let mut quiet = Instant::now() + window(&batch);
         loop {
             match tokio::time::timeout_at(quiet.min(hard), events.next()).await {
                 Ok(Some(event)) => {
                     batch.fold(event);
-                    quiet = Instant::now() + config.window;
+                    quiet = Instant::now() + window(&batch);
                 }
                 // The source ended: deliver what there is, then end.
                 Ok(None) => return Some((batch, None)),
@@ -117,6 +128,28 @@ mod tests {
             window: Duration::from_millis(100),
             max_wait: Duration::from_secs(1),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_is_delivered_at_once() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let mut batches = debounce(rx.boxed(), config());
+        tx.unbounded_send(SourceEvent::Snapshot(vec![raw("a.yaml", "0")]))
+            .expect("send");
+        tx.unbounded_send(SourceEvent::Apply(raw("b.yaml", "0")))
+            .expect("send");
+        let start = Instant::now();
+        let batch = batches.next().await.expect("a batch");
+        assert_eq!(start.elapsed(), Duration::ZERO, "no quiet window waited");
+        assert!(batch.snapshot);
+        assert_eq!(batch.objects.len(), 2, "what was ready came along");
+        // Later changes are debounced as usual.
+        tx.unbounded_send(SourceEvent::Apply(raw("c.yaml", "0")))
+            .expect("send");
+        let start = Instant::now();
+        let batch = batches.next().await.expect("a batch");
+        assert!(!batch.snapshot);
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]

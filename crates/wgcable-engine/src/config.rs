@@ -3,10 +3,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use wgcable_api::{
-    Endpoint, EndpointSpec, BACKEND_CONFIG_INTERFACE_NAME, BACKEND_CONFIG_PUBLIC_KEY,
-    BACKEND_CONFIG_UDP_PORT,
-};
+use wgcable_api::Endpoint;
 use wgcable_keys::{PresharedKey, PublicKey};
 
 use crate::Error;
@@ -35,8 +32,11 @@ pub struct DriverConfig {
     pub local_subnets: Vec<IpNet>,
     /// The gateway's private (underlay) IP.
     pub private_ip: IpAddr,
-    /// The gateway's public IP, used by remote clusters when NAT is in play.
-    pub public_ip: Option<IpAddr>,
+    /// The gateway's public IPs (at most one per family), used by remote clusters when NAT
+    /// is in play.
+    pub public_ips: Vec<IpAddr>,
+    /// The namespace the local Endpoint is published in (`SUBMARINER_NAMESPACE`).
+    pub namespace: Option<String>,
     /// Whether this side is behind NAT (remote gateways then use our public IP).
     pub nat: bool,
     /// The gateway's addresses inside the local subnets (at most one per IP family), put on
@@ -146,38 +146,24 @@ impl DriverConfig {
     }
 }
 
-/// The local cluster's Endpoint as Submariner would publish it.
+/// The local cluster's Endpoint as Submariner's gateway publishes it.
 pub fn local_endpoint(c: &DriverConfig, public_key: &PublicKey) -> Endpoint {
-    let mut spec = EndpointSpec {
+    wgcable_api::local_endpoint(&wgcable_api::LocalEndpointConfig {
         cluster_id: c.cluster_id.clone(),
-        cable_name: format!(
-            "submariner-cable-{}-{}",
-            c.cluster_id,
-            c.private_ip.to_string().replace(['.', ':'], "-")
-        ),
+        namespace: c.namespace.clone(),
         hostname: c.hostname.clone(),
-        subnets: c.local_subnets.iter().map(|n| n.to_string()).collect(),
-        private_ip: c.private_ip.to_string(),
-        public_ip: c.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        subnets: c.local_subnets.clone(),
+        private_ips: vec![c.private_ip],
+        public_ips: c.public_ips.clone(),
         nat_enabled: c.nat,
-        backend: CABLE_DRIVER_NAME.to_string(),
-        health_check_ip: c
-            .health_check_ips
-            .first()
-            .map(|ip| ip.to_string())
-            .unwrap_or_default(),
-        // Upstream's dual-stack list; only written when there is more than one address.
-        health_check_ips: if c.health_check_ips.len() > 1 {
-            c.health_check_ips.iter().map(|ip| ip.to_string()).collect()
-        } else {
-            Vec::new()
-        },
-        ..EndpointSpec::default()
-    };
-    spec.set_backend_config(BACKEND_CONFIG_PUBLIC_KEY, public_key.to_base64());
-    spec.set_backend_config(BACKEND_CONFIG_INTERFACE_NAME, c.device.clone());
-    spec.set_backend_config(BACKEND_CONFIG_UDP_PORT, c.listen_port.to_string());
-    Endpoint::new(spec)
+        health_check_ips: c.health_check_ips.clone(),
+        public_key: *public_key,
+        udp_port: c.listen_port,
+        interface_name: c.device.clone(),
+        // No NAT discovery yet: without the port, stock gateways use the configured choice
+        // at once instead of waiting for discovery to time out.
+        natt_discovery_port: None,
+    })
 }
 
 #[cfg(test)]
@@ -190,7 +176,8 @@ mod tests {
             hostname: "gw-a".into(),
             local_subnets: vec!["10.201.0.0/16".parse().expect("cidr")],
             private_ip: "192.168.77.11".parse().expect("ip"),
-            public_ip: None,
+            public_ips: Vec::new(),
+            namespace: None,
             nat: false,
             health_check_ips: vec!["10.201.0.1".parse().expect("ip")],
             listen_port: DEFAULT_PORT,

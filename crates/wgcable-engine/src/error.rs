@@ -44,6 +44,30 @@ pub enum Error {
         device: String,
     },
 
+    /// Another gateway holds the state directory (its lock file).
+    #[error("another gateway{} uses state directory {}: two gateways on one state directory would share a private key; stop it, or give this one its own --state-dir", holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), state_dir.display())]
+    StateDirLocked {
+        state_dir: std::path::PathBuf,
+        /// The holder's process id, as it wrote it in the lock file.
+        holder: Option<u32>,
+    },
+
+    /// The endpoint source failed (see [`wgcable_broker::SourceError`]).
+    #[error("{action}")]
+    Source {
+        /// What was being done.
+        action: String,
+        #[source]
+        source: wgcable_broker::SourceError,
+    },
+
+    /// The WireGuard device did not answer in time.
+    #[error("WireGuard device {device} did not answer within {}s; is its userspace process stopped or wedged?", waited.as_secs())]
+    DeviceTimeout {
+        device: String,
+        waited: std::time::Duration,
+    },
+
     /// The private key could not be loaded or created.
     #[error("loading the gateway's private key")]
     Keys(#[source] wgcable_keys::KeyError),
@@ -105,6 +129,12 @@ impl Error {
     pub(crate) fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let action = action.into();
         move |source| Error::Io { action, source }
+    }
+
+    /// A mistake in how the gateway was started (exit code 2, like a usage error): bad
+    /// configuration, a state directory another gateway holds.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Config { .. } | Error::StateDirLocked { .. })
     }
 
     /// True when the error is about one remote endpoint (invalid or refused) rather than the host.

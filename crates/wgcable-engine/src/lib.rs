@@ -13,7 +13,6 @@
 //! wire format or of the WireGuard control protocols: those stay behind the `Netlink` and
 //! `WgDevice` seams, which is also what lets its tests run without root.
 
-pub mod broker;
 pub mod config;
 pub mod driver;
 mod error;
@@ -22,9 +21,8 @@ pub mod health;
 pub mod host;
 pub mod snat;
 
-pub use broker::{EndpointEvent, EndpointSource, FileBroker};
 pub use config::DriverConfig;
 pub use driver::{CableDriver, ReconcileReport, Remote, RemoteChange, Trigger, WireGuardDriver};
 pub use error::{chain, Error};
-pub use gateway::GatewayConfig;
+pub use gateway::{Gateway, GatewayBuilder, GatewayConfig};
 pub use health::{HealthChecker, HealthKey, HealthStatus, HealthTarget};

@@ -81,7 +81,8 @@ fn config() -> DriverConfig {
             "fd00:201::/48".parse().expect("cidr"),
         ],
         private_ip: "192.168.77.11".parse().expect("ip"),
-        public_ip: None,
+        public_ips: Vec::new(),
+        namespace: None,
         nat: false,
         health_check_ips: vec![
             "10.201.0.1".parse().expect("ip"),

@@ -57,6 +57,15 @@ pub trait GatewayState: Send + Sync + 'static {
     fn connections(&self) -> Vec<ConnectionReport>;
     /// Whether the device is configured and the first reconcile is done (`/readyz`).
     fn ready(&self) -> bool;
+    /// What `/readyz` says besides ready or not, one line each (a broker that is unreachable,
+    /// a device that does not answer); empty when all is well.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// What `/conflicts` serves (the admission layer's refusals and holdings); `None`: 404.
+    fn conflicts(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Limits that keep slow or malicious clients from holding up the endpoint.
@@ -415,6 +424,7 @@ enum Route {
     Healthz,
     Readyz,
     Connections,
+    Conflicts,
 }
 
 impl Route {
@@ -424,6 +434,7 @@ impl Route {
             "/healthz" => Some(Self::Healthz),
             "/readyz" => Some(Self::Readyz),
             "/connections" => Some(Self::Connections),
+            "/conflicts" => Some(Self::Conflicts),
             _ => None,
         }
     }
@@ -470,12 +481,33 @@ impl App {
             },
             Route::Healthz => text(StatusCode::OK, "ok"),
             Route::Readyz => {
-                if self.state.ready() {
-                    text(StatusCode::OK, "ready")
+                let (status, word) = if self.state.ready() {
+                    (StatusCode::OK, "ready")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                };
+                let notes = self.state.notes();
+                if notes.is_empty() {
+                    text(status, word)
+                } else {
+                    let body = std::iter::once(word.to_owned())
+                        .chain(notes)
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    with_type(status, TEXT_CONTENT_TYPE, Bytes::from(body))
                 }
             }
+            Route::Conflicts => match self.state.conflicts().map(|v| serde_json::to_vec(&v)) {
+                Some(Ok(body)) => with_type(StatusCode::OK, JSON_CONTENT_TYPE, body.into()),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "serializing conflicts for /conflicts");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "serializing conflicts failed\n",
+                    )
+                }
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
             Route::Connections => match serde_json::to_vec(&self.state.connections()) {
                 Ok(body) => with_type(StatusCode::OK, JSON_CONTENT_TYPE, body.into()),
                 Err(error) => {

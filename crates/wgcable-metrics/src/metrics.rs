@@ -45,6 +45,8 @@ pub mod names {
     pub const ENDPOINTS_REJECTED_TOTAL: &str = "wgcable_endpoints_rejected_total";
     /// Ours: peers configured on the device.
     pub const PEERS: &str = "wgcable_peers";
+    /// Ours: 1 while the endpoint source (`broker`) is reachable, 0 while it is not.
+    pub const BROKER_HEALTHY: &str = "wgcable_broker_healthy";
     /// Ours: info metric, 1 for the WireGuard `backend` in use.
     pub const BACKEND_INFO: &str = "wgcable_backend_info";
     /// Ours: info metric, 1 with the `version` and `git_commit` of the running binary.
@@ -209,6 +211,7 @@ pub struct GatewayMetrics {
     repairs: IntCounterVec,
     endpoints_rejected: IntCounterVec,
     peers: IntGauge,
+    broker_healthy: IntGaugeVec,
     backend: IntGaugeVec,
     build_info: IntGaugeVec,
     gateways: prometheus::Gauge,
@@ -303,6 +306,17 @@ impl GatewayMetrics {
                 IntGauge::new(
                     names::PEERS,
                     "Number of WireGuard peers configured on the device",
+                ),
+            )?,
+            broker_healthy: register(
+                &registry,
+                names::BROKER_HEALTHY,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::BROKER_HEALTHY,
+                        "1 while the endpoint source (broker) is reachable, 0 while it is not (tunnels stay in place either way)",
+                    ),
+                    &["broker"],
                 ),
             )?,
             backend: register(
@@ -529,6 +543,23 @@ impl GatewayMetrics {
         self.endpoints_rejected
             .with_label_values(&[fixed_word(reason)])
             .inc();
+    }
+
+    /// Creates the rejection counters of `reasons` at 0 (the admission layer's reason codes,
+    /// which this crate does not know), so that alerts on them work before the first one.
+    pub fn preregister_rejections<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        for reason in reasons {
+            self.endpoints_rejected
+                .with_label_values(&[fixed_word(reason)]);
+        }
+    }
+
+    /// Records whether the endpoint source `broker` (`file`, `kubernetes`, `etcd`) is
+    /// reachable.
+    pub fn set_broker_healthy(&self, broker: &str, healthy: bool) {
+        self.broker_healthy
+            .with_label_values(&[fixed_word(broker)])
+            .set(i64::from(healthy));
     }
 
     /// Records the number of peers configured on the device.

@@ -71,6 +71,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the gateway: publish the local Endpoint, connect to the others, route, report.
     Gateway(Box<GatewayArgs>),
+    /// Print what `wgcable gateway` with these flags would change on this host now (the
+    /// device, its link and addresses, peers, routes, rules), changing nothing.
+    Plan(Box<GatewayArgs>),
     /// Inspect a running gateway.
     Show {
         #[command(subcommand)]
@@ -167,9 +170,13 @@ pub struct GatewayArgs {
     /// The WireGuard device name.
     #[arg(long, default_value = DEFAULT_DEVICE)]
     pub device: String,
-    /// The shared directory Endpoints are exchanged through; it must exist.
+    /// Where Endpoints are exchanged: `file` (a shared directory, --broker-dir), `kubernetes`
+    /// (Submariner's Endpoint objects) or `etcd` (an etcd cluster).
+    #[arg(long, env = "WGCABLE_BROKER", default_value = "file")]
+    pub broker: BrokerKind,
+    /// The shared directory Endpoints are exchanged through (`--broker file`); it must exist.
     #[arg(long)]
-    pub broker_dir: PathBuf,
+    pub broker_dir: Option<PathBuf>,
     /// Create --broker-dir if it does not exist (instead of refusing a path that may be a typo).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value = "false",
           default_missing_value = "true", value_parser = parse_go_bool)]
@@ -202,7 +209,8 @@ pub struct GatewayArgs {
     /// is seconds).
     #[arg(long, default_value = "30s", value_parser = seconds_or_duration)]
     pub resync_interval: Duration,
-    /// How often the broker directory is rescanned besides inotify (a bare number is seconds).
+    /// How often the broker directory is rescanned besides inotify (`--broker file`; a bare
+    /// number is seconds).
     #[arg(long, default_value = "10s", value_parser = seconds_or_duration)]
     pub rescan_interval: Duration,
     /// Ping each remote gateway's health-check IP through the tunnel (latency, path check).
@@ -357,6 +365,45 @@ impl PskOrigin {
     }
 }
 
+/// Which endpoint source (`--broker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BrokerKind {
+    /// A directory shared by the gateways (a shared volume, or one machine).
+    File,
+    /// Submariner's Endpoint objects in Kubernetes (a drop-in submariner-gateway).
+    Kubernetes,
+    /// An etcd cluster.
+    Etcd,
+}
+
+/// The endpoint source, as configured.
+#[derive(Debug, Clone)]
+pub enum BrokerPlan {
+    File {
+        dir: PathBuf,
+        /// `--broker-dir-create`: create it before the gateway starts.
+        create: bool,
+        rescan_interval: Duration,
+    },
+}
+
+impl BrokerPlan {
+    fn describe(&self) -> String {
+        match self {
+            BrokerPlan::File {
+                dir,
+                create,
+                rescan_interval,
+            } => format!(
+                "file {}{} (rescan every {})",
+                dir.display(),
+                if *create { ", to be created" } else { "" },
+                humantime::format_duration(*rescan_interval)
+            ),
+        }
+    }
+}
+
 /// Everything `wgcable gateway` was asked for: the engine's configuration and what the binary
 /// itself acts on or the engine cannot take yet.
 #[derive(Debug)]
@@ -375,8 +422,8 @@ pub struct GatewayPlan {
     pub psk_ignored: Vec<&'static str>,
     /// Weak pre-shared keys are accepted (`--insecure-default-psk`), also on a refresh.
     pub insecure_psk: bool,
-    /// `--broker-dir` is to be created before the gateway starts.
-    pub create_broker_dir: bool,
+    /// The endpoint source.
+    pub broker: BrokerPlan,
     /// `--check-config`: print [`GatewayPlan::summary`] instead of running.
     pub check_only: bool,
 }
@@ -428,18 +475,7 @@ impl GatewayPlan {
                 "mtu",
                 d.mtu.map_or_else(|| "auto".to_string(), |m| m.to_string()),
             ),
-            (
-                "broker-dir",
-                format!(
-                    "{}{}",
-                    c.broker_dir.display(),
-                    if self.create_broker_dir {
-                        " (to be created)"
-                    } else {
-                        ""
-                    }
-                ),
-            ),
+            ("broker", self.broker.describe()),
             ("state-dir", c.state_dir.display().to_string()),
             ("metrics-addr", c.metrics_addr.to_string()),
             (
@@ -449,10 +485,6 @@ impl GatewayPlan {
             (
                 "resync-interval",
                 humantime::format_duration(c.resync_interval).to_string(),
-            ),
-            (
-                "rescan-interval",
-                humantime::format_duration(c.rescan_interval).to_string(),
             ),
             (
                 "health-check",
@@ -544,12 +576,8 @@ impl GatewayArgs {
             hostname,
             local_subnets: subnets,
             private_ip: self.private_ip,
-            // The singular field carries the IPv4 address when there is one, as upstream's.
-            public_ip: public_ips
-                .iter()
-                .copied()
-                .find(IpAddr::is_ipv4)
-                .or_else(|| public_ips.first().copied()),
+            public_ips: public_ips.clone(),
+            namespace: self.namespace.clone(),
             nat: self.nat,
             health_check_ips: self.health_check_ip,
             listen_port: self.port,
@@ -562,26 +590,58 @@ impl GatewayArgs {
         driver.validate().map_err(|e| usage(e.to_string()))?;
 
         check_state_dir(&self.state_dir)?;
-        let create_broker_dir = check_broker_dir(&self.broker_dir, self.broker_dir_create)?;
+        let broker = match self.broker {
+            BrokerKind::File => {
+                let Some(dir) = self.broker_dir else {
+                    return Err(usage(
+                        "--broker file needs --broker-dir: the directory the gateways share their Endpoints through",
+                    ));
+                };
+                let create = check_broker_dir(&dir, self.broker_dir_create)?;
+                BrokerPlan::File {
+                    dir,
+                    create,
+                    rescan_interval: self.rescan_interval,
+                }
+            }
+            other => {
+                return Err(usage(format!(
+                    "--broker {} is not built into this wgcable yet; use --broker file",
+                    other
+                        .to_possible_value()
+                        .map(|v| v.get_name().to_owned())
+                        .unwrap_or_default()
+                )))
+            }
+        };
 
         Ok(GatewayPlan {
             config: GatewayConfig {
                 driver,
                 backend: self.backend,
-                broker_dir: self.broker_dir,
                 state_dir: self.state_dir,
                 metrics_addr: self
                     .metrics_addr
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.metrics_port))),
                 status_interval: self.status_interval,
                 resync_interval: self.resync_interval,
-                rescan_interval: self.rescan_interval,
                 health_check: self.health_check.then_some(
                     wgcable_engine::gateway::HealthCheckConfig {
                         interval: self.health_check_interval,
                         max_lost: self.health_check_max_lost,
                     },
                 ),
+                admission: wgcable_broker::admission::AdmissionConfig::default(),
+                psk_refresh: psk_origin
+                    .file()
+                    .map(|file| wgcable_engine::gateway::PskRefresh {
+                        file: file.clone(),
+                        allow_weak: self.insecure_default_psk,
+                    }),
+                build: wgcable_engine::gateway::BuildInfo {
+                    version: crate::build::VERSION_NUMBER.to_owned(),
+                    git_commit: crate::build::GIT_COMMIT.to_owned(),
+                },
             },
             namespace: self.namespace,
             pod_name: self.pod_name.filter(|p| !p.is_empty()),
@@ -589,7 +649,7 @@ impl GatewayArgs {
             psk_origin,
             psk_ignored,
             insecure_psk: self.insecure_default_psk,
-            create_broker_dir,
+            broker,
             check_only: self.check_config,
         })
     }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, GatewayPlan, LogFormat, ShowCommand};
+use crate::cli::{BrokerPlan, Cli, Command, GatewayPlan, LogFormat, ShowCommand};
 
 /// What the binary was built from (see build.rs).
 pub mod build {
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             // Configuration mistakes are usage errors (exit 2), like clap's own.
             let usage = e
                 .downcast_ref::<wgcable_engine::Error>()
-                .is_some_and(|e| matches!(e, wgcable_engine::Error::Config { .. }))
+                .is_some_and(wgcable_engine::Error::is_usage)
                 || e.downcast_ref::<cli::UsageError>().is_some();
             eprintln!("error: {e:#}");
             if usage {
@@ -73,6 +73,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => {
             let plan = args.into_plan()?;
             gateway(plan).await
+        }
+        Command::Plan(args) => {
+            let plan = args.into_plan()?;
+            let source = endpoint_source(&plan, false)?;
+            let host = wgcable_engine::gateway::plan(&plan.config, source).await?;
+            print!("{}", host.describe());
+            Ok(())
         }
         Command::Show { what } => match what {
             ShowCommand::Connections {
@@ -105,7 +112,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Starts the gateway the plan describes; everything was validated already.
 async fn gateway(plan: GatewayPlan) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     if plan.check_only {
         print!("{}", plan.summary());
         tracing::info!("the configuration is valid; nothing was changed (--check-config)");
@@ -135,20 +141,36 @@ async fn gateway(plan: GatewayPlan) -> anyhow::Result<()> {
             "--insecure-default-psk: a weak pre-shared key is accepted; never use this outside a demo"
         );
     }
-    if plan.public_ips.len() > 1 {
-        tracing::warn!(
-            published = ?plan.config.driver.public_ip,
-            "only one public IP is published for now; the other family's is not"
-        );
-    }
-    if plan.create_broker_dir {
-        let dir = &plan.config.broker_dir;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating --broker-dir {}", dir.display()))?;
-        tracing::info!(path = %dir.display(), "created the broker directory (--broker-dir-create)");
-    }
-    wgcable_engine::gateway::run(plan.config, shutdown_signal()).await?;
+    let source = endpoint_source(&plan, true)?;
+    wgcable_engine::gateway::run(plan.config, source, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The endpoint source `--broker` names, configured from its flags. `may_create`: a
+/// `--broker-dir-create` directory is created (never by `wgcable plan`).
+fn endpoint_source(
+    plan: &GatewayPlan,
+    may_create: bool,
+) -> anyhow::Result<Box<dyn wgcable_broker::EndpointSource>> {
+    use anyhow::Context as _;
+    Ok(match &plan.broker {
+        BrokerPlan::File {
+            dir,
+            create,
+            rescan_interval,
+        } => {
+            if *create && may_create {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating --broker-dir {}", dir.display()))?;
+                tracing::info!(path = %dir.display(), "created the broker directory (--broker-dir-create)");
+            }
+            let mut config =
+                wgcable_broker::FileSourceConfig::new(dir, &plan.config.driver.cluster_id);
+            config.rescan_interval = *rescan_interval;
+            config.max_file_bytes = plan.config.admission.limits.max_bytes;
+            Box::new(wgcable_broker::FileSource::new(config))
+        }
+    })
 }
 
 /// Logs to stderr. The filter is `WGCABLE_LOG`, else `RUST_LOG`, else the level `-v` asks for;

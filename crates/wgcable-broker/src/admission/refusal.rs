@@ -64,6 +64,51 @@ impl Reason {
         }
     }
 
+    /// Every code [`Reason::as_str`] is known to return (the admission layer's own, the file
+    /// source's, the parser's most common and every validation rule's), for metrics to export
+    /// at 0 before the first refusal. Other sources' codes are added as they occur.
+    pub fn known_codes() -> Vec<&'static str> {
+        let own = [
+            Reason::ParseDeadline,
+            Reason::Impostor,
+            Reason::LocalCluster,
+            Reason::OwnPublicKey,
+            Reason::UnsupportedBackend,
+            Reason::PublicKeyMissing,
+            Reason::TooManyObjects,
+            Reason::DuplicateCluster,
+            Reason::DuplicateKey,
+            Reason::SubnetConflict,
+            Reason::GatewayConflict,
+        ]
+        .map(Reason::as_str);
+        let file = [
+            crate::file::SYMLINK,
+            crate::file::NOT_REGULAR_FILE,
+            crate::file::BAD_NAME,
+            crate::file::UNREADABLE,
+        ];
+        let parse = [
+            "too_large",
+            "not_utf8",
+            "nul_byte",
+            "syntax",
+            "too_deep",
+            "too_many_subnets",
+            "wrong_kind",
+            "schema",
+        ];
+        let mut codes: Vec<&'static str> = own
+            .into_iter()
+            .chain(file)
+            .chain(parse)
+            .chain(wgcable_api::Reason::ALL.iter().map(|r| r.as_str()))
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        codes
+    }
+
     /// A conflict with another cluster: the object waits and is admitted as soon as the
     /// conflict is gone, without changing.
     pub fn is_conflict(self) -> bool {

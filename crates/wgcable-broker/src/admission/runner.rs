@@ -91,6 +91,16 @@ impl AdmissionRunner {
         Self::with_registry(config, local, &registry)
     }
 
+    /// Admission starting from `registry` that never writes it (`wgcable plan`: the decisions
+    /// a restart would make, without changing anything).
+    pub fn with_registry_in_memory(
+        config: AdmissionConfig,
+        local: LocalIdentity,
+        registry: &Registry,
+    ) -> Self {
+        Self::with_registry(config, local, registry)
+    }
+
     fn with_registry(config: AdmissionConfig, local: LocalIdentity, registry: &Registry) -> Self {
         let (core, notes) = Admission::new(config, local, registry);
         for note in notes {

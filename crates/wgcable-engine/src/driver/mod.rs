@@ -218,6 +218,8 @@ struct State {
 /// The WireGuard cable driver.
 pub struct WireGuardDriver {
     config: DriverConfig,
+    /// The local Endpoint as published (built once from the configuration and the key).
+    local: Endpoint,
     private_key: PrivateKey,
     public_key: PublicKey,
     netlink: Arc<dyn Netlink>,
@@ -276,6 +278,7 @@ impl WireGuardDriver {
                 mtu: None,
                 mtu_warning: None,
             }),
+            local: crate::config::local_endpoint(&config, &public_key),
             config,
             private_key,
             public_key,
@@ -310,9 +313,31 @@ impl WireGuardDriver {
         self.device.kind()
     }
 
-    /// The local cluster's Endpoint as Submariner would publish it.
+    /// The local cluster's Endpoint as Submariner's gateway publishes it.
     pub fn local_endpoint(&self) -> Endpoint {
-        crate::config::local_endpoint(&self.config, &self.public_key)
+        self.local.clone()
+    }
+
+    /// Gives every peer a new pre-shared key (the PSK file changed): the book is planned
+    /// again with it and the whole host reconciled, each peer updated in place.
+    pub async fn set_preshared_key(
+        &self,
+        key: wgcable_keys::PresharedKey,
+    ) -> Result<ReconcileReport, Error> {
+        let mut st = self.state.lock().await;
+        let local = LocalPeerConfig {
+            preshared_key: key,
+            ..st.book.local().clone()
+        };
+        let candidates: Vec<(u64, wgcable_peers::PeerCandidate)> = st
+            .book
+            .candidates()
+            .into_iter()
+            .map(|(s, c)| (s, c.clone()))
+            .collect();
+        st.book = PeerBook::new(local);
+        st.book.replace_all(candidates);
+        self.reconcile_full(&mut st, Trigger::Intent, None).await
     }
 
     /// Builds the `NatEndpointInfo` for a remote Endpoint as Submariner's engine does: the
@@ -371,12 +396,32 @@ impl WireGuardDriver {
             self.config.table,
         )
         .await?;
+        self.load_locked(&mut st, remotes, &observed);
+        self.reconcile_full(&mut st, Trigger::Intent, Some(observed))
+            .await
+    }
+
+    /// Replaces the whole set of remotes without touching the host (for a dry run: see
+    /// [`WireGuardDriver::dry_run`]); ranked as [`WireGuardDriver::set_remotes`] ranks them.
+    pub async fn load_remotes(&self, remotes: Vec<Remote>) {
+        let mut st = self.state.lock().await;
+        let observed = host::observe(
+            &*self.netlink,
+            &*self.device,
+            &self.config.device,
+            self.config.table,
+        )
+        .await
+        .unwrap_or_default();
+        self.load_locked(&mut st, remotes, &observed);
+    }
+
+    fn load_locked(&self, st: &mut State, mut remotes: Vec<Remote>, observed: &ObservedHost) {
         let on_device: HashSet<PublicKey> = observed
             .device
             .iter()
             .flat_map(|d| d.peers.iter().map(|p| p.config.public_key))
             .collect();
-        let mut remotes = remotes;
         // Stable: among equals, the order given.
         remotes.sort_by_key(|r| {
             (
@@ -411,8 +456,6 @@ impl WireGuardDriver {
                 .map(|r| (r.seniority.unwrap_or_default(), r.candidate())),
         );
         self.log_refusals(&deltas);
-        self.reconcile_full(&mut st, Trigger::Intent, Some(observed))
-            .await
     }
 
     /// Applies changes of the set of remotes, planning only the clusters they touch against

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use wgcable_api::{Connection, ConnectionReport, ConnectionStatus};
 use wgcable_keys::PublicKey;
@@ -16,11 +16,30 @@ use crate::config::CABLE_DRIVER_NAME;
 use crate::health::HealthKey;
 use crate::Error;
 
+/// How long a status poll waits for the device: a userspace implementation that is stopped
+/// (SIGSTOP) or wedged accepts the connection and never answers.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What the HTTP server reads without waiting on a reconcile.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Snapshot {
     pub reports: Arc<Vec<ConnectionReport>>,
     pub ready: bool,
+    /// The last poll got an answer from the device.
+    pub device_answers: bool,
+    /// The last poll found the device, or peers the driver configured, missing.
+    pub needs_repair: bool,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            reports: Arc::default(),
+            ready: false,
+            device_answers: true,
+            needs_repair: false,
+        }
+    }
 }
 
 impl WireGuardDriver {
@@ -36,15 +55,43 @@ impl WireGuardDriver {
     pub async fn poll(&self) -> Result<Arc<Vec<Connection>>, Error> {
         let mut st = self.state.lock().await;
         let name = &self.config.device;
-        let observed = self
-            .device
-            .read(name)
-            .await
-            .map_err(Error::device(format!("reading WireGuard device {name}")))?;
+        let read = tokio::time::timeout(DEVICE_TIMEOUT, self.device.read(name)).await;
+        let observed = match read {
+            Ok(result) => {
+                result.map_err(Error::device(format!("reading WireGuard device {name}")))?
+            }
+            Err(_) => {
+                // Every connection is in error, and the gateway not ready, until it answers.
+                let reports = self.unanswered(&st);
+                if let Ok(mut s) = self.snapshot.lock() {
+                    s.reports = Arc::new(reports);
+                    s.device_answers = false;
+                }
+                return Err(Error::DeviceTimeout {
+                    device: name.clone(),
+                    waited: DEVICE_TIMEOUT,
+                });
+            }
+        };
+        let missing = match &observed {
+            None => st.reconciled,
+            Some(d) => {
+                let on_device: std::collections::HashSet<PublicKey> =
+                    d.peers.iter().map(|p| p.config.public_key).collect();
+                st.cache.is_some()
+                    && st
+                        .book
+                        .peers()
+                        .iter()
+                        .any(|p| !on_device.contains(&p.config.public_key))
+            }
+        };
         let reports = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
         let conns = Arc::new(reports.iter().map(|r| r.connection.clone()).collect());
         if let Ok(mut s) = self.snapshot.lock() {
             s.reports = Arc::new(reports);
+            s.device_answers = true;
+            s.needs_repair = missing;
         }
         Ok(conns)
     }
@@ -70,17 +117,49 @@ impl WireGuardDriver {
         self.snapshot.lock().map(|s| s.ready).unwrap_or(false)
     }
 
+    /// False when the last status poll got no answer from the device in time.
+    pub fn device_answers(&self) -> bool {
+        self.snapshot
+            .lock()
+            .map(|s| s.device_answers)
+            .unwrap_or(true)
+    }
+
+    /// True when the last status poll found the device, or a peer the driver configured,
+    /// missing (a killed userspace process, a peer removed by hand): the gateway repairs it
+    /// at once instead of waiting for the next resync.
+    pub fn needs_repair(&self) -> bool {
+        self.snapshot
+            .lock()
+            .map(|s| s.needs_repair)
+            .unwrap_or(false)
+    }
+
+    /// Every connection in error because the device does not answer.
+    fn unanswered(&self, st: &State) -> Vec<ConnectionReport> {
+        st.remotes
+            .values()
+            .map(|remote| {
+                let mut conn = Connection::new(
+                    remote.endpoint.spec.clone(),
+                    remote.use_ip.to_string(),
+                    remote.use_nat,
+                );
+                conn.set_status(
+                    ConnectionStatus::Error,
+                    format!(
+                        "the WireGuard device does not answer (no reply in {}s; a userspace process that is stopped or wedged?)",
+                        DEVICE_TIMEOUT.as_secs()
+                    ),
+                );
+                conn.into()
+            })
+            .collect()
+    }
+
+    /// Upstream's labels for the cable (see [`CableLabels::for_cable`]).
     fn labels(&self, remote: &super::Remote) -> CableLabels {
-        let c = &self.config;
-        CableLabels {
-            cable_driver: CABLE_DRIVER_NAME.to_string(),
-            local_cluster: c.cluster_id.clone(),
-            local_hostname: c.hostname.clone(),
-            local_endpoint_ip: c.private_ip.to_string(),
-            remote_cluster: remote.cluster_id().to_owned(),
-            remote_hostname: remote.spec.hostname.clone(),
-            remote_endpoint_ip: remote.use_ip.to_string(),
-        }
+        CableLabels::for_cable(CABLE_DRIVER_NAME, &self.local.spec, &remote.endpoint.spec)
     }
 
     fn judge_all(
