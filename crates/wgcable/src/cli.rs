@@ -81,6 +81,66 @@ pub enum Command {
     },
     /// Remove the device, its routes, the rule and the userspace WireGuard process.
     Cleanup(CleanupArgs),
+    /// Withdraw this cluster's Endpoint from the broker: every other gateway drops its tunnel
+    /// to this cluster. Stop this cluster's gateway first (a running gateway keeps its tunnels;
+    /// with etcd it does not publish again until restarted).
+    Leave(LeaveArgs),
+}
+
+/// The etcd broker's flags (`--broker etcd`), named as etcdctl names them.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// The etcd members' client URLs, comma-separated (`http://host:2379`, `https://...`, or
+    /// `host:port`).
+    #[arg(long, env = "WGCABLE_ETCD_ENDPOINTS", value_name = "URL[,URL...]")]
+    pub etcd_endpoints: Option<String>,
+    /// Keys live under `<prefix>/endpoints/<cluster-id>`.
+    #[arg(long, env = "WGCABLE_ETCD_PREFIX", default_value = wgcable_etcd::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// The CA certificate that signed the etcd members' certificates (PEM).
+    #[arg(long)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// A client certificate for etcd (PEM), with --etcd-key.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; keep it 0600).
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The source's configuration; every check that needs no file or network is done here.
+    pub fn config(&self, cluster_id: &str) -> Result<wgcable_etcd::EtcdConfig, UsageError> {
+        let Some(list) = &self.etcd_endpoints else {
+            return Err(usage(
+                "--broker etcd needs --etcd-endpoints: the client URLs of the etcd members (for example http://10.0.0.1:2379,http://10.0.0.2:2379)",
+            ));
+        };
+        let mut config =
+            wgcable_etcd::EtcdConfig::new(wgcable_etcd::EtcdConfig::parse_endpoints(list));
+        config.prefix = self.etcd_prefix.clone();
+        config.local_cluster = Some(cluster_id.to_owned());
+        config.cacert = self.etcd_cacert.clone();
+        config.cert = self.etcd_cert.clone();
+        config.key = self.etcd_key.clone();
+        config.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// The local cluster's id (a DNS label).
+    #[arg(long, env = "SUBMARINER_CLUSTERID")]
+    pub cluster_id: String,
+    /// The broker the cluster's Endpoint is in: `file` or `etcd`.
+    #[arg(long, env = "WGCABLE_BROKER", default_value = "file")]
+    pub broker: BrokerKind,
+    /// The shared directory (`--broker file`).
+    #[arg(long)]
+    pub broker_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +241,8 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value = "false",
           default_missing_value = "true", value_parser = parse_go_bool)]
     pub broker_dir_create: bool,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Where the private key is kept (0600); keeping it keeps the public key across restarts.
     #[arg(long, default_value = "/var/lib/wgcable")]
     pub state_dir: PathBuf,
@@ -385,6 +447,8 @@ pub enum BrokerPlan {
         create: bool,
         rescan_interval: Duration,
     },
+    /// `--broker etcd`.
+    Etcd(wgcable_etcd::EtcdConfig),
 }
 
 impl BrokerPlan {
@@ -399,6 +463,12 @@ impl BrokerPlan {
                 dir.display(),
                 if *create { ", to be created" } else { "" },
                 humantime::format_duration(*rescan_interval)
+            ),
+            BrokerPlan::Etcd(c) => format!(
+                "etcd {} under {}/endpoints/{}",
+                c.endpoints.join(","),
+                if c.prefix == "/" { "" } else { c.prefix.as_str() },
+                if c.tls() { " (TLS)" } else { "" }
             ),
         }
     }
@@ -604,9 +674,12 @@ impl GatewayArgs {
                     rescan_interval: self.rescan_interval,
                 }
             }
+            BrokerKind::Etcd => BrokerPlan::Etcd(
+                self.etcd.config(&driver.cluster_id)?,
+            ),
             other => {
                 return Err(usage(format!(
-                    "--broker {} is not built into this wgcable yet; use --broker file",
+                    "--broker {} is not built into this wgcable yet; use --broker file or etcd",
                     other
                         .to_possible_value()
                         .map(|v| v.get_name().to_owned())

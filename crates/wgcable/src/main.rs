@@ -89,6 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } => show::connections(url.as_deref(), metrics_port, json).await,
             ShowCommand::Endpoint { state_dir } => show::endpoint(&state_dir),
         },
+        Command::Leave(args) => leave(args).await,
         Command::Cleanup(args) => {
             let report = wgcable_engine::gateway::cleanup(
                 &args.device,
@@ -170,7 +171,56 @@ fn endpoint_source(
             config.max_file_bytes = plan.config.admission.limits.max_bytes;
             Box::new(wgcable_broker::FileSource::new(config))
         }
+        BrokerPlan::Etcd(config) => {
+            // Values are cut at the limit admission applies, so an oversized one is refused as
+            // such without being held whole.
+            let config = config
+                .clone()
+                .with_max_value_bytes(plan.config.admission.limits.max_bytes);
+            Box::new(wgcable_etcd::EtcdSource::new(config).context("configuring --broker etcd")?)
+        }
     })
+}
+
+/// `wgcable leave`: withdraws this cluster's Endpoint from the broker.
+async fn leave(args: cli::LeaveArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let source: Box<dyn wgcable_broker::EndpointSource> = match args.broker {
+        cli::BrokerKind::File => {
+            let Some(dir) = args.broker_dir else {
+                return Err(cli::UsageError(
+                    "--broker file needs --broker-dir: the directory the gateways share their Endpoints through".into(),
+                )
+                .into());
+            };
+            Box::new(wgcable_broker::FileSource::new(
+                wgcable_broker::FileSourceConfig::new(dir, &args.cluster_id),
+            ))
+        }
+        cli::BrokerKind::Etcd => Box::new(
+            wgcable_etcd::EtcdSource::new(args.etcd.config(&args.cluster_id)?)
+                .context("configuring --broker etcd")?,
+        ),
+        cli::BrokerKind::Kubernetes => {
+            return Err(cli::UsageError(
+                "wgcable leave: --broker kubernetes is not built into this wgcable yet".into(),
+            )
+            .into())
+        }
+    };
+    source.preflight().await?;
+    let mut local = wgcable_api::Endpoint::new(Default::default());
+    local.spec.cluster_id = args.cluster_id.clone();
+    source
+        .withdraw(&local)
+        .await
+        .with_context(|| format!("withdrawing the Endpoint of cluster {}", args.cluster_id))?;
+    eprintln!(
+        "cluster {}: Endpoint withdrawn from the {} broker; the other gateways drop their tunnels to it",
+        args.cluster_id,
+        source.kind()
+    );
+    Ok(())
 }
 
 /// Logs to stderr. The filter is `WGCABLE_LOG`, else `RUST_LOG`, else the level `-v` asks for;
