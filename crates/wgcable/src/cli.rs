@@ -467,7 +467,11 @@ impl BrokerPlan {
             BrokerPlan::Etcd(c) => format!(
                 "etcd {} under {}/endpoints/{}",
                 c.endpoints.join(","),
-                if c.prefix == "/" { "" } else { c.prefix.as_str() },
+                if c.prefix == "/" {
+                    ""
+                } else {
+                    c.prefix.as_str()
+                },
                 if c.tls() { " (TLS)" } else { "" }
             ),
         }
@@ -674,9 +678,7 @@ impl GatewayArgs {
                     rescan_interval: self.rescan_interval,
                 }
             }
-            BrokerKind::Etcd => BrokerPlan::Etcd(
-                self.etcd.config(&driver.cluster_id)?,
-            ),
+            BrokerKind::Etcd => BrokerPlan::Etcd(self.etcd.config(&driver.cluster_id)?),
             other => {
                 return Err(usage(format!(
                     "--broker {} is not built into this wgcable yet; use --broker file or etcd",

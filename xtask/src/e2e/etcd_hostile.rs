@@ -83,6 +83,8 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
             topo.clusters[i].id
         );
     }
+    // Traffic goes on passing for a while with the hostile values in place.
+    hold(std::time::Duration::from_secs(3))?;
     for (k, _) in &values {
         etcd(topo)?.ctl(["del", k])?;
     }

@@ -1,5 +1,5 @@
 //! etcd 2. SIGKILL the etcd leader while pods ping at 10/s: no ping is lost, and a cluster
-//!    joining right after the kill (c, which left before, back with a new identity) is
+//!    joining right after the kill (c, which left with `wgcable leave`, back with a new identity) is
 //!    configured on every other gateway within one watch round trip of its key appearing in
 //!    etcd, and everyone connects.
 
@@ -16,7 +16,7 @@ use crate::topology::{Family, Topology};
 pub(super) fn run(topo: &mut Topology) -> Result<String> {
     ensure_etcd_mesh(topo)?;
     let (a, b, c) = (0, 1, 2);
-    // c leaves (its key deleted), then comes back later as a newcomer with a new key.
+    // c leaves (`wgcable leave`), then comes back later as a newcomer with a new key.
     topo.stop_gateway(c)?;
     leave(topo, c)?;
     state::wait_connected(topo, a, &["b"], WAIT)?;
@@ -69,9 +69,16 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
     ))
 }
 
-/// Cluster `i` leaves: its Endpoint key is deleted from etcd (what `wgcable leave` does).
+/// Cluster `i` leaves: `wgcable leave` with the gateways' broker flags deletes its key.
 pub(super) fn leave(topo: &Topology, i: usize) -> Result<()> {
     let id = topo.clusters[i].id.clone();
-    etcd(topo)?.ctl(["del", &key(&id)])?;
+    let mut args = vec!["leave".to_string(), "--cluster-id".into(), id.clone()];
+    args.extend(topo.broker_args.iter().cloned());
+    crate::cmd::run(&mut topo.gw(i, &topo.gateway_bin, &args))?;
+    let left = etcd(topo)?.ctl(["get", &key(&id)])?;
+    ensure!(
+        left.trim().is_empty(),
+        "{id}'s key is still in etcd after `wgcable leave`"
+    );
     Ok(())
 }
