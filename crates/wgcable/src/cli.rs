@@ -447,8 +447,8 @@ pub enum BrokerPlan {
         create: bool,
         rescan_interval: Duration,
     },
-    /// `--broker etcd`.
-    Etcd(wgcable_etcd::EtcdConfig),
+    /// `--broker etcd` (boxed: the configuration is much larger than the other variants).
+    Etcd(Box<wgcable_etcd::EtcdConfig>),
 }
 
 impl BrokerPlan {
@@ -678,7 +678,7 @@ impl GatewayArgs {
                     rescan_interval: self.rescan_interval,
                 }
             }
-            BrokerKind::Etcd => BrokerPlan::Etcd(self.etcd.config(&driver.cluster_id)?),
+            BrokerKind::Etcd => BrokerPlan::Etcd(Box::new(self.etcd.config(&driver.cluster_id)?)),
             other => {
                 return Err(usage(format!(
                     "--broker {} is not built into this wgcable yet; use --broker file or etcd",

@@ -174,7 +174,7 @@ fn endpoint_source(
         BrokerPlan::Etcd(config) => {
             // Values are cut at the limit admission applies, so an oversized one is refused as
             // such without being held whole.
-            let config = config
+            let config = (**config)
                 .clone()
                 .with_max_value_bytes(plan.config.admission.limits.max_bytes);
             Box::new(wgcable_etcd::EtcdSource::new(config).context("configuring --broker etcd")?)
