@@ -1,5 +1,7 @@
-//! `cargo xtask demo [--clusters 2|3]`: the main job for a newcomer. Builds the e2e topology,
-//! starts the gateways, waits until they are connected, shows `wgcable show connections` from
+//! `cargo xtask demo [--clusters 2|3] [--broker file|etcd]`: the main job for a newcomer.
+//! Builds the e2e topology (with `--broker etcd`, also a 3-member etcd cluster on a network of
+//! its own that every gateway reaches through a link `etcd0`), starts the gateways, waits until
+//! they are connected, shows `wgcable show connections` from
 //! each gateway and a cross-cluster ping from a pod, prints how to look around, and tears
 //! everything down on Enter or Ctrl-C (at once when stdin is not a terminal: CI, pipes).
 
@@ -15,20 +17,26 @@ use crate::interrupt;
 use crate::state;
 use crate::topology::{self, Options, Topology, DEVICE, METRICS_URL, TABLE};
 
-const USAGE: &str = "usage: cargo xtask demo [--clusters 2|3]";
+const USAGE: &str = "usage: cargo xtask demo [--clusters 2|3] [--broker file|etcd]";
 
 pub fn run(args: &[String]) -> Result<()> {
     if crate::wants_help(args) {
         println!("{USAGE}");
         return Ok(());
     }
-    let clusters = match args {
-        [] => 3,
-        [flag, n] if flag == "--clusters" && (n == "2" || n == "3") => {
-            n.parse().context("cluster count")?
+    let mut clusters = 3;
+    let mut etcd = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.next().map(String::as_str)) {
+            ("--clusters", Some(n @ ("2" | "3"))) => {
+                clusters = n.parse().context("cluster count")?
+            }
+            ("--broker", Some("file")) => etcd = false,
+            ("--broker", Some("etcd")) => etcd = true,
+            _ => bail!("{USAGE}"),
         }
-        _ => bail!("{USAGE}"),
-    };
+    }
     interrupt::install()?;
     topology::check_prerequisites()?;
     let gateway_bin = topology::build_gateway()?;
@@ -38,6 +46,22 @@ pub fn run(args: &[String]) -> Result<()> {
         gateway_args: vec!["--status-interval".into(), "1s".into()],
         keep: false,
     })?;
+    if etcd {
+        let mut opts = wgcable_etcd::testing::ClusterOptions::new();
+        opts.prefix = format!("{}etcd-", topo.prefix);
+        opts.net = [10, 99, 0];
+        let mut cluster = wgcable_etcd::testing::EtcdCluster::start(opts)?;
+        for c in &topo.clusters {
+            cluster.attach(&c.gw_ns, "etcd0")?;
+        }
+        topo.broker_args = vec![
+            "--broker".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            cluster.client_urls().join(","),
+        ];
+        topo.etcd = Some(cluster);
+    }
     for i in 0..topo.clusters.len() {
         topo.start_gateway(i)?;
     }
@@ -105,6 +129,18 @@ fn print_look_around(topo: &Topology) -> Result<()> {
     };
     println!("\n==== look around (as root, in another terminal, while this waits) ====");
     println!("namespaces:   ip netns list | grep {}", topo.prefix);
+    if let Some(etcd) = &topo.etcd {
+        println!(
+            "etcd:         {} (members {}; data and logs in {})",
+            show(&etcd.etcdctl(["get", "--prefix", "/wgcable/endpoints/", "--keys-only"])),
+            etcd.members
+                .iter()
+                .map(|m| format!("{} in netns {}", m.name, m.netns))
+                .collect::<Vec<_>>()
+                .join(", "),
+            etcd.dir().display()
+        );
+    }
     for (i, c) in topo.clusters.iter().enumerate() {
         println!(
             "cluster {}: subnets {} and {}, gateway netns {} (underlay {}), pod netns {} (pod {} and {}), log {}",

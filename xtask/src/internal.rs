@@ -8,6 +8,9 @@
 //!   received.
 //! - `tcp-send HOST PORT BYTES`: sends BYTES of a deterministic pseudo-random stream to HOST (an
 //!   IPv4 or IPv6 address, or a name) and prints `bytes=N sha256=HEX` for what it sent.
+//! - `etcd-writer URL[,URL...]`: one etcd client kept open; reads `put KEY FILE` and `del KEY`
+//!   lines from stdin, carries each out and prints `ok` (or `error: ...`). The benchmarks time
+//!   a change from the moment they write the line, so no process start-up is in the figure.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -17,7 +20,7 @@ use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
 const USAGE: &str =
-    "usage: xtask internal http-get URL | tcp-recv PORT [ADDR] | tcp-send HOST PORT BYTES";
+    "usage: xtask internal http-get URL | tcp-recv PORT [ADDR] | tcp-send HOST PORT BYTES | etcd-writer URL[,URL...]";
 
 pub fn run(args: &[String]) -> Result<()> {
     if crate::wants_help(args) {
@@ -50,8 +53,51 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("bytes={n} sha256={sum}");
             Ok(())
         }
+        ["etcd-writer", urls] => etcd_writer(urls),
         _ => bail!("{USAGE}"),
     }
+}
+
+fn etcd_writer(urls: &str) -> Result<()> {
+    use std::io::BufRead;
+    let urls: Vec<&str> = urls.split(',').collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = etcd_client::Client::connect(&urls, None)
+            .await
+            .context("connecting to etcd")?;
+        let mut kv = client.kv_client();
+        let stdin = std::io::stdin();
+        let mut out = std::io::stdout();
+        for line in stdin.lock().lines() {
+            let line = line?;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let result = match words.as_slice() {
+                ["put", key, file] => match std::fs::read(file) {
+                    Ok(value) => kv
+                        .put(*key, value, None)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("reading {file}: {e}")),
+                },
+                ["del", key] => kv
+                    .delete(*key, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                _ => Err(format!("unknown command {line:?}")),
+            };
+            match result {
+                Ok(()) => writeln!(out, "ok")?,
+                Err(e) => writeln!(out, "error: {e}")?,
+            }
+            out.flush()?;
+        }
+        Ok(())
+    })
 }
 
 /// Splits `http://host:port/path` into (`host:port`, `/path`).

@@ -150,6 +150,12 @@ pub struct Topology {
     pub prefix: String,
     pub run_dir: PathBuf,
     pub broker_dir: PathBuf,
+    /// How every gateway reaches its broker: `--broker-dir DIR` (the file broker) unless a
+    /// scenario switched the topology to etcd (`--broker etcd --etcd-endpoints ...`).
+    pub broker_args: Vec<String>,
+    /// The etcd cluster of the etcd scenarios, once started (its namespaces share our prefix;
+    /// it is torn down with the topology).
+    pub etcd: Option<wgcable_etcd::testing::EtcdCluster>,
     pub clusters: Vec<Cluster>,
     pub gateway_bin: PathBuf,
     gateway_args: Vec<String>,
@@ -185,7 +191,12 @@ impl Topology {
         let mut topo = Topology {
             prefix,
             run_dir,
+            broker_args: vec![
+                "--broker-dir".to_string(),
+                broker_dir.to_string_lossy().into_owned(),
+            ],
             broker_dir,
+            etcd: None,
             clusters: Vec::new(),
             gateway_bin: opts.gateway_bin,
             gateway_args: opts.gateway_args,
@@ -460,8 +471,6 @@ impl Topology {
             &format!("gw-{}", c.id),
             "--health-check-ip",
             &format!("{},{}", c.health_check_ip, c.health_check_ip6),
-            "--broker-dir",
-            &self.broker_dir.to_string_lossy(),
             "--state-dir",
             &c.state_dir.to_string_lossy(),
             // A PSK of their own: the well-known default is refused.
@@ -471,6 +480,7 @@ impl Topology {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(self.broker_args.iter().cloned());
         args.extend(self.gateway_args.iter().cloned());
         args
     }
@@ -619,6 +629,8 @@ impl Topology {
             let _ = holder.kill();
             let _ = holder.wait();
         }
+        // Its own Drop stops the members and deletes its namespaces (and the veths into ours).
+        drop(self.etcd.take());
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = output(&mut cmd("ip", ["netns", "del", ns])) {
                 eprintln!("xtask: warning: deleting netns {ns}: {e:#}");

@@ -88,9 +88,10 @@ impl SourceHealth {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceEvent {
     /// Everything the source holds now; an object not listed is gone. Always the first event
-    /// of a stream, and sent again whenever the source lost track of changes (a watch that
-    /// could not be resumed, a compacted revision, a relist), so removals made meanwhile are
-    /// seen by diffing against the previous snapshot.
+    /// of a stream apart from [`SourceEvent::Health`] (a source that cannot reach its backend
+    /// at start reports that while it retries), and sent again whenever the source lost track
+    /// of changes (a watch that could not be resumed, a compacted revision, a relist), so
+    /// removals made meanwhile are seen by diffing against the previous snapshot.
     Snapshot(Vec<RawObject>),
     /// The object was created or changed.
     Apply(RawObject),

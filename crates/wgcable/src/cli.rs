@@ -74,10 +74,6 @@ pub enum Command {
     /// Print what `wgcable gateway` with these flags would change on this host now (the
     /// device, its link and addresses, peers, routes, rules), changing nothing.
     Plan(Box<GatewayArgs>),
-    /// Withdraw the local cluster's Endpoint from the broker (the flags of `wgcable gateway`):
-    /// the other gateways drop their tunnels to this cluster. The local data path stays;
-    /// `wgcable cleanup` removes it.
-    Leave(Box<GatewayArgs>),
     /// The admission registry (what the gateway remembers of accepted clusters).
     Admission {
         #[command(subcommand)]
@@ -90,6 +86,66 @@ pub enum Command {
     },
     /// Remove the device, its routes, the rule and the userspace WireGuard process.
     Cleanup(CleanupArgs),
+    /// Withdraw this cluster's Endpoint from the broker: every other gateway drops its tunnel
+    /// to this cluster. Stop this cluster's gateway first (a running gateway keeps its tunnels;
+    /// with etcd it does not publish again until restarted).
+    Leave(LeaveArgs),
+}
+
+/// The etcd broker's flags (`--broker etcd`), named as etcdctl names them.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// The etcd members' client URLs, comma-separated (`http://host:2379`, `https://...`, or
+    /// `host:port`).
+    #[arg(long, env = "WGCABLE_ETCD_ENDPOINTS", value_name = "URL[,URL...]")]
+    pub etcd_endpoints: Option<String>,
+    /// Keys live under `<prefix>/endpoints/<cluster-id>`.
+    #[arg(long, env = "WGCABLE_ETCD_PREFIX", default_value = wgcable_etcd::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// The CA certificate that signed the etcd members' certificates (PEM).
+    #[arg(long)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// A client certificate for etcd (PEM), with --etcd-key.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; keep it 0600).
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The source's configuration; every check that needs no file or network is done here.
+    pub fn config(&self, cluster_id: &str) -> Result<wgcable_etcd::EtcdConfig, UsageError> {
+        let Some(list) = &self.etcd_endpoints else {
+            return Err(usage(
+                "--broker etcd needs --etcd-endpoints: the client URLs of the etcd members (for example http://10.0.0.1:2379,http://10.0.0.2:2379)",
+            ));
+        };
+        let mut config =
+            wgcable_etcd::EtcdConfig::new(wgcable_etcd::EtcdConfig::parse_endpoints(list));
+        config.prefix = self.etcd_prefix.clone();
+        config.local_cluster = Some(cluster_id.to_owned());
+        config.cacert = self.etcd_cacert.clone();
+        config.cert = self.etcd_cert.clone();
+        config.key = self.etcd_key.clone();
+        config.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// The local cluster's id (a DNS label).
+    #[arg(long, env = "SUBMARINER_CLUSTERID")]
+    pub cluster_id: String,
+    /// The broker the cluster's Endpoint is in: `file` or `etcd`.
+    #[arg(long, env = "WGCABLE_BROKER", default_value = "file")]
+    pub broker: BrokerKind,
+    /// The shared directory (`--broker file`).
+    #[arg(long)]
+    pub broker_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +281,8 @@ pub struct GatewayArgs {
     /// gateway reaches it, from `BROKER_K8S_*` (see docs/kubernetes.md).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Where the private key is kept (0600); keeping it keeps the public key across restarts.
     #[arg(long, default_value = "/var/lib/wgcable")]
     pub state_dir: PathBuf,
@@ -437,6 +495,8 @@ pub enum BrokerPlan {
     },
     /// Submariner's objects through the Kubernetes API, with Lease leader election.
     Kubernetes(Box<wgcable_k8s::KubernetesConfig>),
+    /// `--broker etcd` (boxed: the configuration is much larger than the other variants).
+    Etcd(Box<wgcable_etcd::EtcdConfig>),
 }
 
 impl BrokerPlan {
@@ -464,6 +524,16 @@ impl BrokerPlan {
                     || "none".to_owned(),
                     |b| format!("{} namespace {}", b.url(), b.remote_namespace)
                 ),
+            ),
+            BrokerPlan::Etcd(c) => format!(
+                "etcd {} under {}/endpoints/{}",
+                c.endpoints.join(","),
+                if c.prefix == "/" {
+                    ""
+                } else {
+                    c.prefix.as_str()
+                },
+                if c.tls() { " (TLS)" } else { "" }
             ),
         }
     }
@@ -697,15 +767,7 @@ impl GatewayArgs {
                 &self.service_cidr,
                 self.kubeconfig.as_deref(),
             )?)),
-            other => {
-                return Err(usage(format!(
-                "--broker {} is not built into this wgcable yet; use --broker file or kubernetes",
-                other
-                    .to_possible_value()
-                    .map(|v| v.get_name().to_owned())
-                    .unwrap_or_default()
-            )))
-            }
+            BrokerKind::Etcd => BrokerPlan::Etcd(Box::new(self.etcd.config(&driver.cluster_id)?)),
         };
 
         Ok(GatewayPlan {

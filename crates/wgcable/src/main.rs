@@ -74,10 +74,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let plan = args.into_plan()?;
             gateway(plan).await
         }
-        Command::Leave(args) => {
-            let plan = args.into_plan()?;
-            leave(&plan).await
-        }
         Command::Admission { what } => match what {
             AdmissionCommand::Forget {
                 cluster,
@@ -105,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics_port,
             } => show::conflicts(url.as_deref(), metrics_port, json).await,
         },
+        Command::Leave(args) => leave(args).await,
         Command::Cleanup(args) => {
             let report = wgcable_engine::gateway::cleanup(
                 &args.device,
@@ -163,35 +160,6 @@ async fn gateway(plan: GatewayPlan) -> anyhow::Result<()> {
         gateway = gateway.leader(leader);
     }
     gateway.run(shutdown_signal()).await?;
-    Ok(())
-}
-
-/// `wgcable leave`: removes the local Endpoint from the broker.
-async fn leave(plan: &GatewayPlan) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let (source, _) = endpoint_source(plan, false).await?;
-    let store = match &plan.config.key_dir {
-        Some(dir) => wgcable_keys::KeyStore::read_only(dir),
-        None => wgcable_keys::KeyStore::new(&plan.config.state_dir),
-    };
-    let key = store
-        .load()
-        .context("reading the gateway's private key")?
-        .context(
-            "this gateway has no private key yet (it never ran): there is nothing to withdraw",
-        )?;
-    let local = wgcable_engine::config::local_endpoint(&plan.config.driver, &key.public_key());
-    source.withdraw(&local).await.with_context(|| {
-        format!(
-            "withdrawing the Endpoint of cluster {}",
-            plan.config.driver.cluster_id
-        )
-    })?;
-    eprintln!(
-        "withdrew the Endpoint of cluster {} from the {} broker; the other gateways drop their tunnels to it. The local device stays: `wgcable cleanup` removes it",
-        plan.config.driver.cluster_id,
-        source.kind()
-    );
     Ok(())
 }
 
@@ -255,7 +223,61 @@ async fn endpoint_source(
             config.max_file_bytes = plan.config.admission.limits.max_bytes;
             (Box::new(wgcable_broker::FileSource::new(config)), None)
         }
+        BrokerPlan::Etcd(config) => {
+            // Values are cut at the limit admission applies, so an oversized one is refused as
+            // such without being held whole.
+            let config = (**config)
+                .clone()
+                .with_max_value_bytes(plan.config.admission.limits.max_bytes);
+            (
+                Box::new(
+                    wgcable_etcd::EtcdSource::new(config).context("configuring --broker etcd")?,
+                ),
+                None,
+            )
+        }
     })
+}
+
+/// `wgcable leave`: withdraws this cluster's Endpoint from the broker.
+async fn leave(args: cli::LeaveArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let source: Box<dyn wgcable_broker::EndpointSource> = match args.broker {
+        cli::BrokerKind::File => {
+            let Some(dir) = args.broker_dir else {
+                return Err(cli::UsageError(
+                    "--broker file needs --broker-dir: the directory the gateways share their Endpoints through".into(),
+                )
+                .into());
+            };
+            Box::new(wgcable_broker::FileSource::new(
+                wgcable_broker::FileSourceConfig::new(dir, &args.cluster_id),
+            ))
+        }
+        cli::BrokerKind::Etcd => Box::new(
+            wgcable_etcd::EtcdSource::new(args.etcd.config(&args.cluster_id)?)
+                .context("configuring --broker etcd")?,
+        ),
+        cli::BrokerKind::Kubernetes => {
+            return Err(cli::UsageError(
+                "wgcable leave: --broker kubernetes is not built into this wgcable yet".into(),
+            )
+            .into())
+        }
+    };
+    source.preflight().await?;
+    let mut local = wgcable_api::Endpoint::new(Default::default());
+    local.spec.cluster_id = args.cluster_id.clone();
+    source
+        .withdraw(&local)
+        .await
+        .with_context(|| format!("withdrawing the Endpoint of cluster {}", args.cluster_id))?;
+    eprintln!(
+        "cluster {}: Endpoint withdrawn from the {} broker; the other gateways drop their tunnels to it",
+        args.cluster_id,
+        source.kind()
+    );
+    Ok(())
 }
 
 /// Logs to stderr. The filter is `WGCABLE_LOG`, else `RUST_LOG`, else the level `-v` asks for;

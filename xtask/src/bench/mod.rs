@@ -9,6 +9,8 @@
 //! | 5 footprint | RSS at 0/100/1,000 peers, idle CPU at 1,000 | `/proc/PID/status` and `/proc/PID/stat` of the real gateway |
 //! | 6 planner | 10,000 endpoints against 10,000 peers | `wgcable-peers`' criterion bench; medians from `target/criterion` |
 //! | 7 throughput | pod to pod through the tunnel, auto MTU | `iperf3`, against `wireguard-go` set up by hand with `wg`/`ip` at MTU 1420 in a twin topology |
+//! | 8 broker propagation | a remote Endpoint changed 100 times -> the new peer on the device: median, p99 | the real gateway with `--broker etcd` (3-member etcd) against the file broker (inotify), same run |
+//! | 9 broker cold start | a gateway starting against 1,000 Endpoints, to all peers configured | 1,000 etcd keys against 1,000 files, same run |
 //!
 //! `--vm` runs cases 1 and 7 in the VM of `cargo xtask vm`, where the gateway finds kernel
 //! WireGuard: cold sync kernel vs `wg setconf` on the same guest kernel, throughput kernel vs
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+mod broker;
 mod convergence;
 mod footprint;
 mod planner;
@@ -34,6 +37,7 @@ mod table;
 mod throughput;
 mod vm;
 
+use broker::*;
 use convergence::*;
 use footprint::*;
 use planner::*;
@@ -98,7 +102,7 @@ pub fn run(args: &[String]) -> Result<()> {
                         n.trim()
                             .parse()
                             .ok()
-                            .filter(|n| (1..=7).contains(n))
+                            .filter(|n| (1..=9).contains(n))
                             .context(USAGE)?,
                     );
                 }
@@ -164,6 +168,11 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("\n==== case 7: throughput ====");
             throughput(&mut mesh, runs, &mut samples)?;
         }
+    }
+
+    if want(8) || want(9) {
+        println!("\n==== cases 8-9: the etcd broker against the file broker ====");
+        broker_cases(&bin, runs, want(8), want(9), &mut samples)?;
     }
 
     let elapsed = start.elapsed();

@@ -204,6 +204,28 @@ pub(super) fn rows(samples: &Samples) -> Vec<Row> {
     );
     tp.note = format!("auto MTU {}", m("throughput.auto_mtu").unwrap_or(f64::NAN));
     rows.push(tp);
+    for (stat, what) in [("median", "median"), ("p99", "p99")] {
+        let mut r = row(
+            "8",
+            &format!("Endpoint change -> peer configured, {what} of {CHANGES}"),
+            &format!("broker.propagation.etcd.{stat}"),
+            Some(&format!("broker.propagation.file.{stat}")),
+            "ms",
+            Target::None,
+        );
+        r.note = "etcd put (3 members) against the file broker (inotify)".into();
+        rows.push(r);
+    }
+    let mut cold = row(
+        "9",
+        &format!("cold start to {COLD_ENDPOINTS} peers configured"),
+        "broker.cold.etcd",
+        Some("broker.cold.file"),
+        "ms",
+        Target::None,
+    );
+    cold.note = format!("{COLD_ENDPOINTS} etcd keys against {COLD_ENDPOINTS} files");
+    rows.push(cold);
     rows
 }
 

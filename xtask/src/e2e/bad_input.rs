@@ -172,7 +172,7 @@ fn mentions(log: &str, file: &str, cluster: &str) -> bool {
 }
 
 /// An Endpoint custom resource as Submariner's broker holds it.
-fn endpoint_yaml(cluster: &str, subnet: &str, ip: &str, key: &str) -> String {
+pub(super) fn endpoint_yaml(cluster: &str, subnet: &str, ip: &str, key: &str) -> String {
     format!(
         "apiVersion: submariner.io/v1
 kind: Endpoint

@@ -18,6 +18,12 @@ mod bad_input;
 mod cleanup;
 mod disconnect;
 mod drift_repair;
+mod etcd_common;
+mod etcd_down;
+mod etcd_hostile;
+mod etcd_leader_kill;
+mod etcd_mesh;
+mod etcd_partition;
 mod full_mesh;
 mod helpers;
 mod hitless_restart;
@@ -67,6 +73,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("plan", plan::run),
     ("bad-input", bad_input::run),
     ("cleanup", cleanup::run),
+    // The etcd broker: these switch the topology to a 3-member etcd cluster (see etcd_common).
+    ("etcd-mesh", etcd_mesh::run),
+    ("etcd-leader-kill", etcd_leader_kill::run),
+    ("etcd-down", etcd_down::run),
+    ("etcd-partition", etcd_partition::run),
+    ("etcd-hostile", etcd_hostile::run),
 ];
 
 pub fn run(args: &[String]) -> Result<()> {
