@@ -278,7 +278,10 @@ mod tests {
     fn defaults() {
         let c = config(&["http://10.0.0.1:2379"]);
         assert_eq!(c.prefix, "/wgcable");
-        assert_eq!(c.max_value_bytes, 1 << 20);
+        assert_eq!(
+            c.max_value_bytes,
+            wgcable_api::ParseLimits::default().max_bytes
+        );
         assert!(c.max_message_bytes >= 4 << 20);
         c.validate().expect("defaults are valid");
         assert_eq!(

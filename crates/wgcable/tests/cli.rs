@@ -800,7 +800,6 @@ fn state_with_key(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn leave_withdraws_the_local_endpoint_and_nothing_else() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let state = state_with_key(tmp.path());
     let broker = tmp.path().join("broker");
     std::fs::create_dir_all(&broker).expect("broker");
     std::fs::write(broker.join("east.yaml"), "ours").expect("own");
@@ -809,21 +808,13 @@ fn leave_withdraws_the_local_endpoint_and_nothing_else() {
         "leave",
         "--cluster-id",
         "east",
-        "--subnets",
-        "10.42.0.0/16",
-        "--private-ip",
-        "192.0.2.10",
-        "--psk",
-        "a real secret for the test",
         "--broker-dir",
         broker.to_str().expect("utf-8"),
-        "--state-dir",
-        state.to_str().expect("utf-8"),
     ];
     let out = wgcable(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("withdrew the Endpoint of cluster east"),
+        stderr(&out).contains("cluster east: Endpoint withdrawn from the file broker"),
         "{}",
         stderr(&out)
     );
