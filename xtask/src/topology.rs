@@ -44,6 +44,9 @@ use crate::state;
 
 /// The WireGuard device every gateway creates.
 pub const DEVICE: &str = "submariner";
+/// The pre-shared key string every gateway gets (the well-known default is refused). Not a
+/// secret, but the hostile-broker scenario checks that no log ever shows it.
+pub const PSK: &str = "wgcable-e2e-not-a-secret";
 /// The route table the gateways put remote subnets in.
 pub const TABLE: u32 = 150;
 /// The gateway's HTTP server (metrics, connections), as seen from inside its namespace.
@@ -466,7 +469,7 @@ impl Topology {
             &c.state_dir.to_string_lossy(),
             // A PSK of their own: the well-known default is refused.
             "--psk",
-            "wgcable-e2e-not-a-secret",
+            PSK,
         ]
         .iter()
         .map(|s| s.to_string())

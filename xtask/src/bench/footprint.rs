@@ -11,9 +11,9 @@ use crate::interrupt;
 use crate::state;
 use crate::topology::Topology;
 
-/// A standard base64 encoder: xtask links no crate that has one, and endpoint keys are the
-/// only use.
-pub(super) fn base64(bytes: &[u8]) -> String {
+/// A standard base64 encoder: xtask links no crate that has one, and endpoint keys (here and
+/// in the e2e scenarios) are the only use.
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {

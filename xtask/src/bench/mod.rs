@@ -41,6 +41,8 @@ use scale::*;
 use table::*;
 use throughput::*;
 
+pub(crate) use footprint::base64;
+
 use crate::cmd::{self, read};
 use crate::interrupt;
 use crate::topology::{self, Options, Topology};
