@@ -1,10 +1,12 @@
 //! 13. data-plane: the status poll watches the data plane.
 //!
-//! - Gateway a's `wireguard-go` killed (SIGKILL; with `--backend kernel`, its link deleted):
-//!   the next status poll (every [`STATUS`] here) finds the device gone and repairs it at
-//!   once, not at the next resync; a 10/s pod-a -> pod-b ping is answered again within
-//!   [`KILL_BOUND`] of the kill, and the log says the status poll repaired it.
-//! - `wireguard-go` frozen (SIGSTOP): within [`FREEZE_BOUND`] a's `/connections` shows every
+//! - Gateway a's `wireguard-go` killed (SIGKILL; with `--backend kernel`, its link deleted),
+//!   with a's resync interval raised to [`LONG_RESYNC`] so only the status poll can repair
+//!   it: the next status poll (every [`STATUS`] here) finds the device gone and repairs it at
+//!   once; a 10/s pod-a -> pod-b ping is answered again within [`KILL_BOUND`] of the kill,
+//!   and the log says the status poll repaired it.
+//! - `wireguard-go` frozen (SIGSTOP), with the usual short resync (so a resync may be the one
+//!   that waits on the frozen device): within [`FREEZE_BOUND`] a's `/connections` shows every
 //!   connection `error` with the reason, and `/readyz` answers 503 naming it; after SIGCONT
 //!   both recover within [`FREEZE_BOUND`]. (A kernel device cannot freeze: with `--backend
 //!   kernel` this part does not apply and the result says so.)
@@ -27,6 +29,8 @@ const KILL_BOUND: Duration = Duration::from_millis(STATUS.as_millis() as u64 + 2
 /// From SIGSTOP to `error` and 503, and from SIGCONT to connected and 200: one status
 /// interval, the 3 s the poll waits for the device, and room for a loaded machine.
 const FREEZE_BOUND: Duration = Duration::from_secs(STATUS.as_secs() + 3 + 3);
+/// Gateway a's resync interval while its device is killed: far longer than the test.
+const LONG_RESYNC: &str = "600s";
 /// What the status poll logs when it repairs the data plane.
 const REPAIR_LINE: &str = "the data plane lost its device or peers; repairing now";
 
@@ -49,7 +53,17 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
     let userspace = state::processes_in_netns(&topo.clusters[0].gw_ns)
         .iter()
         .any(|(_, comm)| comm == "wireguard-go");
-    let killed = kill_device(topo, userspace)?;
+    // Only the status poll may repair the device: restart a with a resync it never reaches.
+    topo.stop_gateway(0)?;
+    topo.override_flag(0, "--resync-interval", LONG_RESYNC)?;
+    topo.start_gateway(0)?;
+    let killed = state::wait_connected(topo, 0, &topo.remotes(0), WAIT)
+        .and_then(|()| kill_device(topo, userspace));
+    topo.stop_gateway(0)?;
+    topo.clear_overrides(0);
+    topo.start_gateway(0)?;
+    let killed = killed?;
+    state::wait_connected(topo, 0, &topo.remotes(0), WAIT)?;
     let frozen = if userspace {
         freeze(topo)?
     } else {
@@ -87,13 +101,13 @@ fn kill_device(topo: &mut Topology, userspace: bool) -> Result<String> {
     let repaired_by_status = topo.log_since(0, offset).contains(REPAIR_LINE);
     state::wait_connected(topo, 0, &topo.remotes(0), WAIT)?;
     let measured = format!(
-        "{what} on gateway a: pod-a -> pod-b (10/s) silent for {:.2}s, {} of {} pings lost; repaired by the status \
-         poll ({}s; resync {}s)",
+        "{what} on gateway a: pod-a -> pod-b (10/s) silent for {:.2}s (bound {:.1}s), {} of {} pings lost; \
+         repaired by the status poll (every {}s; resync {LONG_RESYNC} for this test)",
         secs(gap),
+        secs(KILL_BOUND),
         summary.lost(),
         summary.sent,
         STATUS.as_secs(),
-        RESYNC.as_secs()
     );
     ensure!(
         repaired_by_status,

@@ -134,6 +134,8 @@ struct Attack {
     what: String,
     plant: Plant,
     reason: &'static str,
+    /// (gateway index, reason) where a gateway's reason differs.
+    except: Vec<(usize, &'static str)>,
 }
 
 impl Attack {
@@ -143,7 +145,21 @@ impl Attack {
             what: what.to_string(),
             plant,
             reason,
+            except: Vec::new(),
         }
+    }
+
+    /// Gateway `i` refuses it for another reason.
+    fn at(mut self, i: usize, reason: &'static str) -> Attack {
+        self.except.push((i, reason));
+        self
+    }
+
+    fn reason_at(&self, i: usize) -> &'static str {
+        self.except
+            .iter()
+            .find(|(at, _)| *at == i)
+            .map_or(self.reason, |(_, r)| r)
     }
 
     fn endpoint(file: &str, what: &str, ep: &Hostile, reason: &'static str) -> Attack {
@@ -249,12 +265,16 @@ fn attacks(topo: &Topology) -> Vec<Attack> {
     let a = &topo.clusters[0];
     let mut impostor = Hostile::new("a", &[&a.subnet, &a.subnet6], "192.168.77.66");
     impostor.key = key_of("impostor-a");
-    list.push(Attack::endpoint(
-        "0-a.yaml",
-        "an impostor 0-a.yaml claiming cluster a",
-        &impostor,
-        "impostor",
-    ));
+    // At a itself, the subnets are a's own: the policy refuses it before identity is judged.
+    list.push(
+        Attack::endpoint(
+            "0-a.yaml",
+            "an impostor 0-a.yaml claiming cluster a",
+            &impostor,
+            "impostor",
+        )
+        .at(0, "subnet_overlaps_local"),
+    );
     for (file, subnet, what, reason) in [
         (
             "wide.yaml",
@@ -438,17 +458,18 @@ fn metric_sum(topo: &Topology, i: usize, name: &str) -> Result<f64> {
         .sum())
 }
 
-/// Waits until every gateway logged `(file, reason)` for each of `expected` since `offsets`
-/// and counted each reason at least as often as it is expected; returns the time it took.
+/// Waits until every gateway `i` logged `(file, reason)` for each of `expected[i]` since
+/// `offsets[i]` and counted each reason at least as often as it is expected; returns the time
+/// it took.
 fn wait_refused(
     topo: &Topology,
     offsets: &[u64],
     counted_before: &[BTreeMap<String, f64>],
-    expected: &[(String, &'static str)],
+    expected: &[Vec<(String, &'static str)>],
     timeout: Duration,
 ) -> Result<Duration> {
     let start = Instant::now();
-    for i in 0..topo.clusters.len() {
+    for (i, expected) in expected.iter().enumerate() {
         let id = topo.clusters[i].id.clone();
         poll(
             &format!("gateway {id} to log every refusal"),
@@ -662,8 +683,14 @@ fn attack_all(
             .with_context(|| format!("planting {} ({})", a.file, a.what))?;
         planted.push(a.file.clone());
     }
-    let expected: Vec<(String, &'static str)> =
-        attacks.iter().map(|a| (a.file.clone(), a.reason)).collect();
+    let expected: Vec<Vec<(String, &'static str)>> = (0..n)
+        .map(|i| {
+            attacks
+                .iter()
+                .map(|a| (a.file.clone(), a.reason_at(i)))
+                .collect()
+        })
+        .collect();
     let took = wait_refused(topo, &offsets, &before, &expected, WAIT)?;
     ensure_untouched(topo, &good, "the static attacks")?;
     report.push(format!(
