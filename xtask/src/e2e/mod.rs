@@ -27,6 +27,7 @@ mod ipv6;
 mod key_change;
 mod metrics;
 mod plan;
+mod state_lock;
 
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("bad-input", bad_input::run),
     ("hostile-broker", hostile_broker::run),
     ("data-plane", data_plane::run),
+    ("state-lock", state_lock::run),
     ("cleanup", cleanup::run),
 ];
 
