@@ -9,6 +9,7 @@
 //! | 5 footprint | RSS at 0/100/1,000 peers, idle CPU at 1,000 | `/proc/PID/status` and `/proc/PID/stat` of the real gateway |
 //! | 6 planner | 10,000 endpoints against 10,000 peers | `wgcable-peers`' criterion bench; medians from `target/criterion` |
 //! | 7 throughput | pod to pod through the tunnel, auto MTU | `iperf3`, against `wireguard-go` set up by hand with `wg`/`ip` at MTU 1420 in a twin topology |
+//! | 10 burst, 11 burst removal | 5,000 Endpoints arriving at once at a running gateway; 1,000 of them removed | the real gateway (file broker, userspace backend) to all peers and routes on the device, against `wg setconf` + `ip -batch` of the same peers and routes (see `burst`) |
 //!
 //! `--vm` runs cases 1 and 7 in the VM of `cargo xtask vm`, where the gateway finds kernel
 //! WireGuard: cold sync kernel vs `wg setconf` on the same guest kernel, throughput kernel vs
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+mod burst;
 mod convergence;
 mod footprint;
 mod planner;
@@ -34,6 +36,7 @@ mod table;
 mod throughput;
 mod vm;
 
+use burst::*;
 use convergence::*;
 use footprint::*;
 use planner::*;
@@ -100,7 +103,7 @@ pub fn run(args: &[String]) -> Result<()> {
                         n.trim()
                             .parse()
                             .ok()
-                            .filter(|n| (1..=7).contains(n))
+                            .filter(|n| (1..=7).contains(n) || (10..=11).contains(n))
                             .context(USAGE)?,
                     );
                 }
@@ -166,6 +169,11 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("\n==== case 7: throughput ====");
             throughput(&mut mesh, runs, &mut samples)?;
         }
+    }
+
+    if want(10) || want(11) {
+        println!("\n==== cases 10-11: {BURST} Endpoints at once, {BURST_REMOVED} removed ====");
+        burst(&bin, runs, &mut samples)?;
     }
 
     let elapsed = start.elapsed();
@@ -319,6 +327,10 @@ mod tests {
         assert_eq!(criterion_median_ms(est).expect("parses"), 1.5);
         let cargo = "{\"reason\":\"compiler-artifact\",\"target\":{\"name\":\"scale\"},\"executable\":\"/t/scale-1\"}\n{\"reason\":\"build-finished\"}";
         assert_eq!(scale_executable(cargo), Some(PathBuf::from("/t/scale-1")));
+        assert!(is_generated("c0.yaml") && is_generated("c4999.yaml"));
+        assert!(
+            !is_generated("c.yaml") && !is_generated("bench-c1.yaml") && !is_generated("c1.yml")
+        );
     }
 
     #[test]
@@ -329,10 +341,20 @@ mod tests {
             ("cold.baseline", vec![370.0, 375.0, 380.0]),
             ("throughput.wgcable", vec![960.0]),
             ("throughput.baseline", vec![1000.0]),
+            ("burst.converge", vec![4000.0, 4200.0, 4100.0]),
+            ("burst.converge.baseline", vec![1000.0]),
         ] {
             s.insert(name.into(), values);
         }
         let text = table(&s);
+        let burst = text
+            .lines()
+            .find(|l| l.starts_with("| 10 |"))
+            .expect("a burst row");
+        assert!(
+            burst.contains("| 4100 ms | 1000 ms | 4.10 | <= 10000 ms | yes |"),
+            "{burst}"
+        );
         let cold = text
             .lines()
             .find(|l| l.contains("cold sync"))
