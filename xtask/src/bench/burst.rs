@@ -115,6 +115,7 @@ pub(super) fn burst(bin: &Path, runs: usize, samples: &mut Samples) -> Result<()
 
     for r in 0..runs {
         interrupt::check()?;
+        let offset = topo.log_len(0);
         let ticks = cpu_ticks(gateway)?;
         let start = Instant::now();
         for i in 0..BURST {
@@ -144,6 +145,12 @@ pub(super) fn burst(bin: &Path, runs: usize, samples: &mut Samples) -> Result<()
         push(samples, "burst.converge", converged.as_secs_f64() * 1000.0);
         push(samples, "burst.cpu", cpu);
         push(samples, "burst.remove", removed.as_secs_f64() * 1000.0);
+        // What the gateway did meanwhile, in its own words (reconciles and warnings).
+        for line in topo.log_since(0, offset).lines() {
+            if line.contains("reconciled") || line.contains("WARN") {
+                println!("  gateway: {}", &line[..line.len().min(300)]);
+            }
+        }
 
         // Back to no remotes for the next run (not timed).
         for i in BURST_REMOVED..BURST {
