@@ -108,7 +108,8 @@ pub fn poll<T>(what: &str, timeout: Duration, attempt: impl FnMut() -> Result<T>
     poll_every(what, timeout, Duration::from_millis(100), attempt)
 }
 
-fn poll_every<T>(
+/// [`poll`] with another interval between attempts.
+pub fn poll_every<T>(
     what: &str,
     timeout: Duration,
     interval: Duration,

@@ -26,6 +26,7 @@ const TARGETS: &[(&str, &[&str])] = &[
         ],
     ),
     ("admission_policy", &[]),
+    ("admission_batches", &[]),
     ("uapi_reply", &[]),
     ("key_parse", &[]),
 ];

@@ -44,6 +44,9 @@ use crate::state;
 
 /// The WireGuard device every gateway creates.
 pub const DEVICE: &str = "submariner";
+/// The pre-shared key string every gateway gets (the well-known default is refused). Not a
+/// secret, but the hostile-broker scenario checks that no log ever shows it.
+pub const PSK: &str = "wgcable-e2e-not-a-secret";
 /// The route table the gateways put remote subnets in.
 pub const TABLE: u32 = 150;
 /// The gateway's HTTP server (metrics, connections), as seen from inside its namespace.
@@ -159,6 +162,9 @@ pub struct Topology {
     pub clusters: Vec<Cluster>,
     pub gateway_bin: PathBuf,
     gateway_args: Vec<String>,
+    /// (cluster index, flag, value): a value of `gateway_args` that differs for one gateway
+    /// (see [`Topology::override_flag`]).
+    overrides: Vec<(usize, String, String)>,
     keep: bool,
     /// Every namespace created, in creation order.
     namespaces: Vec<String>,
@@ -200,6 +206,7 @@ impl Topology {
             clusters: Vec::new(),
             gateway_bin: opts.gateway_bin,
             gateway_args: opts.gateway_args,
+            overrides: Vec::new(),
             keep: opts.keep,
             namespaces: Vec::new(),
             holders: Vec::new(),
@@ -454,7 +461,6 @@ impl Topology {
             .collect()
     }
 
-    /// Starts `wgcable gateway` for cluster `i` in its holder; output is appended to its log.
     /// The arguments gateway `i` runs with, for `subcommand` (`gateway`, or `plan` and `leave`,
     /// which take the same flags).
     pub fn gateway_command(&self, i: usize, subcommand: &str) -> Vec<String> {
@@ -475,16 +481,47 @@ impl Topology {
             &c.state_dir.to_string_lossy(),
             // A PSK of their own: the well-known default is refused.
             "--psk",
-            "wgcable-e2e-not-a-secret",
+            PSK,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         args.extend(self.broker_args.iter().cloned());
-        args.extend(self.gateway_args.iter().cloned());
+        let mut extra = self.gateway_args.iter();
+        while let Some(arg) = extra.next() {
+            args.push(arg.clone());
+            let over = self
+                .overrides
+                .iter()
+                .find(|(at, flag, _)| *at == i && flag == arg);
+            if let Some((_, _, value)) = over {
+                extra.next();
+                args.push(value.clone());
+            }
+        }
         args
     }
 
+    /// From the next start on, gateway `i` runs with `value` for `flag` instead of the value
+    /// every gateway gets (`flag` must be one of the extra arguments, e.g. `--resync-interval`:
+    /// the gateway refuses a flag given twice). [`Topology::clear_overrides`] undoes it.
+    pub fn override_flag(&mut self, i: usize, flag: &str, value: &str) -> Result<()> {
+        ensure!(
+            self.gateway_args.iter().any(|a| a == flag),
+            "{flag} is not among the gateways' extra arguments {:?}",
+            self.gateway_args
+        );
+        self.overrides.retain(|(at, f, _)| !(*at == i && f == flag));
+        self.overrides
+            .push((i, flag.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    pub fn clear_overrides(&mut self, i: usize) {
+        self.overrides.retain(|(at, _, _)| *at != i);
+    }
+
+    /// Starts `wgcable gateway` for cluster `i` in its holder; output is appended to its log.
     pub fn start_gateway(&mut self, i: usize) -> Result<()> {
         ensure!(
             !self.gateway_running(i),
@@ -948,6 +985,53 @@ mod tests {
             &plans[0],
             "fd00:201:1::10".parse().expect("addr")
         ));
+    }
+
+    #[test]
+    fn an_override_replaces_one_gateways_flag_value_only() {
+        let cluster = |i: usize, id: &str| Cluster {
+            id: id.into(),
+            gw_ns: format!("wgc1-gw-{id}"),
+            pod_ns: format!("wgc1-pod-{id}"),
+            holder_pid: 1,
+            underlay_ip: Ipv4Addr::new(192, 168, 77, 11 + i as u8),
+            subnet: format!("10.20{}.0.0/16", i + 1),
+            pod_ip: Ipv4Addr::new(10, 201, 1, 10),
+            health_check_ip: Ipv4Addr::new(10, 201, 0, 1),
+            subnet6: "fd00:201::/48".into(),
+            pod_ip6: Ipv6Addr::LOCALHOST,
+            health_check_ip6: Ipv6Addr::LOCALHOST,
+            state_dir: PathBuf::from("/nonexistent/state"),
+            log: PathBuf::from("/nonexistent/log"),
+            gateway: None,
+        };
+        let mut topo = Topology {
+            prefix: "wgc1-".into(),
+            run_dir: PathBuf::from("/nonexistent"),
+            broker_dir: PathBuf::from("/nonexistent/broker"),
+            clusters: vec![cluster(0, "a"), cluster(1, "b")],
+            gateway_bin: PathBuf::from("/bin/false"),
+            gateway_args: ["--resync-interval", "2s", "-v"].map(String::from).to_vec(),
+            overrides: Vec::new(),
+            keep: false,
+            namespaces: Vec::new(),
+            holders: Vec::new(),
+            mount_namespaces: Vec::new(),
+            // Nothing was built: Drop must not tear anything down.
+            torn_down: true,
+        };
+        let tail = |t: &Topology, i: usize| {
+            let args = t.gateway_command(i, "gateway");
+            args[args.len() - 3..].to_vec()
+        };
+        assert_eq!(tail(&topo, 0), ["--resync-interval", "2s", "-v"]);
+        topo.override_flag(0, "--resync-interval", "600s")
+            .expect("a flag of gateway_args");
+        assert_eq!(tail(&topo, 0), ["--resync-interval", "600s", "-v"]);
+        assert_eq!(tail(&topo, 1), ["--resync-interval", "2s", "-v"]);
+        assert!(topo.override_flag(0, "--table", "9").is_err());
+        topo.clear_overrides(0);
+        assert_eq!(tail(&topo, 0), ["--resync-interval", "2s", "-v"]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! operator's `controllers/submariner/submariner_metrics.go`, which upstream computes from the
 //! Gateway objects; a wgcable gateway exports them for itself, as if the operator looked at it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use prometheus::core::Collector;
@@ -161,8 +161,11 @@ impl CableLabels {
 #[derive(Debug, Default)]
 struct Book {
     statuses: HashMap<CableLabels, &'static str>,
-    published_short: HashSet<(String, &'static str)>,
-    published_requested: HashSet<RequestedKey>,
+    /// `submariner_connections_short` and `submariner_requested_connections` as counts, kept
+    /// up to date one status change at a time: recounting every cable at each change cost
+    /// O(n) per change, so 5,000 cables appearing at once took O(n^2) (tens of seconds).
+    short_counts: HashMap<(String, &'static str), u32>,
+    requested_counts: HashMap<RequestedKey, u32>,
     /// Each polled cable's series, looked up once: a status poll of 1,000 cables then hashes
     /// each cable's labels once instead of once per metric family.
     handles: HashMap<CableLabels, CableHandles>,
@@ -431,12 +434,13 @@ impl GatewayMetrics {
         self.connections
             .with_label_values(&cable.values_with_status(status))
             .set(1.0);
-        if let Some(previous) = book.statuses.insert(cable.clone(), status) {
+        let previous = book.statuses.insert(cable.clone(), status);
+        if let Some(previous) = previous {
             let _ = self
                 .connections
                 .remove_label_values(&cable.values_with_status(previous));
         }
-        self.recount_short(&mut book);
+        self.count_transition(&mut book, cable, previous, Some(status));
     }
 
     /// Records a cable's current status: exactly one `submariner_connections` series per cable,
@@ -459,7 +463,7 @@ impl GatewayMetrics {
                 .connections
                 .remove_label_values(&cable.values_with_status(previous));
         }
-        self.recount_short(&mut book);
+        self.count_transition(&mut book, cable, previous, Some(status));
     }
 
     /// Records the bytes received and transmitted over a cable (WireGuard's counters).
@@ -514,8 +518,8 @@ impl GatewayMetrics {
             let _ = gauge.remove_label_values(&values);
         }
         book.handles.remove(cable);
-        if book.statuses.remove(cable).is_some() {
-            self.recount_short(&mut book);
+        if let Some(previous) = book.statuses.remove(cable) {
+            self.count_transition(&mut book, cable, Some(previous), None);
         }
     }
 
@@ -634,56 +638,86 @@ impl GatewayMetrics {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Republishes `submariner_connections_short` from the book: a series per (driver, status)
-    /// with at least one cable, as Submariner does, and none for counts that dropped to zero.
-    fn recount_short(&self, book: &mut Book) {
-        let mut counts: HashMap<(String, &'static str), u32> = HashMap::new();
-        for (cable, status) in &book.statuses {
-            *counts
-                .entry((cable.cable_driver.clone(), *status))
-                .or_default() += 1;
+    /// A cable's status went from `previous` to `status` (`None`: the cable is new, or gone):
+    /// the `submariner_connections_short` (driver, status) and `submariner_requested_connections`
+    /// (local, remote, status) counts it is part of change by one each. A series exists only
+    /// while its count is at least one, as Submariner exports them.
+    fn count_transition(
+        &self,
+        book: &mut Book,
+        cable: &CableLabels,
+        previous: Option<&'static str>,
+        status: Option<&'static str>,
+    ) {
+        if previous == status {
+            return;
         }
-        for ((driver, status), count) in &counts {
-            self.connections_short
-                .with_label_values(&[driver.as_str(), status])
-                .set(f64::from(*count));
-        }
-        for key in &book.published_short {
-            if !counts.contains_key(key) {
-                let _ = self
-                    .connections_short
-                    .remove_label_values(&[key.0.as_str(), key.1]);
-            }
-        }
-        book.published_short = counts.into_keys().collect();
-
+        let short = |status| (cable.cable_driver.clone(), status);
         // submariner_requested_connections: upstream's operator counts each connection of each
         // Gateway by (local, remote, status); here the gateway counts its own cables.
-        let mut requested: HashMap<RequestedKey, u32> = HashMap::new();
-        for (cable, status) in &book.statuses {
-            *requested
-                .entry((
-                    cable.local_cluster.clone(),
-                    cable.local_hostname.clone(),
-                    cable.remote_cluster.clone(),
-                    cable.remote_hostname.clone(),
-                    *status,
-                ))
-                .or_default() += 1;
-        }
-        for (key, count) in &requested {
-            self.requested_connections
-                .with_label_values(&requested_values(key))
-                .set(f64::from(*count));
-        }
-        for key in &book.published_requested {
-            if !requested.contains_key(key) {
-                let _ = self
+        let requested = |status| {
+            (
+                cable.local_cluster.clone(),
+                cable.local_hostname.clone(),
+                cable.remote_cluster.clone(),
+                cable.remote_hostname.clone(),
+                status,
+            )
+        };
+        if let Some(p) = previous {
+            let key = short(p);
+            let values = [key.0.as_str(), key.1];
+            match decrement(&mut book.short_counts, &key) {
+                Some(n) => self
+                    .connections_short
+                    .with_label_values(&values)
+                    .set(f64::from(n)),
+                None => {
+                    let _ = self.connections_short.remove_label_values(&values);
+                }
+            }
+            let key = requested(p);
+            match decrement(&mut book.requested_counts, &key) {
+                Some(n) => self
                     .requested_connections
-                    .remove_label_values(&requested_values(key));
+                    .with_label_values(&requested_values(&key))
+                    .set(f64::from(n)),
+                None => {
+                    let _ = self
+                        .requested_connections
+                        .remove_label_values(&requested_values(&key));
+                }
             }
         }
-        book.published_requested = requested.into_keys().collect();
+        if let Some(s) = status {
+            let key = short(s);
+            let n = book.short_counts.entry(key.clone()).or_default();
+            *n += 1;
+            self.connections_short
+                .with_label_values(&[key.0.as_str(), key.1])
+                .set(f64::from(*n));
+            let key = requested(s);
+            let n = book.requested_counts.entry(key.clone()).or_default();
+            *n += 1;
+            self.requested_connections
+                .with_label_values(&requested_values(&key))
+                .set(f64::from(*n));
+        }
+    }
+}
+
+/// Counts one fewer under `key`: the count left, or `None` when it reached zero (and the key
+/// is gone).
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: &K) -> Option<u32> {
+    match counts.get_mut(key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            Some(*n)
+        }
+        _ => {
+            counts.remove(key);
+            None
+        }
     }
 }
 

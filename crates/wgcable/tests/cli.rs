@@ -1,7 +1,9 @@
 //! The binary's command line: usage mistakes exit with code 2 and a message naming the flag
 //! (and the environment variable a value came from), before anything on the host is touched;
 //! `gateway --check-config` shows what a valid configuration resolves to without running. None
-//! of these runs needs root or a network.
+//! of these runs needs root or a network, except the two about a read-only or full state
+//! directory, which run the gateway in a mount and network namespace of its own (they skip
+//! without root, and fail without it when `CI` is set).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -941,4 +943,215 @@ fn a_key_from_a_secret_volume_is_read_where_it_is_mounted() {
         "{}",
         stderr(&out)
     );
+}
+/// The arguments of a gateway on `state` and `broker` that would run with `--backend
+/// userspace` if nothing stopped it first (a loopback port of its own for metrics).
+fn gateway_on<'a>(state: &'a str, broker: &'a str) -> Vec<&'a str> {
+    vec![
+        "gateway",
+        "--cluster-id",
+        "east",
+        "--subnets",
+        "10.42.0.0/16",
+        "--private-ip",
+        "192.0.2.10",
+        "--broker-dir",
+        broker,
+        "--state-dir",
+        state,
+        "--backend",
+        "userspace",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_second_gateway_on_a_held_state_directory_exits_2_naming_the_holder() {
+    // The holder is this test, holding the lock as a running gateway does (its pid in the
+    // file): a real first gateway would need root and a network namespace to get past its
+    // device (the e2e scenario state-lock runs two real ones).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let broker = tmp.path().join("broker");
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::create_dir_all(&broker).expect("broker");
+    let mut lock = std::fs::File::create(state.join("gateway.lock")).expect("lock file");
+    write!(lock, "{}", std::process::id()).expect("pid");
+    let held = nix_flock(&lock);
+    let (state_s, broker_s) = (
+        state.to_str().expect("utf-8"),
+        broker.to_str().expect("utf-8"),
+    );
+    let out = wgcable(&gateway_on(state_s, broker_s));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another gateway (pid {}) uses state directory {state_s}",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("give this one its own --state-dir"), "{err}");
+    // Refused before anything else: no key created, nothing written or published.
+    assert_eq!(entries(&state), ["gateway.lock"]);
+    assert!(entries(&broker).is_empty(), "{:?}", entries(&broker));
+    drop(held);
+}
+
+/// Whether this test may use namespaces (root and `unshare`). Without, it says why on one line
+/// and returns false; with `CI` set, that is a failure instead.
+fn privileged(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let unshare = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("unshare").is_file()));
+    if root && unshare {
+        return true;
+    }
+    let why = if root {
+        "`unshare` (util-linux) is missing"
+    } else {
+        "it needs root (a mount and a network namespace of its own)"
+    };
+    assert!(std::env::var_os("CI").is_none(), "{test}: {why}");
+    eprintln!("skipping {test}: {why}");
+    false
+}
+
+/// Runs a gateway, with a valid key in its state directory, in a mount and network namespace
+/// of its own, after `prepare` (shell commands) made the state directory (a tmpfs) what the
+/// test is about. `WG_USERSPACE_IMPLEMENTATION` is a script that leaves a marker file, so a
+/// start of the userspace backend is seen. Returns the gateway's output and what was left:
+/// `rc=`, the namespace's links, `/run/wireguard`, the broker and state directories.
+fn gateway_in_namespace(tmp: &Path, prepare: &str) -> (String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let state = tmp.join("state");
+    let broker = tmp.join("broker");
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::create_dir_all(&broker).expect("broker");
+    let fake = tmp.join("fake-wireguard-go");
+    let marker = tmp.join("wireguard-go-started");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
+    )
+    .expect("fake wireguard-go");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    let args = gateway_on(
+        state.to_str().expect("utf-8"),
+        broker.to_str().expect("utf-8"),
+    )
+    .iter()
+    .map(|a| format!("'{a}'"))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let script = format!(
+        "set -e
+ip link set lo up
+mkdir -p /run/wireguard && mount -t tmpfs tmpfs /run/wireguard
+mount -t tmpfs -o size=256k tmpfs '{state}'
+printf 'eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=\\n' > '{state}/private.key'
+chmod 600 '{state}/private.key'
+{prepare}
+set +e
+\"$WGCABLE\" {args}
+echo \"rc=$?\"
+echo \"links: $(ip -o link show | cut -d: -f2 | tr -d ' ' | tr '\\n' ' ')\"
+echo \"run-wireguard: $(ls -A /run/wireguard | tr '\\n' ' ')\"
+echo \"broker: $(ls -A '{broker}' | tr '\\n' ' ')\"
+echo \"state: $(ls -A '{state}' | tr '\\n' ' ')\"
+",
+        state = state.display(),
+        broker = broker.display(),
+    );
+    let mut cmd = Command::new("unshare");
+    // A private mount namespace (util-linux makes its mounts private): the tmpfs mounts
+    // vanish with it; a network namespace: a device created by mistake would too.
+    cmd.args(["--mount", "--net", "sh", "-c", &script]);
+    for var in VARIABLES {
+        cmd.env_remove(var);
+    }
+    cmd.env("CE_IPSEC_PSK", TEST_PSK)
+        .env("WGCABLE", env!("CARGO_BIN_EXE_wgcable"))
+        .env("WG_USERSPACE_IMPLEMENTATION", &fake);
+    let out = cmd.output().expect("run unshare");
+    let report = stdout(&out);
+    assert!(
+        !marker.exists(),
+        "the userspace backend was started: {report}"
+    );
+    (stderr(&out), report)
+}
+
+/// Asserts the gateway failed on the state directory, naming it, and left nothing behind.
+fn assert_refused_before_the_host(err: &str, report: &str, state: &Path, cause: &str) {
+    let state = state.to_str().expect("utf-8");
+    assert!(report.contains("rc=1"), "{report}\n{err}");
+    assert!(
+        err.contains(&format!("--state-dir {state} must be writable")) && err.contains(cause),
+        "{err}"
+    );
+    assert!(
+        report.contains("links: lo \n"),
+        "a link was created: {report}"
+    );
+    assert!(report.contains("run-wireguard: \n"), "{report}");
+    assert!(
+        report.contains("broker: \n"),
+        "something was published: {report}"
+    );
+    assert!(!report.contains("endpoint.yaml"), "{report}");
+    assert!(
+        !err.contains("WireGuard backend selected"),
+        "a backend was chosen: {err}"
+    );
+}
+
+#[test]
+fn a_read_only_state_directory_is_refused_before_any_device() {
+    if !privileged("a_read_only_state_directory_is_refused_before_any_device") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (err, report) = gateway_in_namespace(
+        tmp.path(),
+        &format!(
+            "mount -o remount,ro '{}'",
+            tmp.path().join("state").display()
+        ),
+    );
+    assert_refused_before_the_host(
+        &err,
+        &report,
+        &tmp.path().join("state"),
+        "Read-only file system",
+    );
+    assert!(report.contains("state: private.key \n"), "{report}");
+}
+
+#[test]
+fn a_full_state_directory_is_refused_before_any_device() {
+    if !privileged("a_full_state_directory_is_refused_before_any_device") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let (err, report) = gateway_in_namespace(
+        tmp.path(),
+        &format!(
+            "dd if=/dev/zero of='{}/filler' bs=4k 2>/dev/null || true",
+            state.display()
+        ),
+    );
+    assert_refused_before_the_host(&err, &report, &state, "No space left on device");
 }

@@ -11,9 +11,9 @@ use crate::interrupt;
 use crate::state;
 use crate::topology::Topology;
 
-/// A standard base64 encoder: xtask links no crate that has one, and endpoint keys are the
-/// only use.
-pub(super) fn base64(bytes: &[u8]) -> String {
+/// A standard base64 encoder: xtask links no crate that has one, and endpoint keys (here and
+/// in the e2e scenarios) are the only use.
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -34,14 +34,19 @@ pub(super) fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// The public key of generated remote cluster `i`.
+pub(super) fn endpoint_key(i: u32) -> String {
+    use sha2::{Digest, Sha256};
+    base64(&Sha256::digest(
+        format!("wgcable bench cluster {i}").as_bytes(),
+    ))
+}
+
 /// The Endpoint of generated remote cluster `i`: its own public key (32 bytes of SHA-256:
 /// planning needs a well-formed key, not a point anyone holds the secret of), two /24s, and
 /// an underlay address in [`FAKE_UNDERLAY`].
 pub(super) fn endpoint_yaml(i: u32) -> String {
-    use sha2::{Digest, Sha256};
-    let key = base64(&Sha256::digest(
-        format!("wgcable bench cluster {i}").as_bytes(),
-    ));
+    let key = endpoint_key(i);
     let subnet = |n: u32| format!("10.{}.{}.0/24", n >> 8, n & 0xff);
     format!(
         "apiVersion: submariner.io/v1\nkind: Endpoint\nmetadata:\n  name: c{i}-cable\nspec:\n  \
@@ -55,19 +60,28 @@ pub(super) fn endpoint_yaml(i: u32) -> String {
     )
 }
 
+/// Whether `name` is the file of a generated cluster (`c<N>.yaml`).
+pub(super) fn is_generated(name: &str) -> bool {
+    name.strip_prefix('c')
+        .and_then(|rest| rest.strip_suffix(".yaml"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Leaves exactly the files of generated clusters 0..n in `broker`. Each is named after its
+/// cluster id: the file broker refuses a file whose name binds it to another cluster.
 pub(super) fn write_endpoints(broker: &Path, n: u32) -> Result<()> {
     for entry in std::fs::read_dir(broker)? {
         let path = entry?.path();
         if path
             .file_name()
             .and_then(|f| f.to_str())
-            .is_some_and(|f| f.starts_with("bench-c"))
+            .is_some_and(is_generated)
         {
             std::fs::remove_file(&path)?;
         }
     }
     for i in 0..n {
-        let path = broker.join(format!("bench-c{i}.yaml"));
+        let path = broker.join(format!("c{i}.yaml"));
         std::fs::write(&path, endpoint_yaml(i))
             .with_context(|| format!("writing {}", path.display()))?;
     }

@@ -11,6 +11,7 @@
 //! | 7 throughput | pod to pod through the tunnel, auto MTU | `iperf3`, against `wireguard-go` set up by hand with `wg`/`ip` at MTU 1420 in a twin topology |
 //! | 8 broker propagation | a remote Endpoint changed 100 times -> the new peer on the device: median, p99 | the real gateway with `--broker etcd` (3-member etcd) against the file broker (inotify), same run |
 //! | 9 broker cold start | a gateway starting against 1,000 Endpoints, to all peers configured | 1,000 etcd keys against 1,000 files, same run |
+//! | 10 burst, 11 burst removal | 5,000 Endpoints arriving at once at a running gateway; 1,000 of them removed | the real gateway (file broker, userspace backend) to all peers and routes on the device, against `wg setconf` + `ip -batch` of the same peers and routes (see `burst`) |
 //!
 //! `--vm` runs cases 1 and 7 in the VM of `cargo xtask vm`, where the gateway finds kernel
 //! WireGuard: cold sync kernel vs `wg setconf` on the same guest kernel, throughput kernel vs
@@ -29,6 +30,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 mod broker;
+mod burst;
 mod convergence;
 mod footprint;
 mod planner;
@@ -38,12 +40,15 @@ mod throughput;
 mod vm;
 
 use broker::*;
+use burst::*;
 use convergence::*;
 use footprint::*;
 use planner::*;
 use scale::*;
 use table::*;
 use throughput::*;
+
+pub(crate) use footprint::base64;
 
 use crate::cmd::{self, read};
 use crate::interrupt;
@@ -102,7 +107,7 @@ pub fn run(args: &[String]) -> Result<()> {
                         n.trim()
                             .parse()
                             .ok()
-                            .filter(|n| (1..=9).contains(n))
+                            .filter(|n| (1..=11).contains(n))
                             .context(USAGE)?,
                     );
                 }
@@ -173,6 +178,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if want(8) || want(9) {
         println!("\n==== cases 8-9: the etcd broker against the file broker ====");
         broker_cases(&bin, runs, want(8), want(9), &mut samples)?;
+    }
+    if want(10) || want(11) {
+        println!("\n==== cases 10-11: {BURST} Endpoints at once, {BURST_REMOVED} removed ====");
+        burst(&bin, runs, &mut samples)?;
     }
 
     let elapsed = start.elapsed();
@@ -326,6 +335,10 @@ mod tests {
         assert_eq!(criterion_median_ms(est).expect("parses"), 1.5);
         let cargo = "{\"reason\":\"compiler-artifact\",\"target\":{\"name\":\"scale\"},\"executable\":\"/t/scale-1\"}\n{\"reason\":\"build-finished\"}";
         assert_eq!(scale_executable(cargo), Some(PathBuf::from("/t/scale-1")));
+        assert!(is_generated("c0.yaml") && is_generated("c4999.yaml"));
+        assert!(
+            !is_generated("c.yaml") && !is_generated("bench-c1.yaml") && !is_generated("c1.yml")
+        );
     }
 
     #[test]
@@ -336,10 +349,20 @@ mod tests {
             ("cold.baseline", vec![370.0, 375.0, 380.0]),
             ("throughput.wgcable", vec![960.0]),
             ("throughput.baseline", vec![1000.0]),
+            ("burst.converge", vec![4000.0, 4200.0, 4100.0]),
+            ("burst.converge.baseline", vec![1000.0]),
         ] {
             s.insert(name.into(), values);
         }
         let text = table(&s);
+        let burst = text
+            .lines()
+            .find(|l| l.starts_with("| 10 |"))
+            .expect("a burst row");
+        assert!(
+            burst.contains("| 4100 ms | 1000 ms | 4.10 | <= 10000 ms | yes |"),
+            "{burst}"
+        );
         let cold = text
             .lines()
             .find(|l| l.contains("cold sync"))

@@ -226,6 +226,29 @@ pub(super) fn rows(samples: &Samples) -> Vec<Row> {
     );
     cold.note = format!("{COLD_ENDPOINTS} etcd keys against {COLD_ENDPOINTS} files");
     rows.push(cold);
+    let mut burst = row(
+        "10",
+        &format!("{BURST} Endpoints at once to all peers and routes on the device"),
+        "burst.converge",
+        Some("burst.converge.baseline"),
+        "ms",
+        Target::AtMost(10_000.0),
+    );
+    burst.note = format!(
+        "gateway CPU {} s; baseline: wg setconf + ip -batch",
+        fmt_value(m("burst.cpu"))
+    );
+    rows.push(burst);
+    let mut removal = row(
+        "11",
+        &format!("{BURST_REMOVED} of them removed"),
+        "burst.remove",
+        Some("burst.remove.baseline"),
+        "ms",
+        Target::AtMost(2_000.0),
+    );
+    removal.note = "baseline: wg set ... remove + ip -batch".into();
+    rows.push(removal);
     rows
 }
 

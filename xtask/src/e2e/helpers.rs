@@ -177,3 +177,209 @@ pub(super) fn write_broker_file(dir: &Path, name: &str, content: &[u8]) -> Resul
 pub(super) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
+
+/// A `ping -D` at 10/s from a pod that runs while a scenario does other things; replies are
+/// collected on a thread of their own. [`BackgroundPing::stop`] ends it with SIGINT and
+/// returns ping's own summary and the longest silence between two replies.
+pub(super) struct BackgroundPing {
+    child: std::process::Child,
+    /// The time stamp (`-D`) of every reply, in order.
+    replies: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+    summary: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    pub what: String,
+}
+
+/// What a [`BackgroundPing`] saw.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PingSummary {
+    pub sent: u64,
+    pub received: u64,
+    /// The longest time between two consecutive replies (0.1 s when none was lost).
+    pub longest_gap: Duration,
+}
+
+impl PingSummary {
+    pub fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+}
+
+impl BackgroundPing {
+    pub fn start(topo: &Topology, from: usize, to: usize) -> Result<BackgroundPing> {
+        let dst = topo.clusters[to].pod_ip.to_string();
+        let mut child = spawn(
+            topo.pod(from, "ping", ["-n", "-D", "-i", "0.1", "-W", "1", &dst])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        )?;
+        let stdout = child.stdout.take().context("ping stdout")?;
+        let replies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let summary = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let (replies, summary) = (replies.clone(), summary.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    match reply_stamp(&line) {
+                        Some(at) => replies
+                            .lock()
+                            .expect("no panics while holding the lock")
+                            .push(at),
+                        None => summary
+                            .lock()
+                            .expect("no panics while holding the lock")
+                            .push(line),
+                    }
+                }
+            })
+        };
+        Ok(BackgroundPing {
+            child,
+            replies,
+            summary,
+            reader: Some(reader),
+            what: format!(
+                "pod-{} -> pod-{} ping at 10/s",
+                topo.clusters[from].id, topo.clusters[to].id
+            ),
+        })
+    }
+
+    /// Replies so far.
+    pub fn replies(&self) -> usize {
+        self.replies
+            .lock()
+            .expect("no panics while holding the lock")
+            .len()
+    }
+
+    /// Waits until `n` more replies than now came in.
+    pub fn wait_more(&self, n: usize, timeout: Duration) -> Result<()> {
+        let seen = self.replies();
+        poll(
+            &format!("{n} more replies of the {}", self.what),
+            timeout,
+            || {
+                let now = self.replies();
+                ensure!(now >= seen + n, "{} so far", now - seen);
+                Ok(())
+            },
+        )
+    }
+
+    /// The reply time stamps (seconds since the epoch) from `since` on.
+    pub fn reply_times_since(&self, since: std::time::SystemTime) -> Vec<f64> {
+        let since = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        self.replies
+            .lock()
+            .expect("no panics while holding the lock")
+            .iter()
+            .copied()
+            .filter(|t| *t >= since)
+            .collect()
+    }
+
+    /// The longest silence between consecutive replies from `since` on (and from `since` to
+    /// the first reply after it).
+    pub fn longest_gap_since(&self, since: std::time::SystemTime) -> Duration {
+        let start = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        longest_gap(start, &self.reply_times_since(since))
+    }
+
+    pub fn stop(mut self) -> Result<PingSummary> {
+        self.interrupt();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let text = self
+            .summary
+            .lock()
+            .expect("no panics while holding the lock")
+            .join("\n");
+        let (sent, received) = state::parse_ping(&text)?;
+        let replies = self
+            .replies
+            .lock()
+            .expect("no panics while holding the lock")
+            .clone();
+        let first = replies.first().copied().unwrap_or_default();
+        Ok(PingSummary {
+            sent,
+            received,
+            longest_gap: longest_gap(first, &replies),
+        })
+    }
+
+    fn interrupt(&self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            eprintln!("$ kill -INT {pid}   # {}", self.what);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+    }
+}
+
+impl Drop for BackgroundPing {
+    fn drop(&mut self) {
+        // stop() takes the reader; a ping still running here is ended on an error path.
+        if self.reader.is_some() {
+            self.interrupt();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `[seconds.micros]` stamp of a `ping -D` reply line.
+fn reply_stamp(line: &str) -> Option<f64> {
+    if !line.contains("bytes from") {
+        return None;
+    }
+    line.strip_prefix('[')?.split_once(']')?.0.parse().ok()
+}
+
+/// The longest interval between `start` and the first stamp, and between consecutive stamps.
+fn longest_gap(start: f64, stamps: &[f64]) -> Duration {
+    let mut prev = start;
+    let mut gap: f64 = 0.0;
+    for &t in stamps {
+        gap = gap.max(t - prev);
+        prev = t;
+    }
+    Duration::from_secs_f64(gap.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_reply_stamps_and_gaps() {
+        assert_eq!(
+            reply_stamp(
+                "[1700000000.250000] 64 bytes from 10.203.1.10: icmp_seq=3 ttl=62 time=0.9 ms"
+            ),
+            Some(1_700_000_000.25)
+        );
+        assert_eq!(
+            reply_stamp("[1700000000.1] From 10.201.1.1 icmp_seq=1 Destination Net Unreachable"),
+            None
+        );
+        assert_eq!(
+            reply_stamp("5 packets transmitted, 5 received, 0% packet loss"),
+            None
+        );
+        let gap = longest_gap(10.0, &[10.1, 10.2, 11.7, 11.8]);
+        assert!((gap.as_secs_f64() - 1.5).abs() < 1e-9, "{gap:?}");
+        assert_eq!(longest_gap(10.0, &[]), Duration::ZERO);
+    }
+}

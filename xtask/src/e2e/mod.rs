@@ -16,6 +16,7 @@
 mod backend;
 mod bad_input;
 mod cleanup;
+mod data_plane;
 mod disconnect;
 mod drift_repair;
 mod etcd_common;
@@ -27,10 +28,12 @@ mod etcd_partition;
 mod full_mesh;
 mod helpers;
 mod hitless_restart;
+mod hostile_broker;
 mod ipv6;
 mod key_change;
 mod metrics;
 mod plan;
+mod state_lock;
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,8 @@ const USAGE: &str = "usage: cargo xtask e2e [--keep] [--only NAME[,NAME...]] [--
   --cleanup  remove leftovers of crashed e2e/demo runs (never while another run is going)";
 /// Short enough that drift repair is quick to observe, long enough to be a real period.
 pub(crate) const RESYNC: Duration = Duration::from_secs(2);
+/// The gateways' --status-interval: how soon a dead data plane is noticed.
+pub(crate) const STATUS: Duration = Duration::from_secs(1);
 /// How long any one condition may take to become true.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 /// The most pings (at 10/s) a gateway restart may lose.
@@ -72,6 +77,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("drift-repair", drift_repair::run),
     ("plan", plan::run),
     ("bad-input", bad_input::run),
+    ("hostile-broker", hostile_broker::run),
+    ("data-plane", data_plane::run),
+    ("state-lock", state_lock::run),
     ("cleanup", cleanup::run),
     // The etcd broker: these switch the topology to a 3-member etcd cluster (see etcd_common).
     ("etcd-mesh", etcd_mesh::run),
@@ -184,10 +192,13 @@ fn setup(keep: bool, backend: &str) -> Result<Topology> {
          runs the scenarios in a VM whose kernel has it)"
     );
     let gateway_bin = topology::build_gateway()?;
-    let mut gateway_args: Vec<String> =
-        ["--resync-interval", "2s", "--status-interval", "1s", "-v"]
-            .map(String::from)
-            .to_vec();
+    let mut gateway_args: Vec<String> = vec![
+        "--resync-interval".into(),
+        format!("{}s", RESYNC.as_secs()),
+        "--status-interval".into(),
+        format!("{}s", STATUS.as_secs()),
+        "-v".into(),
+    ];
     gateway_args.extend(["--backend".to_string(), backend.to_string()]);
     Topology::build(Options {
         clusters: 3,

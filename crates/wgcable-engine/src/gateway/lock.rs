@@ -26,7 +26,15 @@ impl StateLock {
     /// which process holds it.
     pub fn acquire(state_dir: &Path) -> Result<StateLock, Error> {
         let path = state_dir.join(LOCK_FILE_NAME);
-        let io = |action: &str| Error::io(format!("{action} {}", path.display()));
+        // The lock is the gateway's first write: a read-only or full state directory is
+        // found here, before anything on the host changes, so say what to check.
+        let io = |action: &str| {
+            Error::io(format!(
+                "{action} {} (the state directory --state-dir {} must be writable and have room)",
+                path.display(),
+                state_dir.display()
+            ))
+        };
         std::fs::create_dir_all(state_dir).map_err(Error::io(format!(
             "creating state directory {}",
             state_dir.display()
@@ -50,16 +58,16 @@ impl StateLock {
                     });
                 }
                 Err((_, errno)) => {
-                    return Err(io("locking")(std::io::Error::from_raw_os_error(
-                        errno as i32,
-                    )))
+                    return Err(io("locking the lock file")(
+                        std::io::Error::from_raw_os_error(errno as i32),
+                    ))
                 }
             };
         // Our pid, for the next one to name.
         let file: &mut File = &mut lock;
-        file.set_len(0).map_err(io("writing"))?;
-        file.rewind().map_err(io("writing"))?;
-        write!(file, "{}", std::process::id()).map_err(io("writing"))?;
+        file.set_len(0).map_err(io("writing the lock file"))?;
+        file.rewind().map_err(io("writing the lock file"))?;
+        write!(file, "{}", std::process::id()).map_err(io("writing the lock file"))?;
         Ok(StateLock { _lock: lock, path })
     }
 
