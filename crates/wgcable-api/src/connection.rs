@@ -63,6 +63,7 @@ impl fmt::Display for ConnectionStatus {
 /// Round-trip time statistics of a connection's health check, as Go duration strings
 /// (e.g. `"1.234ms"`), like Submariner's `LatencyRTTSpec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct LatencyRtt {
     #[serde(
         default,
@@ -100,8 +101,11 @@ pub struct LatencyRtt {
 /// The observed state of the cable to one remote endpoint (Submariner's `Connection`, as found
 /// in a Gateway's `status.connections`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct Connection {
+    // A plain string in Submariner's CRD (no enum): Go gateways write "" before the first check.
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "schemars", schemars(with = "String"))]
     pub status: ConnectionStatus,
 
     #[serde(

@@ -38,9 +38,15 @@ pub const BACKEND_CONFIG_PREFERRED_SERVER: &str = "preferred-server";
 /// Field names match Submariner's CRD JSON. Every field is optional when parsing (missing or
 /// `null` means empty) and values are kept as strings exactly as published; use
 /// [`EndpointSpec::validate`] to get parsed, checked values.
+///
+/// With the `schemars` feature the type also describes Submariner's CRD schema (wgcable-k8s
+/// generates it for what is serialized: a field always written is `required`, as a Go field
+/// without `omitempty` is).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct EndpointSpec {
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "schemars", schemars(length(min = 1, max = 63)))]
     pub cluster_id: String,
 
     #[serde(default, deserialize_with = "null_as_default")]

@@ -189,11 +189,12 @@ pub trait EndpointSource: Send + Sync + fmt::Debug {
     /// tunnels to this cluster.
     async fn withdraw(&self, local: &Endpoint) -> Result<(), SourceError>;
 
-    /// The key at which [`publish`](Self::publish) puts the local Endpoint, when the source
-    /// knows it. Admission treats the object there as ours: it is compared with what was
-    /// published (and republished when it differs), never admitted as a remote; every other
-    /// object claiming the local cluster is refused.
-    fn own_key(&self) -> Option<ObjectKey> {
+    /// The key at which [`publish`](Self::publish) puts `local`, when the source knows it.
+    /// Admission treats the object there as ours: it is compared with what was published (and
+    /// republished when it differs), never admitted as a remote; every other object claiming
+    /// the local cluster is refused. `local` is given because some keys derive from it (a
+    /// Kubernetes Endpoint is named after its cable name, which carries the private IP).
+    fn own_key(&self, _local: &Endpoint) -> Option<ObjectKey> {
         None
     }
 

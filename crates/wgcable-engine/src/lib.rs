@@ -2,16 +2,19 @@
 //!
 //! This is the thin layer that composes the others: keys (`wgcable-keys`), the Submariner data
 //! model (`wgcable-api`), links/routes/rules (`wgcable-netlink`), the WireGuard device and peer
-//! planning (`wgcable-peers`) and metrics (`wgcable-metrics`).
+//! planning (`wgcable-peers`), metrics (`wgcable-metrics`) and the broker seam with its
+//! admission layer (`wgcable-broker`).
 //!
-//! - [`CableDriver`] is Submariner's driver contract; [`WireGuardDriver`] implements it by
-//!   reconciliation (see [`driver`]).
-//! - [`EndpointSource`] is where remote Endpoints come from; [`FileBroker`] is the embedded one.
-//! - [`gateway::run`] is the long-running loop of `wgcable gateway`.
+//! - [`host`]: the host as a value: observe, [`host::plan_host`] (pure), [`host::apply`].
+//! - [`CableDriver`] is Submariner's driver contract; [`WireGuardDriver`] implements it as
+//!   "observe, plan, apply" (see [`driver`]).
+//! - [`Gateway::builder`] assembles a gateway from an endpoint source, a leader elector, netlink
+//!   and a device; [`gateway::run`] runs one with the defaults.
 //!
 //! Only this crate and the binary spawn long-running tasks. It knows nothing of the netlink
-//! wire format or of the WireGuard control protocols: those stay behind the `Netlink` and
-//! `WgDevice` seams, which is also what lets its tests run without root.
+//! wire format, the WireGuard control protocols or any endpoint source's client library: those
+//! stay behind the `Netlink`, `WgDevice` and `EndpointSource` seams, which is also what lets
+//! its tests run without root.
 
 pub mod config;
 pub mod driver;

@@ -162,9 +162,10 @@ pub struct GatewayArgs {
     /// The namespace the local Endpoint is published in.
     #[arg(long, env = "SUBMARINER_NAMESPACE")]
     pub namespace: Option<String>,
-    /// The gateway's private (underlay) IP that other gateways reach it on.
+    /// The gateway's private (underlay) IP that other gateways reach it on (default: the
+    /// address this host's routes use towards other networks, as Submariner's gateway finds it).
     #[arg(long)]
-    pub private_ip: IpAddr,
+    pub private_ip: Option<IpAddr>,
     /// The gateway's public IP(s), used by remote clusters when NAT is in play: an address, or
     /// Submariner's resolver list where only `ipv4:<address>` entries are supported.
     #[arg(long, env = "SUBMARINER_PUBLICIP", value_parser = parse_public_ips)]
@@ -219,9 +220,20 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value = "false",
           default_missing_value = "true", value_parser = parse_go_bool)]
     pub broker_dir_create: bool,
+    /// A kubeconfig for the local cluster (`--broker kubernetes`; default: the pod's service
+    /// account in a cluster, else the usual kubeconfig). The broker is reached as Submariner's
+    /// gateway reaches it, from `BROKER_K8S_*` (see docs/kubernetes.md).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Where the private key is kept (0600); keeping it keeps the public key across restarts.
     #[arg(long, default_value = "/var/lib/wgcable")]
     pub state_dir: PathBuf,
+    /// A read-only directory holding the private key as `private.key`, e.g. a mounted
+    /// Kubernetes Secret (its link chain is followed only inside the directory; the file must
+    /// be 0600 or stricter and owned by this user). Never written; without it the key lives
+    /// in --state-dir.
+    #[arg(long, env = "WGCABLE_PRIVATE_KEY_DIR", value_name = "DIR")]
+    pub private_key_dir: Option<PathBuf>,
     /// The HTTP address for /metrics, /healthz, /readyz and /connections.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -423,6 +435,8 @@ pub enum BrokerPlan {
         create: bool,
         rescan_interval: Duration,
     },
+    /// Submariner's objects through the Kubernetes API, with Lease leader election.
+    Kubernetes(Box<wgcable_k8s::KubernetesConfig>),
 }
 
 impl BrokerPlan {
@@ -437,6 +451,19 @@ impl BrokerPlan {
                 dir.display(),
                 if *create { ", to be created" } else { "" },
                 humantime::format_duration(*rescan_interval)
+            ),
+            BrokerPlan::Kubernetes(k) => format!(
+                "kubernetes namespace {}{}, broker {}",
+                k.namespace,
+                match &k.local {
+                    wgcable_k8s::LocalAccess::Kubeconfig(path) =>
+                        format!(" (kubeconfig {})", path.display()),
+                    _ => String::new(),
+                },
+                k.broker.as_ref().map_or_else(
+                    || "none".to_owned(),
+                    |b| format!("{} namespace {}", b.url(), b.remote_namespace)
+                ),
             ),
         }
     }
@@ -613,7 +640,10 @@ impl GatewayArgs {
             cluster_id: self.cluster_id,
             hostname,
             local_subnets: subnets,
-            private_ip: self.private_ip,
+            private_ip: match self.private_ip {
+                Some(ip) => ip,
+                None => detect_private_ip()?,
+            },
             public_ips: public_ips.clone(),
             namespace: self.namespace.clone(),
             nat: self.nat,
@@ -628,6 +658,24 @@ impl GatewayArgs {
         driver.validate().map_err(|e| usage(e.to_string()))?;
 
         check_state_dir(&self.state_dir)?;
+        if let Some(dir) = &self.private_key_dir {
+            match KeyStore::read_only(dir).load() {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(usage(format!(
+                        "--private-key-dir {}: there is no private.key in it; mount the Secret holding the key there (or leave the flag out to keep the key in --state-dir)",
+                        dir.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(usage(format!(
+                        "--private-key-dir {}: {}",
+                        dir.display(),
+                        chain(&e)
+                    )))
+                }
+            }
+        }
         let broker = match self.broker {
             BrokerKind::File => {
                 let Some(dir) = self.broker_dir else {
@@ -642,14 +690,21 @@ impl GatewayArgs {
                     rescan_interval: self.rescan_interval,
                 }
             }
+            BrokerKind::Kubernetes => BrokerPlan::Kubernetes(Box::new(kubernetes_config(
+                &driver,
+                self.pod_name.as_deref(),
+                &self.cluster_cidr,
+                &self.service_cidr,
+                self.kubeconfig.as_deref(),
+            )?)),
             other => {
                 return Err(usage(format!(
-                    "--broker {} is not built into this wgcable yet; use --broker file",
-                    other
-                        .to_possible_value()
-                        .map(|v| v.get_name().to_owned())
-                        .unwrap_or_default()
-                )))
+                "--broker {} is not built into this wgcable yet; use --broker file or kubernetes",
+                other
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_owned())
+                    .unwrap_or_default()
+            )))
             }
         };
 
@@ -658,6 +713,7 @@ impl GatewayArgs {
                 driver,
                 backend: self.backend,
                 state_dir: self.state_dir,
+                key_dir: self.private_key_dir,
                 metrics_addr: self
                     .metrics_addr
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.metrics_port))),
@@ -811,6 +867,72 @@ fn check_state_dir(dir: &Path) -> Result<(), UsageError> {
             k = dir.join(wgcable_keys::KEY_FILE_NAME).display()
         ))),
     }
+}
+
+/// The Kubernetes side's configuration: Submariner's environment (`BROKER_K8S_*`,
+/// `LEADERSHIP_*`, the CIDRs) with the values these flags settled on in its place.
+fn kubernetes_config(
+    driver: &DriverConfig,
+    pod_name: Option<&str>,
+    cluster_cidr: &Option<CidrList>,
+    service_cidr: &Option<CidrList>,
+    kubeconfig: Option<&Path>,
+) -> Result<wgcable_k8s::KubernetesConfig, UsageError> {
+    let cidrs = |list: &Option<CidrList>| {
+        list.as_ref().map(|l| {
+            l.0.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    };
+    let (cluster_cidr, service_cidr) = (cidrs(cluster_cidr), cidrs(service_cidr));
+    let lookup = |key: &str| match key {
+        "SUBMARINER_CLUSTERID" => Some(driver.cluster_id.clone()),
+        "SUBMARINER_NAMESPACE" => driver.namespace.clone(),
+        "NODE_NAME" => Some(driver.hostname.clone()),
+        "POD_NAME" => pod_name.map(str::to_owned),
+        "SUBMARINER_CLUSTERCIDR" => cluster_cidr.clone(),
+        "SUBMARINER_SERVICECIDR" => service_cidr.clone(),
+        "KUBECONFIG" => kubeconfig.map(|p| p.display().to_string()),
+        other => std::env::var(other).ok(),
+    };
+    // The Lease identity is this host's name, as Submariner's (`os.Hostname()`).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| driver.hostname.clone());
+    let mut config = wgcable_k8s::KubernetesConfig::from_lookup(
+        lookup,
+        &host,
+        std::path::Path::new(wgcable_k8s::config::SECRET_ROOT),
+    )
+    .map_err(|e| usage(format!("--broker kubernetes: {e}")))?;
+    if let Some(path) = kubeconfig {
+        config.local = wgcable_k8s::LocalAccess::Kubeconfig(path.to_owned());
+    }
+    config.version = crate::build::VERSION_NUMBER.to_owned();
+    Ok(config)
+}
+
+/// The address this host's routing uses towards other networks: what Submariner's gateway
+/// publishes as its private IP when none is configured. The UDP socket is only connected (a
+/// route lookup), never sent on; 192.0.2.1 is TEST-NET-1, routed like any outside address and
+/// nobody's.
+fn detect_private_ip() -> Result<IpAddr, UsageError> {
+    let no_route = |e: std::io::Error| {
+        usage(format!(
+            "--private-ip is not given and this host has no route to other networks to find it by ({e}); give --private-ip"
+        ))
+    };
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).map_err(no_route)?;
+    socket.connect(("192.0.2.1", 4500)).map_err(no_route)?;
+    let ip = socket.local_addr().map_err(no_route)?.ip();
+    if ip.is_unspecified() {
+        return Err(usage(
+            "--private-ip is not given and none could be found; give --private-ip",
+        ));
+    }
+    Ok(ip)
 }
 
 /// `--broker-dir` must be an existing directory: a path that does not exist is more likely a

@@ -87,7 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Plan(args) => {
             let plan = args.into_plan()?;
-            let source = endpoint_source(&plan, false)?;
+            let (source, _) = endpoint_source(&plan, false).await?;
             let host = wgcable_engine::gateway::plan(&plan.config, source).await?;
             print!("{}", host.describe());
             Ok(())
@@ -157,16 +157,23 @@ async fn gateway(plan: GatewayPlan) -> anyhow::Result<()> {
             "--insecure-default-psk: a weak pre-shared key is accepted; never use this outside a demo"
         );
     }
-    let source = endpoint_source(&plan, true)?;
-    wgcable_engine::gateway::run(plan.config, source, shutdown_signal()).await?;
+    let (source, leader) = endpoint_source(&plan, true).await?;
+    let mut gateway = wgcable_engine::Gateway::builder(plan.config).source(source);
+    if let Some(leader) = leader {
+        gateway = gateway.leader(leader);
+    }
+    gateway.run(shutdown_signal()).await?;
     Ok(())
 }
 
 /// `wgcable leave`: removes the local Endpoint from the broker.
 async fn leave(plan: &GatewayPlan) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let source = endpoint_source(plan, false)?;
-    let store = wgcable_keys::KeyStore::new(&plan.config.state_dir);
+    let (source, _) = endpoint_source(plan, false).await?;
+    let store = match &plan.config.key_dir {
+        Some(dir) => wgcable_keys::KeyStore::read_only(dir),
+        None => wgcable_keys::KeyStore::new(&plan.config.state_dir),
+    };
     let key = store
         .load()
         .context("reading the gateway's private key")?
@@ -214,14 +221,24 @@ fn forget(state_dir: &std::path::Path, local: &str, cluster: &str) -> anyhow::Re
     Ok(())
 }
 
-/// The endpoint source `--broker` names, configured from its flags. `may_create`: a
-/// `--broker-dir-create` directory is created (never by `wgcable plan`).
-fn endpoint_source(
+/// The endpoint source `--broker` names, configured from its flags, and its leader elector
+/// when it has one (`None`: always the leader). `may_create`: a `--broker-dir-create`
+/// directory is created (never by `wgcable plan`).
+async fn endpoint_source(
     plan: &GatewayPlan,
     may_create: bool,
-) -> anyhow::Result<Box<dyn wgcable_broker::EndpointSource>> {
+) -> anyhow::Result<(
+    Box<dyn wgcable_broker::EndpointSource>,
+    Option<std::sync::Arc<dyn wgcable_broker::LeaderElector>>,
+)> {
     use anyhow::Context as _;
     Ok(match &plan.broker {
+        BrokerPlan::Kubernetes(config) => {
+            let (source, elector) = wgcable_k8s::connect((**config).clone())
+                .await
+                .context("connecting to the Kubernetes API (--broker kubernetes)")?;
+            (Box::new(source), Some(elector))
+        }
         BrokerPlan::File {
             dir,
             create,
@@ -236,7 +253,7 @@ fn endpoint_source(
                 wgcable_broker::FileSourceConfig::new(dir, &plan.config.driver.cluster_id);
             config.rescan_interval = *rescan_interval;
             config.max_file_bytes = plan.config.admission.limits.max_bytes;
-            Box::new(wgcable_broker::FileSource::new(config))
+            (Box::new(wgcable_broker::FileSource::new(config)), None)
         }
     })
 }

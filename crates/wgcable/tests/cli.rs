@@ -920,3 +920,34 @@ fn show_conflicts_prints_what_is_refused_and_who_holds_what() {
     );
     assert!(text.contains("b  from b.yaml  seniority 0"), "{text}");
 }
+
+#[test]
+fn a_key_from_a_secret_volume_is_read_where_it_is_mounted() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A Kubernetes Secret volume: private.key -> ..data/private.key, ..data -> ..2026_01_01.
+    let secret = tmp.path().join("secret");
+    let version = secret.join("..2026_01_01");
+    std::fs::create_dir_all(&version).expect("volume");
+    let key = version.join("private.key");
+    std::fs::write(&key, "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=\n").expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("mode");
+    symlink("..2026_01_01", secret.join("..data")).expect("..data");
+    symlink("..data/private.key", secret.join("private.key")).expect("private.key");
+    let secret = secret.to_str().expect("utf-8").to_owned();
+    let out = wgcable(&checked(&["--private-key-dir", &secret]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // An empty directory: the key must be there.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("empty");
+    let out = wgcable(&checked(&[
+        "--private-key-dir",
+        empty.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no private.key in it"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -159,7 +159,7 @@ impl EndpointSource for FileSource {
             .map_err(|e| failed(format!("checking the broker directory: {e}"), None))?
     }
 
-    fn own_key(&self) -> Option<ObjectKey> {
+    fn own_key(&self, _local: &wgcable_api::Endpoint) -> Option<ObjectKey> {
         Some(ObjectKey(self.own_name()))
     }
 

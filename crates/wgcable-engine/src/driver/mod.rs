@@ -1129,7 +1129,12 @@ impl CableDriver for WireGuardDriver {
     }
 
     async fn connections(&self) -> Result<Vec<Connection>, Error> {
-        Ok(self.poll().await?.as_ref().clone())
+        Ok(self
+            .poll()
+            .await?
+            .iter()
+            .map(|r| r.connection.clone())
+            .collect())
     }
 
     async fn active_connections(&self) -> Result<Vec<Connection>, Error> {

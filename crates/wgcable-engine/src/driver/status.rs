@@ -50,9 +50,9 @@ impl WireGuardDriver {
     }
 
     /// Judges every connection now, feeds the metrics and keeps the result for
-    /// [`WireGuardDriver::last_connections`]; [`CableDriver::connections`](super::CableDriver)
-    /// is this plus a copy.
-    pub async fn poll(&self) -> Result<Arc<Vec<Connection>>, Error> {
+    /// [`WireGuardDriver::last_reports`] (what `/connections` serves, shared, not copied);
+    /// [`CableDriver::connections`](super::CableDriver) is this as Submariner's objects.
+    pub async fn poll(&self) -> Result<Arc<Vec<ConnectionReport>>, Error> {
         let mut st = self.state.lock().await;
         let name = &self.config.device;
         let read = tokio::time::timeout(DEVICE_TIMEOUT, self.device.read(name)).await;
@@ -86,14 +86,13 @@ impl WireGuardDriver {
                         .any(|p| !on_device.contains(&p.config.public_key))
             }
         };
-        let reports = self.judge_all(&mut st, observed.as_ref(), SystemTime::now());
-        let conns = Arc::new(reports.iter().map(|r| r.connection.clone()).collect());
+        let reports = Arc::new(self.judge_all(&mut st, observed.as_ref(), SystemTime::now()));
         if let Ok(mut s) = self.snapshot.lock() {
-            s.reports = Arc::new(reports);
+            s.reports = reports.clone();
             s.device_answers = true;
             s.needs_repair = missing;
         }
-        Ok(conns)
+        Ok(reports)
     }
 
     /// The last judged connections, without waiting for a reconcile.

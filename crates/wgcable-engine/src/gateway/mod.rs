@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     pub backend: BackendPreference,
     /// Where the private key, the admission registry and a copy of the local Endpoint live.
     pub state_dir: PathBuf,
+    /// A read-only directory the private key is provided in (a mounted Kubernetes Secret),
+    /// used instead of `state_dir/private.key`; the gateway never writes there.
+    pub key_dir: Option<PathBuf>,
     /// The HTTP server's address (`/metrics`, `/healthz`, `/readyz`, `/connections`,
     /// `/conflicts`).
     pub metrics_addr: SocketAddr,
@@ -209,7 +212,10 @@ impl GatewayBuilder {
         let private_key = match private_key {
             Some(k) => k,
             None => {
-                let store = KeyStore::new(&config.state_dir);
+                let store = match &config.key_dir {
+                    Some(dir) => KeyStore::read_only(dir),
+                    None => KeyStore::new(&config.state_dir),
+                };
                 let (key, created) = store.load_or_create().map_err(Error::Keys)?;
                 if created {
                     tracing::info!(path = %store.path().display(), "generated a new private key");
@@ -252,7 +258,7 @@ impl GatewayBuilder {
                 underlay: std::iter::once(c.private_ip)
                     .chain(c.public_ips.iter().copied())
                     .collect(),
-                own_key: source.own_key(),
+                own_key: source.own_key(&local),
                 published: local.clone(),
             },
             &config.state_dir,
@@ -425,6 +431,12 @@ impl Running<'_> {
             if leading && !self.initialized {
                 self.lead().await?;
             }
+            // A gateway that was passive when the source's snapshot arrived catches up with
+            // the admitted set once it leads (the snapshot will not come again).
+            if leading && !synced && admission.admission().is_synced() {
+                self.sync_all(admission).await;
+                synced = true;
+            }
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 changed = roles.changed() => {
@@ -480,6 +492,9 @@ impl Running<'_> {
         tracing::info!("leading: configuring the device and publishing the local Endpoint");
         self.driver.init().await?;
         self.initialized = true;
+        // The source first learns it leads: a source that was told it is passive publishes
+        // nothing until then.
+        self.source.set_role(&Role::Leader).await;
         self.publish().await;
         let c = &self.config.driver;
         self.metrics.set_gateways(1);
@@ -491,7 +506,6 @@ impl Running<'_> {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default(),
         );
-        self.source.set_role(&Role::Leader).await;
         *self.view.role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Leader;
         Ok(())
     }
@@ -499,7 +513,16 @@ impl Running<'_> {
     async fn set_role(&mut self, role: &Role) {
         *self.view.role.lock().unwrap_or_else(|p| p.into_inner()) = role.clone();
         match role {
-            Role::Leader => tracing::info!("this gateway is now the active one"),
+            Role::Leader => {
+                tracing::info!("this gateway is now the active one");
+                // Leading again after a spell as a standby (the first time, `lead` does this):
+                // the source must know before publishing (the Kubernetes source publishes and
+                // syncs only while it leads).
+                if self.initialized {
+                    self.source.set_role(role).await;
+                    self.publish().await;
+                }
+            }
             Role::Follower { leader } => {
                 // What is on the host stays: a data path that works is not torn down because
                 // the lease changed hands (upstream issue 2747); the new leader's Endpoint
@@ -779,7 +802,10 @@ pub async fn plan(
     source: Box<dyn EndpointSource>,
 ) -> Result<crate::host::HostPlan, Error> {
     config.driver.validate()?;
-    let store = KeyStore::new(&config.state_dir);
+    let store = match &config.key_dir {
+        Some(dir) => KeyStore::read_only(dir),
+        None => KeyStore::new(&config.state_dir),
+    };
     let private_key = match store.load().map_err(Error::Keys)? {
         Some(key) => key,
         None => {
@@ -809,7 +835,7 @@ pub async fn plan(
         underlay: std::iter::once(c.private_ip)
             .chain(c.public_ips.iter().copied())
             .collect(),
-        own_key: source.own_key(),
+        own_key: source.own_key(&local),
         published: local,
     };
     let mut admission = match registry {
