@@ -563,6 +563,23 @@ impl Topology {
         }
     }
 
+    /// Freezes cluster `i`'s gateway (SIGSTOP) until the returned guard is dropped (SIGCONT),
+    /// so that a scenario can look at the host without the gateway's resync racing it.
+    pub fn pause_gateway(&self, i: usize) -> Result<PausedGateway> {
+        let c = &self.clusters[i];
+        let child = c
+            .gateway
+            .as_ref()
+            .with_context(|| format!("gateway {} is not running", c.id))?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+        eprintln!("$ kill -STOP {pid}   # gateway {}", c.id);
+        kill(pid, Signal::SIGSTOP).with_context(|| format!("stopping gateway {}", c.id))?;
+        Ok(PausedGateway {
+            pid,
+            id: c.id.clone(),
+        })
+    }
+
     /// SIGTERM to cluster `i`'s gateway, then waits for it to exit; returns how long it took.
     pub fn stop_gateway(&mut self, i: usize) -> Result<Duration> {
         let id = self.clusters[i].id.clone();
@@ -707,6 +724,21 @@ impl Ipv6Plan {
             gw_pod_ip: Ipv6Addr::new(0xfd00, segment, 0, 1, 0, 0, 0, 1),
             pod_ip: Ipv6Addr::new(0xfd00, segment, 0, 1, 0, 0, 0, 0x10),
         }
+    }
+}
+
+/// A gateway frozen by `Topology::pause_gateway`; dropping it lets the gateway run again
+/// (also when the scenario fails half-way).
+#[derive(Debug)]
+pub struct PausedGateway {
+    pid: Pid,
+    id: String,
+}
+
+impl Drop for PausedGateway {
+    fn drop(&mut self) {
+        eprintln!("$ kill -CONT {}   # gateway {}", self.pid, self.id);
+        let _ = kill(self.pid, Signal::SIGCONT);
     }
 }
 

@@ -1,9 +1,11 @@
 //! Control-plane scale benchmark (issue 8, cases 1 to 3): the real driver on the real kernel
-//! and a real `wireguard-go`, against the same work done by hand with `wg` and `ip`.
+//! and a real `wireguard-go` (or, with `--backend kernel`, kernel WireGuard), against the same
+//! work done by hand with `wg` and `ip`.
 //!
 //! One invocation is one run:
-//! 1. cold sync, baseline: `wireguard-go`, `wg setconf` of N peers, one `ip -batch` with the
-//!    link, the address, the 2N routes and the rule; then the device is deleted.
+//! 1. cold sync, baseline: `wireguard-go` (kernel: `ip link add ... type wireguard`),
+//!    `wg setconf` of N peers, one `ip -batch` with the link, the address, the 2N routes and
+//!    the rule; then the device is deleted.
 //! 2. cold sync, wgcable: `WireGuardDriver::init` + `set_endpoints` of the same N endpoints
 //!    (with fresh keys), from no device to every peer and route in place.
 //! 3. status poll: `connections()` over the N peers against `wg show DEV dump`.
@@ -14,6 +16,9 @@
 //!
 //! Every figure is printed as `RESULT <name> <value>` (milliseconds unless the name says
 //! otherwise) for `cargo xtask bench`, which runs this several times and prints medians.
+//!
+//! `--backend kernel` needs a kernel with WireGuard: `cargo xtask bench --vm` runs it in the VM
+//! of `cargo xtask vm`, since the machines here have none.
 //!
 //! Namespaces: with `--in-namespace` the caller (xtask) has put us in a network namespace of
 //! its own, which it tears down; otherwise (plain `cargo bench -p wgcable-engine`) we unshare
@@ -39,7 +44,8 @@ use wgcable_keys::{PresharedKey, PrivateKey, PublicKey};
 use wgcable_metrics::GatewayMetrics;
 use wgcable_netlink::{Link, LinkKind, Netlink, Route, RouteLookup, RouteSpec, RtNetlink, Rule};
 use wgcable_peers::{
-    BackendKind, DeviceStatus, DeviceUpdate, PeerChange, UserspaceConfig, UserspaceDevice, WgDevice,
+    BackendKind, DeviceStatus, DeviceUpdate, KernelDevice, PeerChange, UserspaceConfig,
+    UserspaceDevice, WgDevice,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn StdError>>;
@@ -439,11 +445,25 @@ fn ensure_underlay() -> Result<()> {
     Ok(())
 }
 
+/// The device backend both sides of the bench use: the driver's `WgDevice`, and what the
+/// baseline creates by hand.
+fn device_of(backend: BackendKind, netlink: &Arc<RtNetlink>) -> Arc<dyn WgDevice> {
+    match backend {
+        BackendKind::Kernel => Arc::new(KernelDevice::new(netlink.clone())),
+        BackendKind::Userspace => Arc::new(UserspaceDevice::new(UserspaceConfig::from_env())),
+    }
+}
+
 // ---- The cases ----------------------------------------------------------------------------
 
 /// Case 1, baseline: the same device, peers, address, routes and rule, by hand. Returns the
 /// total time; prints its parts.
-fn baseline_cold(remotes: &[Remote], psk: &PresharedKey, dir: &Path) -> Result<Duration> {
+fn baseline_cold(
+    remotes: &[Remote],
+    psk: &PresharedKey,
+    dir: &Path,
+    backend: BackendKind,
+) -> Result<Duration> {
     let private = PrivateKey::generate();
     let mut conf = format!(
         "[Interface]\nPrivateKey = {}\nListenPort = {BASELINE_PORT}\n",
@@ -482,17 +502,25 @@ fn baseline_cold(remotes: &[Remote], psk: &PresharedKey, dir: &Path) -> Result<D
     let batch_arg = batch_path.to_string_lossy().into_owned();
 
     let start = Instant::now();
-    // Without -f, wireguard-go returns once the device and its control socket exist. Its
-    // daemon keeps whatever stdout/stderr it is given: no pipes, or we would wait forever.
-    let status = Command::new("wireguard-go")
-        .arg(BASELINE_DEVICE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("starting wireguard-go: {e}"))?;
-    if !status.success() {
-        return Err(format!("wireguard-go {BASELINE_DEVICE} failed: {status}").into());
+    match backend {
+        BackendKind::Kernel => {
+            run("ip", &["link", "add", BASELINE_DEVICE, "type", "wireguard"])?;
+        }
+        BackendKind::Userspace => {
+            // Without -f, wireguard-go returns once the device and its control socket exist.
+            // Its daemon keeps whatever stdout/stderr it is given: no pipes, or we would wait
+            // forever.
+            let status = Command::new("wireguard-go")
+                .arg(BASELINE_DEVICE)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| format!("starting wireguard-go: {e}"))?;
+            if !status.success() {
+                return Err(format!("wireguard-go {BASELINE_DEVICE} failed: {status}").into());
+            }
+        }
     }
     let t_dev = start.elapsed();
     run("wg", &["setconf", BASELINE_DEVICE, &conf_arg])?;
@@ -500,13 +528,17 @@ fn baseline_cold(remotes: &[Remote], psk: &PresharedKey, dir: &Path) -> Result<D
     run("ip", &["-batch", &batch_arg])?;
     let total = start.elapsed();
     println!(
-        "  baseline cold sync: {:.1} ms (wireguard-go {:.1}, wg setconf {:.1}, ip -batch {:.1})",
+        "  baseline cold sync: {:.1} ms ({} {:.1}, wg setconf {:.1}, ip -batch {:.1})",
         ms(total),
+        match backend {
+            BackendKind::Kernel => "ip link add",
+            BackendKind::Userspace => "wireguard-go",
+        },
         ms(t_dev),
         ms(t_conf - t_dev),
         ms(total - t_conf)
     );
-    result("cold.baseline.wireguard_go", ms(t_dev));
+    result("cold.baseline.device", ms(t_dev));
     result("cold.baseline.wg_setconf", ms(t_conf - t_dev));
     result("cold.baseline.ip_batch", ms(total - t_conf));
 
@@ -520,7 +552,13 @@ fn baseline_cold(remotes: &[Remote], psk: &PresharedKey, dir: &Path) -> Result<D
     if peers != remotes.len() || routes != 2 * remotes.len() {
         return Err(format!("baseline left {peers} peers and {routes} routes").into());
     }
+    // Not timed: under TCG the kernel takes about 20 ms per peer to delete a link.
+    let start = Instant::now();
     run("ip", &["link", "del", BASELINE_DEVICE])?;
+    println!(
+        "  (baseline device deleted in {:.1} s, not part of any figure)",
+        start.elapsed().as_secs_f64()
+    );
     run(
         "ip",
         &[
@@ -553,17 +591,18 @@ impl Driver {
     }
 }
 
-fn driver(psk: &PresharedKey) -> Result<Driver> {
+fn driver(psk: &PresharedKey, backend: BackendKind) -> Result<Driver> {
     let (nl, conn) = RtNetlink::connect()?;
     tokio::spawn(conn);
+    let nl = Arc::new(nl);
     let netlink_counter = Counter::default();
     let device_counter = Counter::default();
     let netlink: Arc<dyn Netlink> = Arc::new(CountingNetlink {
-        inner: Arc::new(nl),
+        inner: nl.clone(),
         counter: netlink_counter.clone(),
     });
     let device: Arc<dyn WgDevice> = Arc::new(CountingDevice {
-        inner: Arc::new(UserspaceDevice::new(UserspaceConfig::from_env())),
+        inner: device_of(backend, &nl),
         counter: device_counter.clone(),
     });
     let config = DriverConfig {
@@ -627,7 +666,7 @@ fn report_change(
     Ok(())
 }
 
-async fn bench(peers: u32) -> Result<()> {
+async fn bench(peers: u32, backend: BackendKind) -> Result<()> {
     ensure_underlay()?;
     let dir = tempfile::tempdir()?;
     let psk = PresharedKey::from_passphrase(wgcable_keys::DEFAULT_PSK);
@@ -639,10 +678,10 @@ async fn bench(peers: u32) -> Result<()> {
         .collect();
 
     // Case 1, baseline first (it leaves nothing behind), then the driver.
-    let baseline = baseline_cold(&remotes, &psk, dir.path())?;
+    let baseline = baseline_cold(&remotes, &psk, dir.path(), backend)?;
     result("cold.baseline", ms(baseline));
 
-    let d = driver(&psk)?;
+    let d = driver(&psk, backend)?;
     let start = Instant::now();
     d.driver.init().await?;
     let report = d.driver.set_endpoints(infos.clone()).await?;
@@ -744,29 +783,39 @@ async fn bench(peers: u32) -> Result<()> {
     // Leave nothing behind: rule, routes, device and its wireguard-go.
     let nl = RtNetlink::connect().map(|(nl, conn)| {
         tokio::spawn(conn);
-        nl
+        Arc::new(nl)
     })?;
-    cleanup_host(
-        &nl,
-        Some(&UserspaceDevice::new(UserspaceConfig::from_env())),
-        DEVICE,
-        TABLE,
-        RULE_PRIORITY,
-    )
-    .await?;
+    let device = device_of(backend, &nl);
+    let start = Instant::now();
+    cleanup_host(&*nl, Some(&*device), DEVICE, TABLE, RULE_PRIORITY).await?;
+    println!(
+        "  (wgcable's device cleaned up in {:.1} s, not part of any figure)",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; xtask passes `--in-namespace` and `--peers N`.
+    // `cargo bench` passes `--bench`; xtask passes `--in-namespace`, `--peers N` and
+    // `--backend kernel|userspace`.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let in_namespace = args.iter().any(|a| a == "--in-namespace");
-    let peers = args
-        .iter()
-        .position(|a| a == "--peers")
-        .and_then(|i| args.get(i + 1))
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let peers = value_of("--peers")
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000u32);
+    let backend = match value_of("--backend").map(String::as_str) {
+        None | Some("userspace") => BackendKind::Userspace,
+        Some("kernel") => BackendKind::Kernel,
+        Some(_) => {
+            eprintln!("scale bench: --backend takes kernel or userspace");
+            std::process::exit(2);
+        }
+    };
     if !nix::unistd::geteuid().is_root() {
         println!("scale bench skipped: it needs root (network and mount namespaces, wireguard-go)");
         return;
@@ -777,13 +826,16 @@ fn main() {
         eprintln!("scale bench: {e}");
         std::process::exit(1);
     }
-    println!("scale bench: {peers} remote clusters, 2 subnets each, userspace WireGuard");
+    println!(
+        "scale bench: {peers} remote clusters, 2 subnets each, {} WireGuard",
+        backend.as_str()
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime can be built");
-    if let Err(e) = runtime.block_on(bench(peers)) {
+    if let Err(e) = runtime.block_on(bench(peers, backend)) {
         eprintln!("scale bench failed: {e}");
         // Do not leave a wireguard-go behind in a namespace nobody will delete.
         let _ = run("ip", &["link", "del", DEVICE]);

@@ -90,7 +90,13 @@ pub(super) fn parse_reply_time(line: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
 
-pub(super) fn convergence(bin: &Path, runs: usize, samples: &mut Samples) -> Result<Topology> {
+/// `gateway_args`: extra arguments of every gateway (`--backend kernel` in the VM).
+pub(super) fn convergence(
+    bin: &Path,
+    gateway_args: &[String],
+    runs: usize,
+    samples: &mut Samples,
+) -> Result<Topology> {
     let mut last = None;
     for r in 0..runs {
         interrupt::check()?;
@@ -100,7 +106,7 @@ pub(super) fn convergence(bin: &Path, runs: usize, samples: &mut Samples) -> Res
         let mut topo = Topology::build(Options {
             clusters: 2,
             gateway_bin: bin.to_path_buf(),
-            gateway_args: Vec::new(),
+            gateway_args: gateway_args.to_vec(),
             keep: false,
         })?;
         let dst = topo.clusters[1].pod_ip.to_string();

@@ -54,8 +54,10 @@ use crate::cmd::{self, read};
 use crate::interrupt;
 use crate::topology::{self, Options, Topology};
 
-pub(crate) const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--case N[,N...]]
-       cargo xtask bench --vm [ARGS]   (cases 1 and 7 on kernel WireGuard, in the VM)";
+pub(crate) const USAGE: &str =
+    "usage: cargo xtask bench [--runs N] [--quick] [--case N[,N...]] [--backend kernel]
+       cargo xtask bench --vm [ARGS]   (cases 1 and 7 on kernel WireGuard, in the VM)
+  --backend kernel   cases 1-4 and 7 on kernel WireGuard (needs a kernel with it, as in --vm)";
 /// Remote clusters of cases 1 to 3 and 5.
 pub(crate) const PEERS: u32 = 1000;
 /// The peer counts whose footprint is measured.
@@ -90,6 +92,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut runs = 3usize;
     let mut quick = false;
     let mut cases: Vec<u32> = Vec::new();
+    let mut kernel = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -113,10 +116,27 @@ pub fn run(args: &[String]) -> Result<()> {
                 }
             }
             "--quick" => quick = true,
+            "--backend" => match it.next().map(String::as_str) {
+                Some("kernel") => kernel = true,
+                Some("userspace") => kernel = false,
+                _ => bail!("{USAGE}"),
+            },
             _ => bail!("{USAGE}"),
         }
     }
     let want = |n: u32| cases.is_empty() || cases.contains(&n);
+    // Case 5 compares the gateway's footprint with its wireguard-go's; case 6 has no device.
+    ensure!(
+        !kernel || !(want(5) || want(6)),
+        "--backend kernel runs cases 1-4 and 7 only (give them with --case)"
+    );
+    // The scale bench's device, and every gateway's: with kernel WireGuard, never a fallback.
+    let backend: &[&str] = if kernel {
+        &["--backend", "kernel"]
+    } else {
+        &[]
+    };
+    let gateway_args: Vec<String> = backend.iter().map(|a| a.to_string()).collect();
     topology::check_prerequisites()?;
     ensure!(
         cmd::exists("iperf3"),
@@ -141,7 +161,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut single = Topology::build(Options {
             clusters: 1,
             gateway_bin: bin.clone(),
-            gateway_args: Vec::new(),
+            gateway_args: gateway_args.clone(),
             keep: false,
         })?;
         if want(1) || want(2) || want(3) {
@@ -149,7 +169,7 @@ pub fn run(args: &[String]) -> Result<()> {
             for r in 0..runs {
                 interrupt::check()?;
                 println!("-- run {} of {runs}", r + 1);
-                scale_run(&single, &scale, &mut samples)?;
+                scale_run(&single, &scale, backend, &mut samples)?;
             }
         }
         if want(5) {
@@ -165,7 +185,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     if want(4) || want(7) {
         println!("\n==== case 4: convergence ====");
-        let mut mesh = convergence(&bin, convergence_runs, &mut samples)?;
+        let mut mesh = convergence(&bin, &gateway_args, convergence_runs, &mut samples)?;
         if want(4) {
             restarts(&mut mesh, runs, &mut samples)?;
         }
@@ -186,6 +206,9 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let elapsed = start.elapsed();
     println!("\n==== results: medians of {runs} runs (convergence: {convergence_runs}) ====");
+    if kernel {
+        println!("WireGuard: kernel (case 1's baseline: `ip link add type wireguard` + `wg setconf` + `ip -batch`; case 7's: wireguard-go by hand)");
+    }
     print!("{}", table(&samples));
     println!(
         "cargo xtask bench: {:.0} s of benchmarks (plus {:.0} s of build)",

@@ -9,9 +9,15 @@ use super::*;
 use crate::cmd::{cmd, read};
 use crate::topology::Topology;
 
-pub(super) fn scale_run(topo: &Topology, exe: &Path, samples: &mut Samples) -> Result<()> {
+/// `backend`: extra arguments of the bench binary (`--backend kernel`, or none for userspace).
+pub(super) fn scale_run(
+    topo: &Topology,
+    exe: &Path,
+    backend: &[&str],
+    samples: &mut Samples,
+) -> Result<()> {
     let ns = &topo.clusters[0].gw_ns;
-    let out = read(&mut cmd(
+    let mut c = cmd(
         "ip",
         [
             "netns".as_ref(),
@@ -22,7 +28,9 @@ pub(super) fn scale_run(topo: &Topology, exe: &Path, samples: &mut Samples) -> R
             "--peers".as_ref(),
             PEERS.to_string().as_ref(),
         ],
-    ))?;
+    );
+    c.args(backend);
+    let out = read(&mut c)?;
     for line in out.lines() {
         match parse_result(line) {
             Some((name, value)) => push(samples, name, value),

@@ -32,8 +32,50 @@ const USAGE: &str = "usage: cargo xtask vm test
 const TEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 const E2E_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
-/// The packages whose test binaries hold privileged tests (run in namespaces in the guest).
-const PRIVILEGED_PACKAGES: &[&str] = &["wgcable-netlink", "wgcable-peers", "wgcable-engine"];
+/// A test target whose tests use the kernel (`wgcable_netlink::testing`'s namespaces), run in
+/// the guest; `filter`, a test-name filter, where only part of the binary does.
+#[derive(Debug)]
+struct Privileged {
+    package: &'static str,
+    /// cargo's target name: the integration test's file stem, or the library's crate name.
+    target: &'static str,
+    filter: Option<&'static str>,
+}
+
+/// What `vm test` runs: only the tests that use the kernel. Everything else (fakes, paused
+/// time) does not depend on the kernel and runs on the host; under TCG the pure tests of
+/// wgcable-peers alone took 43 s. The unit test `every_privileged_test_file_is_placed` keeps
+/// this list complete: each file that calls the namespace harness is here or in `HOST_ONLY`.
+const PRIVILEGED: &[Privileged] = &[
+    Privileged {
+        package: "wgcable-netlink",
+        target: "kernel",
+        filter: None,
+    },
+    Privileged {
+        package: "wgcable-engine",
+        target: "wgcable_engine",
+        filter: Some("health::"),
+    },
+    // Last: see the sort in `test`.
+    Privileged {
+        package: "wgcable-peers",
+        target: "kernel",
+        filter: None,
+    },
+];
+
+/// Files with privileged tests that stay on the host, and why.
+#[cfg_attr(not(test), allow(dead_code))]
+const HOST_ONLY: &[(&str, &str)] = &[
+    // Emulated under TCG, wireguard-go needs more than the UAPI client's 10 s I/O timeout to
+    // take 1,000 peers, and nothing there depends on the guest's kernel.
+    ("crates/wgcable-peers/tests/userspace.rs", "wireguard-go"),
+    (
+        "crates/wgcable/tests/kubernetes.rs",
+        "the gateway on wireguard-go",
+    ),
+];
 
 pub fn run(args: &[String]) -> Result<()> {
     let Some((sub, rest)) = args.split_first() else {
@@ -111,6 +153,17 @@ fn boot_and_run(what: &str, job: boot::Job) -> Result<()> {
 struct TestBinary {
     path: String,
     dir: String,
+    target: String,
+}
+
+impl TestBinary {
+    /// The entry of `PRIVILEGED` this binary is, if any (package folder = package name).
+    fn privileged(&self) -> Option<&'static Privileged> {
+        let package = Path::new(&self.dir).file_name()?.to_string_lossy();
+        PRIVILEGED
+            .iter()
+            .find(|p| p.package == package && p.target == self.target)
+    }
 }
 
 /// Test executables out of `cargo test --no-run --message-format=json`.
@@ -123,46 +176,54 @@ fn test_binaries(json_lines: &str) -> Vec<TestBinary> {
             let path = v["executable"].as_str()?.to_owned();
             let manifest = Path::new(v["manifest_path"].as_str()?);
             let dir = manifest.parent()?.to_string_lossy().into_owned();
-            Some(TestBinary { path, dir })
+            let target = v["target"]["name"].as_str()?.to_owned();
+            Some(TestBinary { path, dir, target })
         })
         .collect()
 }
 
 fn test() -> Result<()> {
+    // The whole workspace, as `cargo xtask test` (nextest) builds it: after that this is a
+    // no-op. With `--package` for only the privileged packages, cargo unifies features over
+    // fewer packages and compiled some 30 crates a second time (1.5 min on 2 cores in CI).
     let mut c = cargo();
-    c.args(["test", "--no-run", "--message-format=json"]);
-    for p in PRIVILEGED_PACKAGES {
-        c.args(["--package", p]);
-    }
+    c.args(["test", "--workspace", "--no-run", "--message-format=json"]);
     let json = cmd::read(&mut c).context("building the test binaries for the VM")?;
-    // The userspace backend's tests are left to the host, where wireguard-go is the same
-    // program: emulated under TCG, wireguard-go needs more than the UAPI client's 10 s I/O
-    // timeout to take 1,000 peers, and nothing there depends on the guest's kernel.
-    let mut binaries: Vec<TestBinary> = test_binaries(&json)
+    let mut binaries: Vec<(TestBinary, &Privileged)> = test_binaries(&json)
         .into_iter()
-        .filter(|b| {
-            !Path::new(&b.path)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("userspace-"))
+        .filter_map(|b| {
+            let p = b.privileged()?;
+            Some((b, p))
         })
         .collect();
+    ensure!(
+        binaries.len() == PRIVILEGED.len(),
+        "cargo built {} of the {} privileged test binaries ({:?})",
+        binaries.len(),
+        PRIVILEGED.len(),
+        PRIVILEGED
+    );
     // The kernel-WireGuard tests of wgcable-peers last: their large devices (6,000 peers) are
     // torn down with their namespace in the background, which under TCG holds the kernel's
     // rtnl lock for about two minutes; any netlink test after them would wait that long.
-    binaries.sort_by_key(|b| b.dir.ends_with("wgcable-peers") && b.path.contains("/kernel-"));
-    ensure!(!binaries.is_empty(), "cargo built no test binaries");
+    binaries.sort_by_key(|(b, _)| b.dir.ends_with("wgcable-peers") && b.target == "kernel");
     // One shell loop in the guest: every binary runs even after a failure; the exit code says
     // whether any failed.
     let mut script = String::from("rc=0\n");
-    for b in &binaries {
+    for (b, p) in &binaries {
         script.push_str(&format!(
-            "echo '==== {name}'; (cd {dir} && {bin}) || {{ rc=1; echo 'FAILED: {name}'; }}\n",
+            "echo '==== {name}{filter}'; (cd {dir} && {bin}{arg}) || {{ rc=1; echo 'FAILED: {name}'; }}\n",
             name = Path::new(&b.path)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            filter = p.filter.map(|f| format!(" (tests {f}*)")).unwrap_or_default(),
             dir = boot::sh_quote(&b.dir),
             bin = boot::sh_quote(&b.path),
+            arg = p
+                .filter
+                .map(|f| format!(" {}", boot::sh_quote(f)))
+                .unwrap_or_default(),
         ));
     }
     script.push_str("exit $rc\n");
@@ -271,15 +332,94 @@ mod tests {
 
     #[test]
     fn test_binaries_come_from_cargo_json() {
-        let json = r#"{"reason":"compiler-artifact","profile":{"test":true},"executable":"/w/target/debug/deps/kernel-1","manifest_path":"/w/crates/n/Cargo.toml"}
-{"reason":"compiler-artifact","profile":{"test":false},"executable":null,"manifest_path":"/w/crates/n/Cargo.toml"}
+        let json = r#"{"reason":"compiler-artifact","profile":{"test":true},"target":{"name":"kernel"},"executable":"/w/target/debug/deps/kernel-1","manifest_path":"/w/crates/wgcable-peers/Cargo.toml"}
+{"reason":"compiler-artifact","profile":{"test":false},"target":{"name":"n"},"executable":null,"manifest_path":"/w/crates/n/Cargo.toml"}
+{"reason":"compiler-artifact","profile":{"test":true},"target":{"name":"userspace"},"executable":"/w/target/debug/deps/userspace-1","manifest_path":"/w/crates/wgcable-peers/Cargo.toml"}
 {"reason":"build-finished","success":true}"#;
+        let binaries = test_binaries(json);
         assert_eq!(
-            test_binaries(json),
-            vec![TestBinary {
+            binaries[0],
+            TestBinary {
                 path: "/w/target/debug/deps/kernel-1".into(),
-                dir: "/w/crates/n".into()
-            }]
+                dir: "/w/crates/wgcable-peers".into(),
+                target: "kernel".into(),
+            }
         );
+        assert_eq!(binaries.len(), 2);
+        assert!(binaries[0].privileged().is_some());
+        assert!(binaries[1].privileged().is_none());
+    }
+
+    /// Every source file that calls the namespace harness (`in_netns`, `isolated`) is run by
+    /// `vm test` (its target in `PRIVILEGED`, its module inside the filter) or is in
+    /// `HOST_ONLY`: a new privileged test cannot be missed by the VM without a decision.
+    #[test]
+    fn every_privileged_test_file_is_placed() {
+        let root = topology::workspace_root();
+        let mut files = Vec::new();
+        let crates = std::fs::read_dir(root.join("crates")).expect("crates/");
+        for krate in crates.map(|e| e.expect("entry").path()) {
+            for sub in ["src", "tests"] {
+                rust_files(&krate.join(sub), &mut files);
+            }
+        }
+        let mut unplaced = Vec::new();
+        let mut placed = 0;
+        for file in &files {
+            let rel = file.strip_prefix(&root).expect("under the root");
+            let rel_s = rel.to_string_lossy();
+            if rel_s == "crates/wgcable-netlink/src/testing.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(file).expect("readable");
+            if !(text.contains("in_netns(") || text.contains("isolated(")) {
+                continue;
+            }
+            placed += 1;
+            if HOST_ONLY.iter().any(|(f, _)| *f == rel_s) {
+                continue;
+            }
+            let mut parts = rel.iter().map(|p| p.to_string_lossy().into_owned());
+            let package = parts.nth(1).expect("crates/PACKAGE");
+            let kind = parts.next().expect("src or tests");
+            let rest: Vec<String> = parts.collect();
+            let covered = PRIVILEGED.iter().any(|p| {
+                p.package == package
+                    && if kind == "tests" {
+                        rest.first().map(|f| f.trim_end_matches(".rs")) == Some(p.target)
+                    } else {
+                        // src/a/b.rs is module a::b, src/a/mod.rs is a.
+                        let mut module: Vec<&str> =
+                            rest.iter().map(|s| s.trim_end_matches(".rs")).collect();
+                        if matches!(module.last(), Some(&"mod") | Some(&"lib")) {
+                            module.pop();
+                        }
+                        let module = format!("{}::", module.join("::"));
+                        p.target == package.replace('-', "_")
+                            && p.filter.is_none_or(|f| module.starts_with(f))
+                    }
+            });
+            if !covered {
+                unplaced.push(rel_s.into_owned());
+            }
+        }
+        assert!(placed >= PRIVILEGED.len(), "found only {placed} files");
+        assert!(
+            unplaced.is_empty(),
+            "privileged tests that `vm test` does not run: {unplaced:?}; add them to PRIVILEGED or HOST_ONLY"
+        );
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for path in entries.map(|e| e.expect("entry").path()) {
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
     }
 }
