@@ -545,14 +545,29 @@ impl RouteMonitor {
             ns: topo.clusters[i].gw_ns.clone(),
             canaries: 0,
         };
-        // Only once the monitor reports a change of its own is it known to be listening.
-        m.canary(topo, i)?;
-        Ok(m)
+        // Only once the monitor reports a change of its own is it known to be listening. It
+        // may subscribe between a canary's add and its delete (and print only the delete), so
+        // a canary that is not seen whole is followed by another.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match m.canary_within(topo, i, Duration::from_secs(1)) {
+                Ok(()) => return Ok(m),
+                Err(e) if attempt >= 10 => {
+                    return Err(e.context(format!("`ip monitor route` in {} never listened", m.ns)))
+                }
+                Err(_) => continue,
+            }
+        }
     }
 
     /// Adds and removes a route in table 151 (which no gateway uses) and waits until the
     /// monitor printed both changes.
     fn canary(&mut self, topo: &Topology, i: usize) -> Result<()> {
+        self.canary_within(topo, i, Duration::from_secs(5))
+    }
+
+    fn canary_within(&mut self, topo: &Topology, i: usize, timeout: Duration) -> Result<()> {
         self.canaries += 1;
         let dst = format!("10.99.99.{}/32", self.canaries);
         cmd::run(&mut topo.ip(i, ["route", "add", &dst, "dev", "lo", "table", "151"]))?;
@@ -560,7 +575,7 @@ impl RouteMonitor {
         let ip = dst.trim_end_matches("/32").to_string();
         poll(
             &format!("ip monitor in {} to see the canary route {dst}", self.ns),
-            Duration::from_secs(5),
+            timeout,
             || {
                 let n = self
                     .lines
