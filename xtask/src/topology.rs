@@ -1041,6 +1041,10 @@ mod tests {
             prefix: "wgc1-".into(),
             run_dir: PathBuf::from("/nonexistent"),
             broker_dir: PathBuf::from("/nonexistent/broker"),
+            broker_args: ["--broker-dir", "/nonexistent/broker"]
+                .map(String::from)
+                .to_vec(),
+            etcd: None,
             clusters: vec![cluster(0, "a"), cluster(1, "b")],
             gateway_bin: PathBuf::from("/bin/false"),
             gateway_args: ["--resync-interval", "2s", "-v"].map(String::from).to_vec(),

@@ -21,15 +21,25 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
         "expected one gateway process in a, found {pids:?}"
     );
     let holder = pids[0];
-    let before = (
-        state::device_ifindex(topo, 0)?,
-        state::peers(topo, 0)?
+    // `wg show dump` lists wireguard-go's peers in its map's order, which differs between
+    // reads: compare them sorted.
+    let look = |topo: &Topology| -> Result<_> {
+        let mut peers: Vec<_> = state::peers(topo, 0)?
             .into_iter()
             .map(|p| (p.public_key, p.allowed_ips))
-            .collect::<Vec<_>>(),
-        state::routes_of(topo, 0, Family::V4)?,
-        state::routes_of(topo, 0, Family::V6)?,
-    );
+            .collect();
+        peers.sort();
+        Ok((
+            state::device_ifindex(topo, 0)?,
+            peers,
+            state::routes_of(topo, 0, Family::V4)?,
+            state::routes_of(topo, 0, Family::V6)?,
+        ))
+    };
+    // Gateway a is frozen (it keeps its lock) while the second one runs, so that whatever
+    // changes on a's host can only be the second gateway's doing, not a's own resync.
+    let paused = topo.pause_gateway(0)?;
+    let before = look(topo)?;
     let args = topo.gateway_command(0, "gateway");
     let out = cmd::output(topo.gw(0, &topo.gateway_bin, &args).env("NO_COLOR", "1"))?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -45,16 +55,12 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
         !err.contains("WireGuard backend selected"),
         "the second gateway got as far as its device: {err}"
     );
-    let after = (
-        state::device_ifindex(topo, 0)?,
-        state::peers(topo, 0)?
-            .into_iter()
-            .map(|p| (p.public_key, p.allowed_ips))
-            .collect::<Vec<_>>(),
-        state::routes_of(topo, 0, Family::V4)?,
-        state::routes_of(topo, 0, Family::V6)?,
+    let after = look(topo)?;
+    drop(paused);
+    ensure!(
+        after == before,
+        "a's device, peers or routes changed while the second gateway ran: {before:?} -> {after:?}"
     );
-    ensure!(after == before, "a's device, peers or routes changed");
     ensure!(topo.gateway_running(0), "gateway a stopped");
     state::wait_connected(topo, 0, &topo.remotes(0), WAIT).context("a after the second start")?;
     Ok(format!(
