@@ -7,6 +7,8 @@
 //! when the VM can run; when it cannot (not root, packages missing) one line says so, and
 //! under CI that is a failure.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Result};
 
 use crate::cmd;
@@ -22,11 +24,19 @@ pub fn run(args: &[String]) -> Result<()> {
     if !args.is_empty() {
         bail!("usage: cargo xtask test");
     }
-    let mut results: Vec<(&str, Result<()>)> = Vec::new();
+    let mut results: Vec<(&str, Result<()>, Duration)> = Vec::new();
+    // Each step timed, so a run (CI's too) ends with where its time went.
+    let mut clock = Instant::now();
+    let mut timed = |results: &mut Vec<(&'static str, Result<()>, Duration)>,
+                     name: &'static str,
+                     result: Result<()>| {
+        results.push((name, result, clock.elapsed()));
+        clock = Instant::now();
+    };
 
     let mut c = cargo();
     c.args(["fmt", "--all", "--check"]);
-    results.push(("fmt", cmd::run(&mut c)));
+    timed(&mut results, "fmt", cmd::run(&mut c));
 
     let mut c = cargo();
     c.args([
@@ -37,7 +47,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]);
-    results.push(("clippy", cmd::run(&mut c)));
+    timed(&mut results, "clippy", cmd::run(&mut c));
 
     // Privileged tests that skip (outside CI) append their line here; printed at the end, so a
     // skip is seen even though the test runner captured it.
@@ -54,11 +64,11 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         c.args(["test", "--workspace"]);
     }
-    results.push(("tests", cmd::run(&mut c)));
+    timed(&mut results, "tests", cmd::run(&mut c));
     if nextest {
         let mut c = cargo();
         c.args(["test", "--doc", "--workspace"]);
-        results.push(("doctests", cmd::run(&mut c)));
+        timed(&mut results, "doctests", cmd::run(&mut c));
     }
 
     if let Ok(skips) = std::fs::read_to_string(&skip_log) {
@@ -70,21 +80,23 @@ pub fn run(args: &[String]) -> Result<()> {
         let _ = std::fs::remove_file(&skip_log);
     }
     // A bounded fuzz run (20 s a target); `cargo xtask fuzz --seconds N` runs longer.
-    results.push((
+    timed(
+        &mut results,
         "fuzz",
         crate::fuzz::run(&["--seconds".to_owned(), "20".to_owned()]),
-    ));
+    );
 
     let root = nix::unistd::geteuid().is_root();
     if root {
         eprintln!("\n==== cargo xtask e2e ====");
-        results.push(("e2e", e2e::run(&[])));
+        timed(&mut results, "e2e", e2e::run(&[]));
     } else if std::env::var_os("CI").is_some() {
         println!("e2e: not root, and CI is set: the e2e scenarios must run in CI");
-        results.push((
+        timed(
+            &mut results,
             "e2e",
             Err(anyhow::anyhow!("not root (needed for network namespaces)")),
-        ));
+        );
     } else {
         println!(
             "e2e skipped: not root (network namespaces need it; run `cargo xtask e2e` as root)"
@@ -95,13 +107,13 @@ pub fn run(args: &[String]) -> Result<()> {
     match vm::unavailable() {
         None => {
             eprintln!("\n==== cargo xtask vm test ====");
-            results.push(("vm test", vm::run(&["test".to_string()])));
+            timed(&mut results, "vm test", vm::run(&["test".to_string()]));
             eprintln!("\n==== cargo xtask vm e2e ====");
-            results.push(("vm e2e", vm::run(&["e2e".to_string()])));
+            timed(&mut results, "vm e2e", vm::run(&["e2e".to_string()]));
         }
         Some(why) if std::env::var_os("CI").is_some() => {
             println!("vm: cannot run ({why}), and CI is set: the kernel WireGuard tests must run in CI");
-            results.push(("vm", Err(anyhow::anyhow!("the VM cannot run: {why}"))));
+            timed(&mut results, "vm", Err(anyhow::anyhow!("the VM cannot run: {why}")));
         }
         Some(why) => println!(
             "vm test and vm e2e skipped: {why} (they run the kernel WireGuard tests in qemu; `cargo xtask vm test`)"
@@ -110,17 +122,21 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let failed: Vec<&str> = results
         .iter()
-        .filter(|(_, r)| r.is_err())
-        .map(|(n, _)| *n)
+        .filter(|(_, r, _)| r.is_err())
+        .map(|(n, _, _)| *n)
         .collect();
-    // On success the last line stays the test runner's own summary (e2e's `N passed, N failed`
-    // or cargo's), which is what people and CI read.
+    let line: Vec<String> = results
+        .iter()
+        .map(|(n, r, took)| {
+            format!(
+                "{n} {} ({:.0} s)",
+                if r.is_ok() { "ok" } else { "FAILED" },
+                took.as_secs_f64()
+            )
+        })
+        .collect();
+    eprintln!("\ncargo xtask test: {}", line.join(", "));
     if !failed.is_empty() {
-        let line: Vec<String> = results
-            .iter()
-            .map(|(n, r)| format!("{n} {}", if r.is_ok() { "ok" } else { "FAILED" }))
-            .collect();
-        eprintln!("\ncargo xtask test: {}", line.join(", "));
         bail!("failed steps: {}", failed.join(", "));
     }
     Ok(())
