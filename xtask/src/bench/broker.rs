@@ -150,7 +150,7 @@ fn propagate(topo: &mut Topology, broker: &str, writer: &mut Writer) -> Result<V
 fn cold_start(topo: &mut Topology, broker: &str, writer: &mut Writer) -> Result<f64> {
     clear(topo, writer)?;
     match broker {
-        "file" => write_named(&topo.broker_dir, COLD_ENDPOINTS)?,
+        "file" => footprint::write_endpoints(&topo.broker_dir, COLD_ENDPOINTS)?,
         _ => {
             let staging = topo.run_dir.join("staging");
             std::fs::create_dir_all(&staging)?;
@@ -159,7 +159,7 @@ fn cold_start(topo: &mut Topology, broker: &str, writer: &mut Writer) -> Result<
                 // The key names the cluster (`c<i>`, as in the file): another key is an impostor.
                 writer.put(
                     &format!("/wgcable/endpoints/c{i}"),
-                    &staging.join(format!("bench-c{i}.yaml")),
+                    &staging.join(format!("c{i}.yaml")),
                 )?;
             }
         }
@@ -183,38 +183,13 @@ fn clear(topo: &mut Topology, writer: &mut Writer) -> Result<()> {
     if topo.gateway_running(0) {
         topo.stop_gateway(0)?;
     }
-    write_named(&topo.broker_dir, 0)?;
+    footprint::write_endpoints(&topo.broker_dir, 0)?;
     let q = topo.broker_dir.join("bench-q.yaml");
     if q.exists() {
         std::fs::remove_file(&q)?;
     }
     writer.del_prefix("/wgcable/endpoints/")?;
     let _ = cmd::output(&mut topo.gw(0, &topo.gateway_bin, ["cleanup"]));
-    Ok(())
-}
-
-/// The `n` generated Endpoints as `c<i>.yaml` (the file source binds a file to the cluster its
-/// name says: `bench-c<i>.yaml` would be an impostor of `c<i>`); removes earlier ones first.
-fn write_named(dir: &std::path::Path, n: u32) -> Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or_default();
-        let generated = name
-            .strip_prefix('c')
-            .and_then(|r| r.strip_suffix(".yaml"))
-            .is_some_and(|i| i.parse::<u32>().is_ok());
-        if generated {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    for i in 0..n {
-        let path = dir.join(format!("c{i}.yaml"));
-        std::fs::write(&path, footprint::endpoint_yaml(i))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
     Ok(())
 }
 

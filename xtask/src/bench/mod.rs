@@ -151,31 +151,44 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let start = Instant::now();
     let mut samples = Samples::new();
+    // A case that fails is reported and the others still run: the table at the end shows
+    // what was measured, and the run fails afterwards.
+    let mut failed: Vec<String> = Vec::new();
+    let mut check = |cases: &str, result: Result<()>| {
+        if let Err(e) = result {
+            eprintln!("xtask: bench: case(s) {cases} failed: {e:#}");
+            failed.push(format!("{cases}: {e:#}"));
+        }
+    };
 
     if want(6) {
         println!("\n==== case 6: planner micro-benchmarks (criterion) ====");
-        planner(&mut samples)?;
+        check("6", planner(&mut samples));
     }
 
     if want(1) || want(2) || want(3) || want(5) {
-        let mut single = Topology::build(Options {
-            clusters: 1,
-            gateway_bin: bin.clone(),
-            gateway_args: gateway_args.clone(),
-            keep: false,
-        })?;
-        if want(1) || want(2) || want(3) {
-            println!("\n==== cases 1-3: cold sync, incremental changes, status poll at {PEERS} clusters ====");
-            for r in 0..runs {
-                interrupt::check()?;
-                println!("-- run {} of {runs}", r + 1);
-                scale_run(&single, &scale, backend, &mut samples)?;
+        let result = (|| -> Result<()> {
+            let mut single = Topology::build(Options {
+                clusters: 1,
+                gateway_bin: bin.clone(),
+                gateway_args: gateway_args.clone(),
+                keep: false,
+            })?;
+            if want(1) || want(2) || want(3) {
+                println!("\n==== cases 1-3: cold sync, incremental changes, status poll at {PEERS} clusters ====");
+                for r in 0..runs {
+                    interrupt::check()?;
+                    println!("-- run {} of {runs}", r + 1);
+                    scale_run(&single, &scale, backend, &mut samples)?;
+                }
             }
-        }
-        if want(5) {
-            println!("\n==== case 5: footprint ====");
-            footprint(&mut single, &mut samples)?;
-        }
+            if want(5) {
+                println!("\n==== case 5: footprint ====");
+                footprint(&mut single, &mut samples)?;
+            }
+            Ok(())
+        })();
+        check("1-3, 5", result);
     }
 
     let convergence_runs = if !want(4) || quick {
@@ -184,24 +197,31 @@ pub fn run(args: &[String]) -> Result<()> {
         runs.max(5)
     };
     if want(4) || want(7) {
-        println!("\n==== case 4: convergence ====");
-        let mut mesh = convergence(&bin, &gateway_args, convergence_runs, &mut samples)?;
-        if want(4) {
-            restarts(&mut mesh, runs, &mut samples)?;
-        }
-        if want(7) {
-            println!("\n==== case 7: throughput ====");
-            throughput(&mut mesh, runs, &mut samples)?;
-        }
+        let result = (|| -> Result<()> {
+            println!("\n==== case 4: convergence ====");
+            let mut mesh = convergence(&bin, &gateway_args, convergence_runs, &mut samples)?;
+            if want(4) {
+                restarts(&mut mesh, runs, &mut samples)?;
+            }
+            if want(7) {
+                println!("\n==== case 7: throughput ====");
+                throughput(&mut mesh, runs, &mut samples)?;
+            }
+            Ok(())
+        })();
+        check("4, 7", result);
     }
 
     if want(8) || want(9) {
         println!("\n==== cases 8-9: the etcd broker against the file broker ====");
-        broker_cases(&bin, runs, want(8), want(9), &mut samples)?;
+        check(
+            "8-9",
+            broker_cases(&bin, runs, want(8), want(9), &mut samples),
+        );
     }
     if want(10) || want(11) {
         println!("\n==== cases 10-11: {BURST} Endpoints at once, {BURST_REMOVED} removed ====");
-        burst(&bin, runs, &mut samples)?;
+        check("10-11", burst(&bin, runs, &mut samples));
     }
 
     let elapsed = start.elapsed();
@@ -214,6 +234,12 @@ pub fn run(args: &[String]) -> Result<()> {
         "cargo xtask bench: {:.0} s of benchmarks (plus {:.0} s of build)",
         elapsed.as_secs_f64(),
         build_start.elapsed().as_secs_f64() - elapsed.as_secs_f64()
+    );
+    ensure!(
+        failed.is_empty(),
+        "{} group(s) of cases failed (their rows are missing above):\n  {}",
+        failed.len(),
+        failed.join("\n  ")
     );
     Ok(())
 }
