@@ -254,6 +254,9 @@ pub(crate) fn target_dir() -> PathBuf {
 
 /// The gateway in release mode: footprint and timings of a debug build say little.
 pub(crate) fn build_release_gateway() -> Result<PathBuf> {
+    if let Some(bin) = prebuilt(PREBUILT_GATEWAY)? {
+        return Ok(bin);
+    }
     let mut c = topology::cargo();
     c.args([
         "build",
@@ -275,6 +278,9 @@ pub(crate) fn build_release_gateway() -> Result<PathBuf> {
 
 /// The `scale` bench binary of wgcable-engine; its path comes from cargo's JSON messages.
 pub(crate) fn build_scale_bench() -> Result<PathBuf> {
+    if let Some(bin) = prebuilt(PREBUILT_SCALE)? {
+        return Ok(bin);
+    }
     let mut c = topology::cargo();
     c.args([
         "bench",
@@ -288,6 +294,22 @@ pub(crate) fn build_scale_bench() -> Result<PathBuf> {
     c.stderr(Stdio::inherit());
     let out = read(&mut c)?;
     scale_executable(&out).context("cargo built no `scale` bench executable")
+}
+
+/// The release gateway built before (`bench --vm` builds on the host and passes the path:
+/// under TCG, cargo in the guest would rebuild everything, for hours).
+pub(crate) const PREBUILT_GATEWAY: &str = "XTASK_BENCH_WGCABLE";
+/// The `scale` bench executable built before, as [`PREBUILT_GATEWAY`].
+pub(crate) const PREBUILT_SCALE: &str = "XTASK_BENCH_SCALE";
+
+/// The binary that the variable `var` names, when it is set: no build.
+fn prebuilt(var: &str) -> Result<Option<PathBuf>> {
+    let Some(path) = std::env::var_os(var).map(PathBuf::from) else {
+        return Ok(None);
+    };
+    ensure!(path.is_file(), "{var}={} is not a file", path.display());
+    eprintln!("xtask: using {} ({var}), no build", path.display());
+    Ok(Some(path))
 }
 
 pub(crate) fn scale_executable(cargo_json: &str) -> Option<PathBuf> {

@@ -16,15 +16,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{build_release_gateway, build_scale_bench};
+use super::{build_release_gateway, build_scale_bench, PREBUILT_GATEWAY, PREBUILT_SCALE};
 use crate::topology;
 
 /// A run of cases 1 and 7 under TCG takes minutes; this only catches a hang.
 const TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    build_release_gateway()?;
-    build_scale_bench()?;
+    let gateway = build_release_gateway()?;
+    let scale = build_scale_bench()?;
     let mut command = vec![
         topology::xtask_exe()?.to_string_lossy().into_owned(),
         "bench".to_owned(),
@@ -39,5 +39,16 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     } else {
         command.extend(args.iter().cloned());
     }
-    crate::vm::run_in_vm("bench", command, TIMEOUT)
+    // The guest runs the host's binaries as they are: cargo there would rebuild everything.
+    let env = vec![
+        (
+            PREBUILT_GATEWAY.to_owned(),
+            gateway.to_string_lossy().into_owned(),
+        ),
+        (
+            PREBUILT_SCALE.to_owned(),
+            scale.to_string_lossy().into_owned(),
+        ),
+    ];
+    crate::vm::run_in_vm("bench", command, env, TIMEOUT)
 }

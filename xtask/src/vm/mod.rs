@@ -283,13 +283,18 @@ fn e2e(args: &[String]) -> Result<()> {
 
 /// Runs `command` (the host's binaries) in the VM with `CI` unset, for tasks other than the
 /// tests, e.g. `cargo xtask bench --vm`.
-pub fn run_in_vm(what: &str, command: Vec<String>, timeout: Duration) -> Result<()> {
+pub fn run_in_vm(
+    what: &str,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    timeout: Duration,
+) -> Result<()> {
     boot_and_run(
         what,
         boot::Job {
             command,
             dir: topology::workspace_root(),
-            env: Vec::new(),
+            env,
             hide: Vec::new(),
             timeout,
         },
