@@ -624,9 +624,6 @@ impl Running<'_> {
             }
         }
         let _ = self.driver.poll().await;
-        if update.upserted.len() + update.removed.len() >= RELEASE_AFTER_CHANGES {
-            release_free_memory();
-        }
     }
 
     /// Judges connections; a data plane that lost its device or peers is repaired now, not
@@ -674,27 +671,6 @@ impl Running<'_> {
         if let Err(e) = self.source.report(&report).await {
             tracing::debug!(error = %crate::error::chain(&e), "reporting the gateway's status to the source failed");
         }
-    }
-}
-
-/// A batch of at least this many changes (a start against a full broker, a burst) is followed
-/// by [`release_free_memory`].
-const RELEASE_AFTER_CHANGES: usize = 64;
-
-/// Hands the heap memory freed after a large batch back to the system. Parsing, planning and
-/// configuring 1,000 Endpoints at once allocates several times what the gateway keeps (raw
-/// objects, the device update's text, route batches); glibc keeps those freed pages in its
-/// arenas, so without this a gateway that once took a burst holds that peak as resident
-/// memory for good (measured: several MiB at 1,000 peers). `malloc_trim` is glibc's, not a
-/// crate's: nothing in Rust's allocator API asks for it.
-fn release_free_memory() {
-    // The workspace's one unsafe block: a foreign call without arguments to check.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: malloc_trim takes no pointers and only walks and trims glibc's own arenas,
-    // under their locks; any thread may call it at any time.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
