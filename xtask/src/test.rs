@@ -60,9 +60,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let nextest = cmd::output(&mut probe).is_ok_and(|o| o.status.success());
     let mut c = cargo();
     if nextest {
-        c.args(["nextest", "run", "--workspace"]);
+        // Every test runs even after a failure, as every step does.
+        c.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     } else {
-        c.args(["test", "--workspace"]);
+        c.args(["test", "--workspace", "--no-fail-fast"]);
     }
     timed(&mut results, "tests", cmd::run(&mut c));
     if nextest {

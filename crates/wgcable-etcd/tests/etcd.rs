@@ -774,7 +774,15 @@ fn a_member_without_a_leader_is_unhealthy_until_its_quorum_returns() -> Result<(
     cluster.set_link(&m2, "eth0", true)?;
     cluster.set_link(&m3, "eth0", true)?;
     cluster.wait_for_leader(WAIT)?;
-    cluster.put(&key("b"), b"b")?;
+    // The members may still settle their terms for a moment after one reports a leader: the
+    // write is retried until it lands (what is tested is the source catching up, not etcd).
+    let deadline = Instant::now() + WAIT;
+    while let Err(e) = cluster.put(&key("b"), b"b") {
+        if Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let (_, before) = w.until(
         "b after the quorum is back",
         WAIT,

@@ -46,22 +46,8 @@ pub(super) fn broker_cases(
         gateway_args: vec!["--status-interval".into(), "1s".into()],
         keep: false,
     })?;
-    // The generated remotes sit behind a next hop that never answers (as in case 5).
-    cmd::run(&mut topo.ip(
-        0,
-        [
-            "neigh",
-            "replace",
-            FAKE_NEXT_HOP,
-            "lladdr",
-            FAKE_NEXT_HOP_MAC,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    ))?;
-    cmd::run(&mut topo.ip(0, ["route", "replace", FAKE_UNDERLAY, "via", FAKE_NEXT_HOP]))?;
+    // The generated remote gateways sit behind a next hop that never answers.
+    route_to_fake_underlay(&topo, 0)?;
     let mut opts = ClusterOptions::new();
     opts.prefix = format!("{}etcd-", topo.prefix);
     opts.net = [10, 99, 0];

@@ -83,22 +83,8 @@ pub(super) fn burst(bin: &Path, runs: usize, samples: &mut Samples) -> Result<()
         gateway_args: Vec::new(),
         keep: false,
     })?;
-    // The generated remote gateways sit behind a next hop that never answers (as in case 5).
-    cmd::run(&mut topo.ip(
-        0,
-        [
-            "neigh",
-            "replace",
-            FAKE_NEXT_HOP,
-            "lladdr",
-            FAKE_NEXT_HOP_MAC,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    ))?;
-    cmd::run(&mut topo.ip(0, ["route", "replace", FAKE_UNDERLAY, "via", FAKE_NEXT_HOP]))?;
+    // The generated remote gateways sit behind a next hop that never answers.
+    route_to_fake_underlay(&topo, 0)?;
     let broker = topo.broker_dir.clone();
     let stage = topo.run_dir.join("stage");
     std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;

@@ -130,24 +130,8 @@ pub(super) fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 pub(super) fn footprint(topo: &mut Topology, samples: &mut Samples) -> Result<()> {
-    // The generated remote gateways sit behind a next hop that never answers; a permanent
-    // neighbour entry keeps the kernel from parking every handshake in the ARP queue (which
-    // blocks wireguard-go's sends for seconds once its socket buffer is full).
-    cmd::run(&mut topo.ip(
-        0,
-        [
-            "neigh",
-            "replace",
-            FAKE_NEXT_HOP,
-            "lladdr",
-            FAKE_NEXT_HOP_MAC,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    ))?;
-    cmd::run(&mut topo.ip(0, ["route", "replace", FAKE_UNDERLAY, "via", FAKE_NEXT_HOP]))?;
+    // The generated remote gateways sit behind a next hop that never answers.
+    route_to_fake_underlay(topo, 0)?;
     let broker = topo.broker_dir.clone();
     let bin = topo.gateway_bin.clone();
     for n in FOOTPRINT_PEERS {

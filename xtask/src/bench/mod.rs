@@ -74,6 +74,28 @@ pub(crate) const FAKE_UNDERLAY: &str = "198.18.0.0/15";
 pub(crate) const FAKE_NEXT_HOP: &str = "192.168.77.250";
 pub(crate) const FAKE_NEXT_HOP_MAC: &str = "02:00:00:00:00:fa";
 
+/// Routes [`FAKE_UNDERLAY`] in gateway namespace `i` to a next hop that never answers, with a
+/// permanent neighbour entry: packets to the generated remote gateways leave and are dropped.
+/// Without the entry the kernel parks every handshake in the ARP queue, charged to
+/// wireguard-go's socket, which blocks its sends for seconds once the buffer is full.
+pub(crate) fn route_to_fake_underlay(topo: &Topology, i: usize) -> Result<()> {
+    cmd::run(&mut topo.ip(
+        i,
+        [
+            "neigh",
+            "replace",
+            FAKE_NEXT_HOP,
+            "lladdr",
+            FAKE_NEXT_HOP_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    ))?;
+    cmd::run(&mut topo.ip(i, ["route", "replace", FAKE_UNDERLAY, "via", FAKE_NEXT_HOP]))
+}
+
 /// Named samples, one per run.
 pub(crate) type Samples = BTreeMap<String, Vec<f64>>;
 
