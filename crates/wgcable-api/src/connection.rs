@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -115,8 +116,10 @@ pub struct Connection {
     )]
     pub status_message: String,
 
+    /// Shared, not copied: a gateway judges every connection at every status poll, and the
+    /// remote's Endpoint changes far less often than that.
     #[serde(default, deserialize_with = "null_as_default")]
-    pub endpoint: EndpointSpec,
+    pub endpoint: Arc<EndpointSpec>,
 
     #[serde(
         rename = "usingIP",
@@ -144,9 +147,13 @@ pub struct Connection {
 
 impl Connection {
     /// A connection with no status yet, like Submariner's `NewConnection`.
-    pub fn new(endpoint: EndpointSpec, using_ip: impl Into<String>, using_nat: bool) -> Self {
+    pub fn new(
+        endpoint: impl Into<Arc<EndpointSpec>>,
+        using_ip: impl Into<String>,
+        using_nat: bool,
+    ) -> Self {
         Connection {
-            endpoint,
+            endpoint: endpoint.into(),
             using_ip: using_ip.into(),
             using_nat,
             ..Connection::default()

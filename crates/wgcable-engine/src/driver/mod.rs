@@ -182,6 +182,8 @@ impl fmt::Display for ReconcileReport {
 #[derive(Clone, Debug)]
 struct Tracked {
     key: PublicKey,
+    /// The Endpoint `labels` were made from: while it is the same, they are kept.
+    endpoint: Arc<Endpoint>,
     /// WireGuard's verdict, which the next judgement builds on.
     track: wgcable_peers::PeerTrack,
     labels: wgcable_metrics::CableLabels,

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use wgcable_api::{Endpoint, NatEndpointInfo, ValidatedSpec};
+use wgcable_api::{Endpoint, EndpointSpec, NatEndpointInfo, ValidatedSpec};
 use wgcable_peers::{PeerCandidate, PeerError};
 
 use crate::health::HealthTarget;
@@ -15,6 +15,8 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remote {
     pub endpoint: Arc<Endpoint>,
+    /// The Endpoint's spec as its `Connection` reports it, shared by every status poll.
+    pub published: Arc<EndpointSpec>,
     pub spec: Arc<ValidatedSpec>,
     /// The address its gateway is reached on (Submariner's `UseIP`).
     pub use_ip: IpAddr,
@@ -50,6 +52,7 @@ impl Remote {
             .copied()
             .expect("a validated spec has at least one private IP");
         Remote {
+            published: Arc::new(endpoint.spec.clone()),
             endpoint: Arc::new(endpoint),
             spec,
             use_ip,
@@ -75,6 +78,7 @@ impl Remote {
             source: Box::new(PeerError::InvalidUseIp(info.use_ip.clone())),
         })?;
         Ok(Remote {
+            published: Arc::new(info.endpoint.spec.clone()),
             endpoint: Arc::new(info.endpoint.clone()),
             spec: Arc::new(spec),
             use_ip,

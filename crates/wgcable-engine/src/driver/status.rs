@@ -140,7 +140,7 @@ impl WireGuardDriver {
             .values()
             .map(|remote| {
                 let mut conn = Connection::new(
-                    remote.endpoint.spec.clone(),
+                    remote.published.clone(),
                     remote.use_ip.to_string(),
                     remote.use_nat,
                 );
@@ -175,7 +175,7 @@ impl WireGuardDriver {
             let mut conn = Connection {
                 status: ConnectionStatus::Error,
                 status_message: String::new(),
-                endpoint: remote.endpoint.spec.clone(),
+                endpoint: remote.published.clone(),
                 using_ip: remote.use_ip.to_string(),
                 using_nat: remote.use_nat,
                 latency_rtt: None,
@@ -198,14 +198,25 @@ impl WireGuardDriver {
                 out.push(conn.into());
                 continue;
             };
-            let labels = self.labels(remote);
-            let prev = st.tracked.get(cluster).filter(|t| t.key == key);
-            if let Some(p) = prev.filter(|p| p.labels != labels) {
-                // The endpoint IP or hostname changed: the old series would linger otherwise.
-                self.metrics.remove_cable(&p.labels);
+            let mut prev = st.tracked.get_mut(cluster).filter(|t| t.key == key);
+            // A cable's labels are made once per Endpoint, not at every poll.
+            let fresh = match &prev {
+                Some(p) if Arc::ptr_eq(&p.endpoint, &remote.endpoint) => None,
+                _ => Some(self.labels(remote)),
+            };
+            if let (Some(p), Some(l)) = (&prev, &fresh) {
+                if &p.labels != l {
+                    // The endpoint IP or hostname changed: the old series would linger otherwise.
+                    self.metrics.remove_cable(&p.labels);
+                }
             }
-            let previous_status = prev.map(|t| t.reported);
-            let track = wgcable_peers::judge(prev.map(|t| &t.track), status, now);
+            let previous_status = prev.as_ref().map(|t| t.reported);
+            let track = wgcable_peers::judge(prev.as_ref().map(|t| &t.track), status, now);
+            let labels: &CableLabels = match (&fresh, &prev) {
+                (Some(l), _) => l,
+                (None, Some(p)) => &p.labels,
+                (None, None) => unreachable!("labels are fresh when nothing is tracked"),
+            };
             conn.status = track.status;
             conn.status_message = track.message.clone();
             // The health check, when there is one and it has a verdict, refines WireGuard's:
@@ -222,7 +233,7 @@ impl WireGuardDriver {
                 if let Some((_, h)) = verdicts.iter().find(|(_, h)| h.latency.is_some()) {
                     conn.latency_rtt = h.latency.clone();
                     if let Some(rtt) = h.last_rtt {
-                        self.metrics.set_latency(&labels, rtt.as_secs_f64());
+                        self.metrics.set_latency(labels, rtt.as_secs_f64());
                     }
                 }
                 if let Some((key, h)) = verdicts.iter().find(|(_, h)| h.failed) {
@@ -244,7 +255,7 @@ impl WireGuardDriver {
                 .and_then(|t| now.duration_since(t).ok())
                 .map(|d| d.as_secs_f64());
             self.metrics.record_poll(
-                &labels,
+                labels,
                 &wgcable_metrics::CablePoll {
                     status: conn.status,
                     rx_bytes: status.rx_bytes,
@@ -256,15 +267,25 @@ impl WireGuardDriver {
                     last_handshake_age: age,
                 },
             );
-            st.tracked.insert(
-                cluster.clone(),
-                Tracked {
-                    key,
-                    track,
-                    labels,
-                    reported: conn.status,
-                },
-            );
+            match (prev.take(), fresh) {
+                (Some(p), None) => {
+                    p.track = track;
+                    p.reported = conn.status;
+                }
+                (_, Some(labels)) => {
+                    st.tracked.insert(
+                        cluster.clone(),
+                        Tracked {
+                            key,
+                            endpoint: remote.endpoint.clone(),
+                            track,
+                            labels,
+                            reported: conn.status,
+                        },
+                    );
+                }
+                (None, None) => unreachable!("labels are fresh when nothing is tracked"),
+            }
             out.push(ConnectionReport {
                 connection: conn,
                 rx_bytes: Some(status.rx_bytes),
