@@ -1,41 +1,18 @@
 //! 7. A malformed file, an invalid key and a hostile overlap are rejected with log lines; no
 //!    route or peer results and traffic keeps flowing.
 
-use std::io::Read;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 
 use super::*;
-use crate::cmd::{cmd, poll, read};
+use crate::cmd::poll;
 use crate::state::{self};
 use crate::topology::{Family, Topology};
 
 pub(super) fn run(topo: &mut Topology) -> Result<String> {
     ensure_mesh(topo)?;
-    let evil_key = {
-        let private = read(&mut cmd("wg", ["genkey"]))?;
-        let mut child = std::process::Command::new("wg")
-            .arg("pubkey")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting `wg pubkey`")?;
-        eprintln!("$ wg pubkey   # of a fresh key for the hostile endpoint");
-        std::io::Write::write_all(
-            &mut child.stdin.take().context("wg stdin")?,
-            private.as_bytes(),
-        )?;
-        let mut key = String::new();
-        child
-            .stdout
-            .take()
-            .context("wg stdout")?
-            .read_to_string(&mut key)?;
-        ensure!(child.wait()?.success(), "`wg pubkey` failed");
-        key.trim().to_string()
-    };
+    let evil_key = fresh_public_key()?;
     let a_subnet = topo.clusters[0].subnet.clone();
     let files = [
         (

@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use wgcable_etcd::testing::{ClusterOptions, EtcdCluster};
 
 use super::*;
-use crate::cmd::{self, cmd, poll, spawn};
+use crate::cmd::{self, poll, spawn};
 use crate::topology::{Family, Topology};
 
 /// The link of each gateway namespace onto the etcd network.
@@ -241,33 +241,6 @@ pub(super) fn wait_logged(topo: &Topology, i: usize, offset: u64, needles: &[&st
         ensure!(missing.is_empty(), "not yet logged: {missing:?}");
         Ok(())
     })
-}
-
-/// A fresh WireGuard public key (`wg genkey | wg pubkey`), for Endpoints of clusters that do
-/// not exist.
-pub(super) fn fresh_public_key() -> Result<String> {
-    use std::io::{Read, Write};
-    let private = crate::cmd::read(&mut cmd("wg", ["genkey"]))?;
-    eprintln!("$ wg pubkey   # of a fresh key");
-    let mut child = std::process::Command::new("wg")
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting `wg pubkey`")?;
-    child
-        .stdin
-        .take()
-        .context("wg stdin")?
-        .write_all(private.as_bytes())?;
-    let mut key = String::new();
-    child
-        .stdout
-        .take()
-        .context("wg stdout")?
-        .read_to_string(&mut key)?;
-    ensure!(child.wait()?.success(), "`wg pubkey` failed");
-    Ok(key.trim().to_string())
 }
 
 /// Puts the Endpoint of a cluster that does not exist (no gateway behind it) into etcd.

@@ -358,6 +358,33 @@ fn longest_gap(start: f64, stamps: &[f64]) -> Duration {
     Duration::from_secs_f64(gap.max(0.0))
 }
 
+/// A fresh WireGuard public key (`wg genkey | wg pubkey`), for Endpoints of clusters that do
+/// not exist (hostile or fake ones).
+pub(super) fn fresh_public_key() -> Result<String> {
+    use std::io::{Read, Write};
+    let private = read(&mut crate::cmd::cmd("wg", ["genkey"]))?;
+    eprintln!("$ wg pubkey   # of a fresh key");
+    let mut child = std::process::Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting `wg pubkey`")?;
+    child
+        .stdin
+        .take()
+        .context("wg stdin")?
+        .write_all(private.as_bytes())?;
+    let mut key = String::new();
+    child
+        .stdout
+        .take()
+        .context("wg stdout")?
+        .read_to_string(&mut key)?;
+    ensure!(child.wait()?.success(), "`wg pubkey` failed");
+    Ok(key.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
