@@ -267,14 +267,7 @@ pub(crate) async fn write(
                     publisher.wrote(revision);
                     return Ok(());
                 }
-                let found = resp
-                    .op_responses()
-                    .into_iter()
-                    .find_map(|op| match op {
-                        TxnOpResponse::Get(mut get) => Some(found_in(get.take_kvs())),
-                        _ => None,
-                    })
-                    .unwrap_or(Found::Absent);
+                let found = found_after(&resp);
                 step = publisher.lost(found, taking_over)?;
             }
         }
@@ -317,14 +310,7 @@ pub(crate) async fn delete(
             publisher.withdrawn();
             return Ok(());
         }
-        let found = resp
-            .op_responses()
-            .into_iter()
-            .find_map(|op| match op {
-                TxnOpResponse::Get(mut get) => Some(found_in(get.take_kvs())),
-                _ => None,
-            })
-            .unwrap_or(Found::Absent);
+        let found = found_after(&resp);
         match found {
             Found::Absent => {
                 publisher.withdrawn();
@@ -355,6 +341,17 @@ async fn get(kv: &mut KvClient, key: &str, timeout: std::time::Duration) -> Resu
         .map_err(|_| Error::timeout(&action, timeout))?
         .map_err(|e| Error::from_client(&action, e))?;
     Ok(found_in(resp.take_kvs()))
+}
+
+/// What a failed compare-and-swap found at the key: its `or_else` get's answer.
+fn found_after(resp: &etcd_client::TxnResponse) -> Found {
+    resp.op_responses()
+        .into_iter()
+        .find_map(|op| match op {
+            TxnOpResponse::Get(mut get) => Some(found_in(get.take_kvs())),
+            _ => None,
+        })
+        .unwrap_or(Found::Absent)
 }
 
 fn found_in(kvs: Vec<etcd_client::KeyValue>) -> Found {
