@@ -179,7 +179,10 @@ pub trait EndpointSource: Send + Sync + fmt::Debug {
     /// The stream of events (see [`SourceEvent`]); called once. It ends only when the source
     /// is closed for good; transient failures are retried inside, with backoff, and reported
     /// as [`SourceEvent::Health`]. The stream must not block the runtime (file reads and
-    /// parsing-free work only; no parsing of object bytes, which is admission's).
+    /// parsing-free work only; no parsing of object bytes, which is admission's). The consumer
+    /// may leave the stream unpolled for a while and await [`publish`](Self::publish) or
+    /// [`withdraw`](Self::withdraw) meanwhile: a stream must not hold, across a suspension,
+    /// anything those need (a source whose watch writes, as etcd's does, runs it in a task).
     fn watch(&self) -> BoxStream<'static, SourceEvent>;
 
     /// Creates or replaces the local cluster's Endpoint. Idempotent, and cheap when nothing

@@ -223,9 +223,65 @@ impl Publisher {
     }
 }
 
+/// A request that failed as unavailable sooner than this failed to connect, not to get an
+/// answer: another member may answer at once.
+const FAST_FAILURE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether a failed attempt is worth repeating at once: it failed fast as unavailable, and
+/// tries are left. Right after an outage, the client's channel hands the first request to each
+/// member over the connection that failed earlier (tonic reports a reconnecting member's last
+/// connect error once), though the member may be back: a publish made then would fail although
+/// etcd serves. One retry per member covers it; a timeout is never repeated here (that would
+/// multiply the wait), the caller's own retry takes it.
+fn retry_now(result: &Result<(), Error>, started: std::time::Instant, tries: &mut usize) -> bool {
+    let fast = matches!(result, Err(e) if e.is_unavailable()) && started.elapsed() < FAST_FAILURE;
+    if fast && *tries > 0 {
+        *tries -= 1;
+        return true;
+    }
+    false
+}
+
+/// [`write_once`], repeated at once (up to `members` times) when it failed to connect.
+pub(crate) async fn write(
+    publisher: &mut Publisher,
+    kv: &mut KvClient,
+    timeout: std::time::Duration,
+    members: usize,
+) -> Result<(), Error> {
+    let mut tries = members;
+    loop {
+        let started = std::time::Instant::now();
+        let result = write_once(publisher, kv, timeout).await;
+        if !retry_now(&result, started, &mut tries) {
+            return result;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// [`delete_once`], repeated at once (up to `members` times) when it failed to connect.
+pub(crate) async fn delete(
+    publisher: &mut Publisher,
+    kv: &mut KvClient,
+    key: &str,
+    timeout: std::time::Duration,
+    members: usize,
+) -> Result<(), Error> {
+    let mut tries = members;
+    loop {
+        let started = std::time::Instant::now();
+        let result = delete_once(publisher, kv, key, timeout).await;
+        if !retry_now(&result, started, &mut tries) {
+            return result;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Carries out the publisher's steps against etcd until the key holds `desired` (or a step
 /// fails). At most a few rounds: a takeover that keeps losing races gives up and says so.
-pub(crate) async fn write(
+async fn write_once(
     publisher: &mut Publisher,
     kv: &mut KvClient,
     timeout: std::time::Duration,
@@ -280,7 +336,7 @@ pub(crate) async fn write(
 
 /// Deletes this cluster's key: conditionally on our last write when there is one, outright
 /// when this process never wrote it (`wgcable leave` from a fresh process: a deliberate act).
-pub(crate) async fn delete(
+async fn delete_once(
     publisher: &mut Publisher,
     kv: &mut KvClient,
     key: &str,

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, ConnectOptions, Identity, KvClient, TlsOptions, WatchClient,
 };
-use futures::stream::BoxStream;
-use tokio::sync::{Mutex, OnceCell};
+use futures::stream::{BoxStream, Stream};
+use tokio::sync::{mpsc, Mutex, OnceCell};
+use tokio::task::JoinHandle;
 use wgcable_api::Endpoint;
 use wgcable_broker::{EndpointSource, ObjectKey, Role, SourceError, SourceEvent};
 
@@ -235,11 +236,7 @@ impl EndpointSource for EtcdSource {
     }
 
     fn watch(&self) -> BoxStream<'static, SourceEvent> {
-        let watcher = Watcher::new(self.shared.clone());
-        Box::pin(futures::stream::unfold(watcher, |mut w| async move {
-            let ev = w.next().await;
-            Some((ev, w))
-        }))
+        Box::pin(Spawned::new(Watcher::new(self.shared.clone())))
     }
 
     async fn publish(&self, local: &Endpoint) -> Result<(), SourceError> {
@@ -255,7 +252,14 @@ impl EndpointSource for EtcdSource {
         }
         let mut kv = self.shared.kv().await?;
         // On failure the Endpoint stays wanted: the watch writes it as soon as etcd answers.
-        publish::write(&mut publisher, &mut kv, self.shared.config.request_timeout).await?;
+        let c = &self.shared.config;
+        publish::write(
+            &mut publisher,
+            &mut kv,
+            c.request_timeout,
+            c.endpoints.len(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -263,11 +267,13 @@ impl EndpointSource for EtcdSource {
         let key = self.shared.layout.key_of(&local.spec.cluster_id)?;
         let mut publisher = self.shared.publisher.lock().await;
         let mut kv = self.shared.kv().await?;
+        let c = &self.shared.config;
         publish::delete(
             &mut publisher,
             &mut kv,
             &key,
-            self.shared.config.request_timeout,
+            c.request_timeout,
+            c.endpoints.len(),
         )
         .await?;
         tracing::info!(key = %key, "withdrew the local Endpoint from etcd");
@@ -279,6 +285,71 @@ impl EndpointSource for EtcdSource {
             // Leading again: the elector vouches that we are the one writer now, so the next
             // write takes the key over whatever a former leader left there.
             self.shared.publisher.lock().await.new_term();
+        }
+    }
+}
+
+/// Events the watcher may be ahead of its consumer by; beyond it, the watcher waits.
+const AHEAD: usize = 64;
+
+/// The watch stream: the [`Watcher`] runs in a task of its own, started at the first poll,
+/// and hands its events over a bounded channel; dropping the stream stops the task.
+///
+/// Why not poll the watcher inside the consumer's `poll_next`: the watcher writes this
+/// cluster's key when etcd answers again, holding the publisher's lock across the write. A
+/// consumer that stops polling the stream and awaits [`EtcdSource::publish`] (the gateway
+/// does, between two batches) would then wait for a lock held by a future nobody polls: a
+/// deadlock, seen in the `etcd-down` e2e (the restarted gateway never republished). In a
+/// task, the watcher also keeps answering its progress probes while the consumer is busy
+/// with a long reconcile, instead of timing out and reporting a healthy etcd as down.
+struct Spawned {
+    watcher: Option<Watcher>,
+    events: Option<mpsc::Receiver<SourceEvent>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Spawned {
+    fn new(watcher: Watcher) -> Spawned {
+        Spawned {
+            watcher: Some(watcher),
+            events: None,
+            task: None,
+        }
+    }
+}
+
+impl Stream for Spawned {
+    type Item = SourceEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<SourceEvent>> {
+        // Started here, not in `watch()`: the stream may be made outside a runtime and
+        // polled inside one.
+        if let Some(mut watcher) = self.watcher.take() {
+            let (tx, rx) = mpsc::channel(AHEAD);
+            self.task = Some(tokio::spawn(async move {
+                loop {
+                    let ev = watcher.next().await;
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+            self.events = Some(rx);
+        }
+        match self.events.as_mut() {
+            Some(rx) => rx.poll_recv(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }

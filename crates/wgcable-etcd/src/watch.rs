@@ -82,6 +82,8 @@ pub(crate) struct Watcher {
     reported: Option<Instant>,
     /// Consecutive failures, for the backoff.
     failures: u32,
+    /// Consecutive failed retries of a publish left over from an outage, for their backoff.
+    publish_failures: u32,
     active: Option<Active>,
 }
 
@@ -95,6 +97,7 @@ impl Watcher {
             health: None,
             reported: None,
             failures: 0,
+            publish_failures: 0,
             active: None,
         }
     }
@@ -172,6 +175,10 @@ impl Watcher {
 
     async fn relist(&mut self) -> Result<(), Stop> {
         let mut kv = self.shared.kv().await?;
+        // A publish left over from an outage goes first, so that the listing holds it: listed
+        // before it, our key would show the earlier gateway's Endpoint, which admission takes
+        // for someone else's change and asks to republish.
+        self.flush_publish(&mut kv).await;
         let (kvs, revision) = list(&mut kv, &self.shared).await?;
         self.shared.stats.relists.fetch_add(1, Ordering::Relaxed);
         let snapshot = self.tracker.snapshot(kvs, revision);
@@ -179,7 +186,6 @@ impl Watcher {
         let snapshot = snapshot?;
         self.healthy();
         self.pending.extend(snapshot);
-        self.flush_publish(&mut kv).await;
         Ok(())
     }
 
@@ -229,6 +235,7 @@ impl Watcher {
                 // A publish that failed after the watch was (re)opened is retried here.
                 let mut kv = self.shared.kv().await?;
                 self.flush_publish(&mut kv).await;
+                self.publish_retry_sooner();
                 return Ok(());
             }
         };
@@ -274,6 +281,7 @@ impl Watcher {
             self.healthy();
             let mut kv = self.shared.kv().await?;
             self.flush_publish(&mut kv).await;
+            self.publish_retry_sooner();
         }
         let ours = self
             .active
@@ -351,11 +359,28 @@ impl Watcher {
         if !publisher.dirty() {
             return;
         }
-        match publish::write(&mut publisher, kv, self.shared.config.request_timeout).await {
+        let c = &self.shared.config;
+        match publish::write(&mut publisher, kv, c.request_timeout, c.endpoints.len()).await {
             Ok(()) => tracing::info!("published the local Endpoint to etcd"),
             Err(e) => {
                 tracing::warn!(error = %chain(&e), "publishing the local Endpoint to etcd failed; retrying at the next probe")
             }
+        }
+    }
+
+    /// A publish still to be written (its retry failed: right after etcd's return, a request
+    /// may go to a member still starting) is retried after the backoff, not the probe
+    /// interval: the next probe, which retries it, is brought forward.
+    fn publish_retry_sooner(&mut self) {
+        let dirty = self.shared.publisher.try_lock().is_ok_and(|p| p.dirty());
+        if !dirty {
+            self.publish_failures = 0;
+            return;
+        }
+        let wait = self.shared.config.backoff.next_delay(self.publish_failures);
+        self.publish_failures = self.publish_failures.saturating_add(1);
+        if let Some(active) = self.active.as_mut() {
+            active.probe = active.probe.min(Instant::now() + wait);
         }
     }
 

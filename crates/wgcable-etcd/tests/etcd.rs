@@ -56,6 +56,9 @@ enum Cmd {
     Stats(mpsc::Sender<EtcdStats>),
     /// A put with a client of our own (etcdctl cannot send more than 2 MiB).
     Put(String, Vec<u8>, mpsc::Sender<Result<(), String>>),
+    /// Stop polling the watch stream until the sender is dropped, as a gateway busy with a
+    /// reconcile or a publish does.
+    Hold(tokio::sync::oneshot::Receiver<()>),
 }
 
 /// An [`EtcdSource`] running in a client namespace.
@@ -108,6 +111,7 @@ impl Watching {
                             Some(Cmd::Put(key, value, reply)) => {
                                 let _ = reply.send(raw_put(&urls, key, value).await.map_err(|e| format!("{e:#}")));
                             }
+                            Some(Cmd::Hold(release)) => { let _ = release.await; }
                         }
                     }
                 }
@@ -728,6 +732,67 @@ fn tls_with_client_certificates() -> Result<()> {
     let text = chain(&err);
     assert!(text.contains("--etcd-cacert"), "{text}");
     assert!(!text.contains("PRIVATE KEY-----\n"), "{text}");
+    Ok(())
+}
+
+/// The gateway awaits `publish` between two polls of the watch stream. The watcher writes a
+/// publish that failed during an outage when etcd returns, holding the publisher's lock; if
+/// it ran only while polled, a consumer awaiting `publish` at that moment waited forever for a
+/// lock held by a future it did not poll (the `etcd-down` e2e saw it). So the watcher must make
+/// progress, its pending write included, while nobody polls the stream.
+#[test]
+fn the_watch_writes_a_pending_publish_while_its_consumer_is_busy() -> Result<()> {
+    let Some(mut cluster) = start("busy_consumer", ClusterOptions::new()) else {
+        return Ok(());
+    };
+    let mut w = Watching::start(&mut cluster, "c1", None)?;
+    w.first_snapshot()?;
+    for i in 0..cluster.members.len() {
+        cluster.stop_member(i)?;
+    }
+    w.until("unhealthy", WAIT, is_unhealthy)?;
+    let local = endpoint("z", "10.250.0.9");
+    let err = w.publish(&local).expect_err("etcd is down");
+    assert!(err.contains("unavailable"), "{err}");
+
+    // The consumer stops polling; etcd returns meanwhile.
+    let (release, hold) = tokio::sync::oneshot::channel();
+    w.cmds
+        .send(Cmd::Hold(hold))
+        .ok()
+        .context("the source thread ended")?;
+    for i in 0..cluster.members.len() {
+        cluster.start_member(i)?;
+    }
+    cluster.wait_for_leader(WAIT)?;
+    let deadline = Instant::now() + WAIT;
+    let want = local.to_yaml()?;
+    loop {
+        // etcdctl itself may meet a member still starting: that is only "not yet".
+        let value = cluster.ctl(["get", &key("z"), "--print-value-only"]);
+        if value
+            .as_deref()
+            .is_ok_and(|v| v.trim_end() == want.trim_end())
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the watch did not write the pending publish while its consumer was busy (last read: {value:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(release);
+    // What happened meanwhile is delivered, in order, once the consumer polls again; and a
+    // publish now is answered (the watcher holds no lock across a suspension: `publish`
+    // panics when no answer comes within WAIT).
+    w.until("healthy", WAIT, is_healthy)?;
+    w.until(
+        "our key",
+        WAIT,
+        |ev| matches!(ev, SourceEvent::Apply(r) if r.key.0 == key("z")),
+    )?;
+    let moved = endpoint("z", "10.250.0.10");
+    w.publish(&moved).map_err(anyhow::Error::msg)?;
     Ok(())
 }
 

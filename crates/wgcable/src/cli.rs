@@ -42,7 +42,8 @@ fn usage(message: impl Into<String>) -> UsageError {
     about = "WireGuard cable driver and gateway for multi-cluster networking (Submariner-compatible)"
 )]
 pub struct Cli {
-    /// More logging (-v debug, -vv trace, with each line's target). WGCABLE_LOG=<filter>, else
+    /// More logging of wgcable's own crates (-v debug, -vv trace, with each line's target; -vvv
+    /// also the libraries underneath). WGCABLE_LOG=<filter>, else
     /// RUST_LOG=<filter>, overrides the level.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,

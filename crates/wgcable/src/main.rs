@@ -280,14 +280,41 @@ async fn leave(args: cli::LeaveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// wgcable's own crates: `-v` and `-vv` raise their level only, since the HTTP/2 and gRPC
+/// stacks underneath (h2, tonic, hyper, kube) log every frame at debug and would bury
+/// the gateway's own lines; `-vvv` raises everything.
+const OWN_CRATES: [&str; 10] = [
+    "wgcable",
+    "wgcable_api",
+    "wgcable_broker",
+    "wgcable_engine",
+    "wgcable_etcd",
+    "wgcable_k8s",
+    "wgcable_keys",
+    "wgcable_metrics",
+    "wgcable_netlink",
+    "wgcable_peers",
+];
+
+/// The log filter for `-v` given `verbose` times, when no filter variable is set.
+fn default_filter(verbose: u8) -> String {
+    let own = match verbose {
+        0 => return "info".to_string(),
+        1 => "debug",
+        2 => "trace",
+        _ => return "trace".to_string(),
+    };
+    let mut filter = String::from("info");
+    for krate in OWN_CRATES {
+        filter.push_str(&format!(",{krate}={own}"));
+    }
+    filter
+}
+
 /// Logs to stderr. The filter is `WGCABLE_LOG`, else `RUST_LOG`, else the level `-v` asks for;
 /// a filter that does not parse is reported and skipped rather than silently ignored.
 fn init_logging(verbose: u8, format: LogFormat) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
+    let default = default_filter(verbose);
     let mut ignored = Vec::new();
     let filter = ["WGCABLE_LOG", "RUST_LOG"]
         .into_iter()
@@ -301,7 +328,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
                 }
             }
         })
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&default));
     match format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -344,6 +371,27 @@ async fn shutdown_signal() {
             // Without signal handlers the only way out is being killed; say so and wait.
             tracing::warn!("cannot install signal handlers; stop the gateway with SIGKILL");
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbose_raises_our_crates_and_leaves_the_http_stack_at_info() {
+        assert_eq!(default_filter(0), "info");
+        let debug = default_filter(1);
+        assert!(debug.starts_with("info,"), "{debug}");
+        assert!(debug.contains(",wgcable_etcd=debug"), "{debug}");
+        assert!(debug.contains(",wgcable=debug"), "{debug}");
+        assert!(!debug.contains("h2"), "{debug}");
+        assert!(default_filter(2).contains(",wgcable_engine=trace"));
+        assert_eq!(default_filter(3), "trace");
+        for verbose in 0..4 {
+            let filter = default_filter(verbose);
+            tracing_subscriber::EnvFilter::try_new(&filter).expect(&filter);
         }
     }
 }
