@@ -193,6 +193,13 @@ pub trait EndpointSource: Send + Sync + fmt::Debug {
     /// tunnels to this cluster.
     async fn withdraw(&self, local: &Endpoint) -> Result<(), SourceError>;
 
+    /// What the source did that an operator may want to count, as (operation, total since
+    /// the start), operations named by short lowercase words: exported as
+    /// `wgcable_broker_operations_total{broker,operation}`. Totals never decrease.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// The key at which [`publish`](Self::publish) puts `local`, when the source knows it.
     /// Admission treats the object there as ours: it is compared with what was published (and
     /// republished when it differs), never admitted as a remote; every other object claiming

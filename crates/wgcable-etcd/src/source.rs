@@ -231,6 +231,15 @@ impl EndpointSource for EtcdSource {
         Ok(())
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("relist", s.relists),
+            ("watch", s.watches),
+            ("ignored_key", s.ignored_keys),
+        ]
+    }
+
     fn own_key(&self, _local: &wgcable_api::Endpoint) -> Option<ObjectKey> {
         self.shared.own_key().map(ObjectKey)
     }

@@ -47,6 +47,9 @@ pub mod names {
     pub const PEERS: &str = "wgcable_peers";
     /// Ours: 1 while the endpoint source (`broker`) is reachable, 0 while it is not.
     pub const BROKER_HEALTHY: &str = "wgcable_broker_healthy";
+    /// Ours: what the endpoint source (`broker`) did, by `operation` (etcd: `relist`,
+    /// `watch`, `ignored_key`).
+    pub const BROKER_OPERATIONS_TOTAL: &str = "wgcable_broker_operations_total";
     /// Ours: info metric, 1 for the WireGuard `backend` in use.
     pub const BACKEND_INFO: &str = "wgcable_backend_info";
     /// Ours: info metric, 1 with the `version` and `git_commit` of the running binary.
@@ -215,6 +218,7 @@ pub struct GatewayMetrics {
     endpoints_rejected: IntCounterVec,
     peers: IntGauge,
     broker_healthy: IntGaugeVec,
+    broker_operations: IntCounterVec,
     backend: IntGaugeVec,
     build_info: IntGaugeVec,
     gateways: prometheus::Gauge,
@@ -320,6 +324,17 @@ impl GatewayMetrics {
                         "1 while the endpoint source (broker) is reachable, 0 while it is not (tunnels stay in place either way)",
                     ),
                     &["broker"],
+                ),
+            )?,
+            broker_operations: register(
+                &registry,
+                names::BROKER_OPERATIONS_TOTAL,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::BROKER_OPERATIONS_TOTAL,
+                        "Operations of the endpoint source (broker), by kind (etcd: relist = full listing, watch = watch opened, ignored_key = key outside the layout seen)",
+                    ),
+                    &["broker", "operation"],
                 ),
             )?,
             backend: register(
@@ -564,6 +579,21 @@ impl GatewayMetrics {
         self.broker_healthy
             .with_label_values(&[fixed_word(broker)])
             .set(i64::from(healthy));
+    }
+
+    /// Records the totals an endpoint source reports (see `EndpointSource::counters`): each
+    /// counter is brought up to its total; a total below the exported value (a source that
+    /// started over) leaves the counter as it is.
+    pub fn set_broker_operations(&self, broker: &str, totals: &[(&str, u64)]) {
+        for (operation, total) in totals {
+            let counter = self
+                .broker_operations
+                .with_label_values(&[fixed_word(broker), fixed_word(operation)]);
+            let delta = total.saturating_sub(counter.get());
+            if delta > 0 {
+                counter.inc_by(delta);
+            }
+        }
     }
 
     /// Records the number of peers configured on the device.
@@ -926,6 +956,32 @@ mod tests {
         ] {
             assert_eq!(scrape.help[name], help, "{name}");
         }
+    }
+
+    #[test]
+    fn broker_operations_follow_the_source_totals_and_never_go_back() {
+        let metrics = GatewayMetrics::new().expect("metrics register");
+        let value = |m: &GatewayMetrics, op: &str| {
+            scraped(m).value(
+                names::BROKER_OPERATIONS_TOTAL,
+                &[("broker", "etcd"), ("operation", op)],
+            )
+        };
+        metrics.set_broker_operations("etcd", &[("relist", 1), ("watch", 3)]);
+        assert_eq!(value(&metrics, "relist"), Some(1.0));
+        assert_eq!(value(&metrics, "watch"), Some(3.0));
+        metrics.set_broker_operations("etcd", &[("relist", 1), ("watch", 5)]);
+        assert_eq!(value(&metrics, "watch"), Some(5.0));
+        // A total below what was exported (a source that started over) changes nothing.
+        metrics.set_broker_operations("etcd", &[("watch", 2)]);
+        assert_eq!(value(&metrics, "watch"), Some(5.0));
+        assert_eq!(
+            scraped(&metrics).types[names::BROKER_OPERATIONS_TOTAL],
+            "counter"
+        );
+        // Labels stay words: anything else is "other".
+        metrics.set_broker_operations("etcd", &[("Not A Word", 1)]);
+        assert_eq!(value(&metrics, OTHER_WORD), Some(1.0));
     }
 
     #[test]

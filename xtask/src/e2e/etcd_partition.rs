@@ -27,10 +27,16 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
     let pinger = Pinger::start(topo, a, c, Family::V4)?;
 
     let gw_ns = topo.clusters[a].gw_ns.clone();
+    let watches_before = broker_metric(topo, a, "wgcable_broker_operations_total", "watch")?;
     let offset = topo.log_len(a);
     etcd(topo)?.set_link(&gw_ns, ETCD_LINK, false)?;
     let cut = Instant::now();
     wait_logged(topo, a, offset, &["the etcd broker is unavailable"])?;
+    poll("a to export the broker as unhealthy", WAIT, || {
+        let healthy = broker_metric(topo, a, "wgcable_broker_healthy", "")?;
+        ensure!(healthy == 0.0, "wgcable_broker_healthy is {healthy}");
+        Ok(())
+    })?;
 
     // Meanwhile: x leaves, y joins, b comes back with a new key.
     etcd(topo)?.ctl(["del", &key("x")])?;
@@ -89,6 +95,17 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
         "a's peers do not reflect the changes"
     );
 
+    // The reconnect shows in the metrics: healthy again, one watch (or more) opened.
+    let watches = poll("a's metrics to show the reconnect", WAIT, || {
+        let healthy = broker_metric(topo, a, "wgcable_broker_healthy", "")?;
+        let watches = broker_metric(topo, a, "wgcable_broker_operations_total", "watch")?;
+        ensure!(
+            healthy == 1.0 && watches > watches_before,
+            "wgcable_broker_healthy {healthy}, watches {watches_before} -> {watches}"
+        );
+        Ok(watches - watches_before)
+    })?;
+
     etcd(topo)?.ctl(["del", &key("y")])?;
     poll("a to drop y", WAIT, || {
         ensure!(!has_peer(topo, a, &y_key)?, "y still configured");
@@ -98,8 +115,8 @@ pub(super) fn run(topo: &mut Topology) -> Result<String> {
     let counts = stop_all(vec![pinger])?;
     Ok(format!(
         "a cut off from etcd {:.1}s while x left, y joined and b took a new key: a's peers equal \
-         the Endpoints in etcd {:.2}s after the link came back (x gone, y and b's new key there); \
-         {}",
+         the Endpoints in etcd {:.2}s after the link came back (x gone, y and b's new key there; \
+         wgcable_broker_healthy 0 while cut, 1 after, {watches} watch(es) reopened); {}",
         secs(cut_for),
         secs(caught_up),
         counts.join(", "),
@@ -110,4 +127,14 @@ fn has_peer(topo: &Topology, i: usize, public_key: &str) -> Result<bool> {
     Ok(state::peers(topo, i)?
         .iter()
         .any(|p| p.public_key == public_key))
+}
+
+/// The value of `name{broker="etcd"[,operation]}` at gateway `i` (0 when not exported).
+fn broker_metric(topo: &Topology, i: usize, name: &str, operation: &str) -> Result<f64> {
+    Ok(state::metrics(topo, i)?
+        .iter()
+        .filter(|s| s.name == name && s.label("broker") == Some("etcd"))
+        .filter(|s| operation.is_empty() || s.label("operation") == Some(operation))
+        .map(|s| s.value)
+        .sum())
 }

@@ -630,6 +630,8 @@ impl Running<'_> {
     /// at the next resync; reports to the source; follows the PSK file.
     async fn status_tick(&self, psk: &mut Option<PskWatcher>, acting: bool) {
         self.metrics.inc_gateway_sync();
+        self.metrics
+            .set_broker_operations(self.source.kind(), &self.source.counters());
         match self.driver.poll().await {
             Ok(_) if acting && self.driver.needs_repair() => {
                 tracing::warn!("the data plane lost its device or peers; repairing now");
