@@ -228,22 +228,40 @@ impl EndpointSource for KubernetesSource {
         Ok(())
     }
 
-    async fn withdraw(&self, local: &wgcable_api::Endpoint) -> Result<(), SourceError> {
+    /// Deletes every Endpoint labelled with the local cluster id, in the local namespace and
+    /// (with a broker) in the broker namespace: `wgcable leave` knows the cluster id, not the
+    /// private IP the object's name carries, and a cluster that leaves takes along the
+    /// Endpoints of its other gateway nodes too (stale ones included). Each deletion is logged
+    /// by namespace and name. `local` only names the cluster.
+    async fn withdraw(&self, _local: &wgcable_api::Endpoint) -> Result<(), SourceError> {
         let inner = &self.inner;
-        let endpoint = endpoint_object(local, &inner.config.cluster_id);
         inner.desired.send_replace(Desired::default());
-        let name = endpoint.metadata.name.clone().unwrap_or_default();
-        let mut apis = vec![Api::<Endpoint>::namespaced(
-            inner.local.clone(),
-            &inner.config.namespace,
-        )];
+        let mut places = vec![(inner.local.clone(), inner.config.namespace.clone())];
         if let Some((broker, ns)) = &inner.broker {
-            apis.push(Api::namespaced(broker.clone(), ns));
+            places.push((broker.clone(), ns.clone()));
         }
-        for api in apis {
-            crate::syncer::delete_if_present(&api, &name)
+        let selector = format!("{CLUSTER_ID_LABEL}={}", inner.config.cluster_id);
+        for (client, ns) in places {
+            let api: Api<Raw<Endpoint>> = Api::namespaced(client, &ns);
+            let listed = api
+                .list(&kube::api::ListParams::default().labels(&selector))
                 .await
+                .map_err(|source| crate::Error::Kube {
+                    action: format!("listing the Endpoints labelled {selector} in namespace {ns}"),
+                    source,
+                })
                 .map_err(SourceError::from)?;
+            for object in listed.items {
+                let name = object.name().to_owned();
+                if name.is_empty() {
+                    continue;
+                }
+                crate::syncer::delete_if_present(&api, &name)
+                    .await
+                    .map_err(SourceError::from)?;
+                // Names are DNS-1123 (the API server refuses anything else): safe to print.
+                tracing::info!(namespace = %ns, name = %name, "deleted this cluster's Endpoint");
+            }
         }
         Ok(())
     }

@@ -371,3 +371,51 @@ async fn a_thousand_broker_endpoints_are_imported_and_reach_the_gateway() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(c.local.writes(ENDPOINTS), 1001);
 }
+
+/// `wgcable leave`: every Endpoint labelled with our cluster id goes, in the local and the
+/// broker namespace (the leader's, another node's stale one, the broker copies); nobody
+/// else's, and not an impostor labelled as another cluster.
+#[tokio::test(start_paused = true)]
+async fn withdraw_deletes_every_endpoint_of_the_cluster_in_both_namespaces_and_nothing_else() {
+    let c = Clusters::new();
+    let ours_local = [
+        c.local
+            .insert(ENDPOINTS, NS, endpoint("cluster-a", 10, Some("cluster-a"))),
+        c.local
+            .insert(ENDPOINTS, NS, endpoint("cluster-a", 8, Some("cluster-a"))),
+    ];
+    let ours_broker = c.broker.insert(
+        ENDPOINTS,
+        BROKER_NS,
+        endpoint("cluster-a", 10, Some("cluster-a")),
+    );
+    let b_local = c
+        .local
+        .insert(ENDPOINTS, NS, endpoint("cluster-b", 11, Some("cluster-b")));
+    let b_broker = c.broker.insert(
+        ENDPOINTS,
+        BROKER_NS,
+        endpoint("cluster-b", 11, Some("cluster-b")),
+    );
+    let mut impostor = endpoint("cluster-c", 12, Some("cluster-c"));
+    impostor["spec"]["cluster_id"] = json!("cluster-a");
+    let impostor = c.broker.insert(ENDPOINTS, BROKER_NS, impostor);
+
+    // What `wgcable leave` passes: the cluster id only.
+    let mut local = wgcable_api::Endpoint::new(Default::default());
+    local.spec.cluster_id = "cluster-a".into();
+    c.source().withdraw(&local).await.expect("withdraw");
+
+    assert_eq!(c.local.names(ENDPOINTS, NS), [name_of(&b_local)]);
+    let mut left = c.broker.names(ENDPOINTS, BROKER_NS);
+    left.sort();
+    let mut want = vec![name_of(&b_broker), name_of(&impostor)];
+    want.sort();
+    assert_eq!(left, want);
+    for gone in ours_local.iter().chain([&ours_broker]) {
+        assert!(c.local.get(ENDPOINTS, NS, &name_of(gone)).is_none());
+        assert!(c.broker.get(ENDPOINTS, BROKER_NS, &name_of(gone)).is_none());
+    }
+    // Withdrawing again finds nothing and succeeds.
+    c.source().withdraw(&local).await.expect("withdraw again");
+}

@@ -139,14 +139,50 @@ pub struct LeaveArgs {
     /// The local cluster's id (a DNS label).
     #[arg(long, env = "SUBMARINER_CLUSTERID")]
     pub cluster_id: String,
-    /// The broker the cluster's Endpoint is in: `file` or `etcd`.
+    /// The broker the cluster's Endpoint is in: `file`, `kubernetes` or `etcd`.
     #[arg(long, env = "WGCABLE_BROKER", default_value = "file")]
     pub broker: BrokerKind,
     /// The shared directory (`--broker file`).
     #[arg(long)]
     pub broker_dir: Option<PathBuf>,
+    /// The namespace of the local Endpoints (`--broker kubernetes`; default
+    /// submariner-operator). The broker namespace comes from `BROKER_K8S_REMOTENAMESPACE`.
+    #[arg(long, env = "SUBMARINER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// A kubeconfig for the local cluster (`--broker kubernetes`; default: the pod's service
+    /// account in a cluster, else the usual kubeconfig). The broker is reached from
+    /// `BROKER_K8S_*`, as the gateway reaches it.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub etcd: EtcdArgs,
+}
+
+impl LeaveArgs {
+    /// The Kubernetes configuration of `wgcable leave --broker kubernetes`: Submariner's
+    /// environment, with the cluster id, namespace and kubeconfig these flags settled on.
+    pub fn kubernetes_config(&self) -> Result<wgcable_k8s::KubernetesConfig, UsageError> {
+        check_namespace(self.namespace.as_deref())?;
+        let lookup = |key: &str| match key {
+            "SUBMARINER_CLUSTERID" => Some(self.cluster_id.clone()),
+            "SUBMARINER_NAMESPACE" => self.namespace.clone(),
+            "KUBECONFIG" => self.kubeconfig.as_ref().map(|p| p.display().to_string()),
+            other => std::env::var(other).ok(),
+        };
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        let mut config = wgcable_k8s::KubernetesConfig::from_lookup(
+            lookup,
+            &host,
+            std::path::Path::new(wgcable_k8s::config::SECRET_ROOT),
+        )
+        .map_err(|e| usage(format!("--broker kubernetes: {e}")))?;
+        if let Some(path) = &self.kubeconfig {
+            config.local = wgcable_k8s::LocalAccess::Kubeconfig(path.to_owned());
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -688,13 +724,7 @@ impl GatewayArgs {
             self.insecure_default_psk,
         )?;
 
-        if let Some(ns) = &self.namespace {
-            if !is_dns_label(ns) {
-                return Err(usage(format!(
-                    "--namespace (SUBMARINER_NAMESPACE) {ns:?} is not a Kubernetes namespace name (a DNS label: lowercase letters, digits and '-', at most 63)"
-                )));
-            }
-        }
+        check_namespace(self.namespace.as_deref())?;
         let hostname = match self.hostname {
             Some(h) if !h.is_empty() => h,
             _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -975,6 +1005,16 @@ fn kubernetes_config(
     }
     config.version = crate::build::VERSION_NUMBER.to_owned();
     Ok(config)
+}
+
+/// `--namespace` / `SUBMARINER_NAMESPACE` must be a Kubernetes namespace name.
+fn check_namespace(namespace: Option<&str>) -> Result<(), UsageError> {
+    match namespace {
+        Some(ns) if !is_dns_label(ns) => Err(usage(format!(
+            "--namespace (SUBMARINER_NAMESPACE) {ns:?} is not a Kubernetes namespace name (a DNS label: lowercase letters, digits and '-', at most 63)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The address this host's routing uses towards other networks: what Submariner's gateway

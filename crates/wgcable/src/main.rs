@@ -259,10 +259,11 @@ async fn leave(args: cli::LeaveArgs) -> anyhow::Result<()> {
                 .context("configuring --broker etcd")?,
         ),
         cli::BrokerKind::Kubernetes => {
-            return Err(cli::UsageError(
-                "wgcable leave: --broker kubernetes is not built into this wgcable yet".into(),
-            )
-            .into())
+            let config = args.kubernetes_config()?;
+            let (source, _elector) = wgcable_k8s::connect(config)
+                .await
+                .context("connecting to the Kubernetes API (--broker kubernetes)")?;
+            Box::new(source)
         }
     };
     source.preflight().await?;

@@ -189,6 +189,40 @@ fn gateway_broker_kubernetes_runs_against_the_in_memory_api() {
                 server.get(ENDPOINTS, NS, OWN).is_some(),
                 "the Endpoint stays: a restart is not a leave"
             );
+
+            // `wgcable leave`: the cluster's Endpoint goes, cluster-b's stays. (Spawned and
+            // polled: this thread's runtime serves the API meanwhile.)
+            let mut leave = Command::new(env!("CARGO_BIN_EXE_wgcable"))
+                .args(["leave", "--broker", "kubernetes", "--kubeconfig"])
+                .arg(&kubeconfig)
+                .args(["--cluster-id", "cluster-a", "--namespace", NS])
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start wgcable leave");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(status) = leave.try_wait().expect("wait") {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "wgcable leave did not finish within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut leave.stderr.take().expect("stderr"), &mut err)
+                .expect("stderr");
+            assert!(status.success(), "wgcable leave: {status}: {err}");
+            assert!(
+                err.contains("cluster cluster-a: Endpoint withdrawn from the kubernetes broker"),
+                "{err}"
+            );
+            let left = server.names(ENDPOINTS, NS);
+            assert_eq!(left.len(), 1, "{left:?}");
+            assert!(left[0].starts_with("cluster-b-"), "{left:?}");
             serving.abort();
             drop(running);
         },
