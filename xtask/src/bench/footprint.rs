@@ -106,11 +106,35 @@ pub(super) fn rss_mib(pid: i32) -> Result<f64> {
 }
 
 pub(super) fn parse_vm_rss_kib(status: &str) -> Option<f64> {
+    status_kib(status, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, `RssFile:`...).
+fn status_kib(status: &str, field: &str) -> Option<f64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// What the RSS is made of: "anon A MiB, file F MiB" (heap and stacks; mapped binary and
+/// libraries), to tell a heap that grew from a binary that grew.
+fn rss_parts(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    match (
+        status_kib(&status, "RssAnon:"),
+        status_kib(&status, "RssFile:"),
+    ) {
+        (Some(anon), Some(file)) => {
+            format!(
+                "anon {:.1} MiB, file {:.1} MiB",
+                anon / 1024.0,
+                file / 1024.0
+            )
+        }
+        _ => "parts unknown".to_string(),
+    }
 }
 
 /// utime + stime of a process, in clock ticks (USER_HZ, 100 on Linux).
@@ -158,7 +182,8 @@ pub(super) fn footprint(topo: &mut Topology, samples: &mut Samples) -> Result<()
             .and_then(rss_mib)
             .unwrap_or(f64::NAN);
         println!(
-            "footprint with {n} peers: gateway RSS {rss:.1} MiB (wireguard-go {wg_rss:.1} MiB); configured in {:.2} s",
+            "footprint with {n} peers: gateway RSS {rss:.1} MiB ({}; wireguard-go {wg_rss:.1} MiB); configured in {:.2} s",
+            rss_parts(gw),
             configured.as_secs_f64()
         );
         push(samples, &format!("footprint.rss.{n}"), rss);

@@ -210,7 +210,7 @@ impl HealthChecker {
         tracing::debug!(health_target = %target.key, dst = %target.dst, raw = socket.raw, "health check started");
 
         let mut seq: u16 = 0;
-        let mut buf = vec![0u8; 2048];
+        let mut buf = [0u8; RECV_BYTES];
         loop {
             tokio::select! {
                 _ = tick.tick() => {
