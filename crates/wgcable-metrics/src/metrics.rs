@@ -9,9 +9,10 @@
 //! Gateway objects; a wgcable gateway exports them for itself, as if the operator looked at it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use wgcable_api::ConnectionStatus;
 
@@ -150,40 +151,222 @@ impl CableLabels {
             &self.remote_endpoint_ip,
         ]
     }
-
-    fn values_with_status<'a>(&'a self, status: &'a str) -> [&'a str; 8] {
-        let [a, b, c, d, e, f, g] = self.values();
-        [a, b, c, d, e, f, g, status]
-    }
 }
 
-/// Which status each cable is reported in, and which `_short` series are published.
+/// Every cable's values and the counts derived from them.
 ///
-/// Kept under one lock with every multi-step update, and taken by [`GatewayMetrics::encode_text`]
-/// too, so a scrape never sees a cable with two statuses or none in the middle of a transition.
+/// Kept under one lock with every multi-step update, and taken by [`CableCollector`] while it
+/// renders, so a scrape never sees a cable with two statuses or none in the middle of a
+/// transition, or counts that disagree with the cables.
 #[derive(Debug, Default)]
 struct Book {
-    statuses: HashMap<CableLabels, &'static str>,
+    /// Every cable's values, rendered into its series at scrape time by [`CableCollector`]:
+    /// one compact record a cable instead of a Prometheus series object per family, each of
+    /// which held its own copy of the labels (about 1 KiB a series, 4.9 MiB of the heap at
+    /// 1,000 cables).
+    cables: HashMap<CableLabels, CableValues>,
     /// `submariner_connections_short` and `submariner_requested_connections` as counts, kept
     /// up to date one status change at a time: recounting every cable at each change cost
     /// O(n) per change, so 5,000 cables appearing at once took O(n^2) (tens of seconds).
     short_counts: HashMap<(String, &'static str), u32>,
     requested_counts: HashMap<RequestedKey, u32>,
-    /// Each polled cable's series, looked up once: a status poll of 1,000 cables then hashes
-    /// each cable's labels once instead of once per metric family.
-    handles: HashMap<CableLabels, CableHandles>,
 }
 
 /// (local cluster, local hostname, remote cluster, remote hostname, status).
 type RequestedKey = (String, String, String, String, &'static str);
 
-#[derive(Debug)]
-struct CableHandles {
-    rx_bytes: prometheus::Gauge,
-    tx_bytes: prometheus::Gauge,
-    // Created on their first value: a series at 0 would read as "established in 1970".
-    established: Option<prometheus::Gauge>,
-    last_handshake_age: Option<prometheus::Gauge>,
+/// One cable's values; `None` exports no series (a series at 0 would read as "established in
+/// 1970", or as a latency measured).
+#[derive(Debug, Default, Clone, Copy)]
+struct CableValues {
+    status: Option<&'static str>,
+    rx_bytes: Option<f64>,
+    tx_bytes: Option<f64>,
+    established: Option<f64>,
+    latency: Option<f64>,
+    last_handshake_age: Option<f64>,
+}
+
+/// The per-cable families and the two counts derived from them, with Submariner's names and
+/// help texts, in the order [`CableCollector::collect`] renders them.
+const CABLE_FAMILIES: [(&str, &str); 5] = [
+    (
+        names::CONNECTION_ESTABLISHED_TIMESTAMP,
+        "Timestamp of last successful connection established (by cable driver and cable)",
+    ),
+    (
+        names::GATEWAY_RX_BYTES,
+        "Count of bytes received (by cable driver and cable)",
+    ),
+    (
+        names::GATEWAY_TX_BYTES,
+        "Count of bytes transmitted (by cable driver and cable)",
+    ),
+    (
+        names::CONNECTION_LATENCY_SECONDS,
+        "Connection latency in seconds (last RTT, by cable driver and cable)",
+    ),
+    (
+        names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS,
+        "Seconds since the latest WireGuard handshake (by cable driver and cable)",
+    ),
+];
+const CONNECTIONS_HELP: &str =
+    "Number of connections and corresponding status (by cable driver and cable)";
+const CONNECTIONS_SHORT_HELP: &str =
+    "Summary of connections and corresponding status without cable information";
+const REQUESTED_HELP: &str = "Number of connections (by endpoint and status)";
+
+/// Renders the cable families from the [`Book`] at each scrape, under its lock: a scrape sees
+/// every cable in exactly one status, and the counts agreeing with them, whatever changes
+/// meanwhile. (prometheus's `GaugeVec` keeps a series object per label set; this is what a
+/// custom `Collector` is for, in the crate's own words "for metrics whose values are held
+/// elsewhere".)
+#[derive(Clone)]
+struct CableCollector {
+    book: Arc<Mutex<Book>>,
+    descs: Vec<Desc>,
+}
+
+impl CableCollector {
+    fn new(book: Arc<Mutex<Book>>) -> prometheus::Result<Self> {
+        let owned = |labels: &[&str]| labels.iter().map(|l| (*l).to_owned()).collect();
+        let status_labels: Vec<&str> = CABLE_LABEL_NAMES
+            .iter()
+            .copied()
+            .chain([STATUS_LABEL])
+            .collect();
+        let mut descs = vec![
+            Desc::new(
+                names::CONNECTIONS.into(),
+                CONNECTIONS_HELP.into(),
+                owned(&status_labels),
+                HashMap::new(),
+            )?,
+            Desc::new(
+                names::CONNECTIONS_SHORT.into(),
+                CONNECTIONS_SHORT_HELP.into(),
+                owned(&["cable_driver", STATUS_LABEL]),
+                HashMap::new(),
+            )?,
+            Desc::new(
+                names::REQUESTED_CONNECTIONS.into(),
+                REQUESTED_HELP.into(),
+                owned(&REQUESTED_LABEL_NAMES),
+                HashMap::new(),
+            )?,
+        ];
+        for (name, help) in CABLE_FAMILIES {
+            descs.push(Desc::new(
+                name.into(),
+                help.into(),
+                owned(&CABLE_LABEL_NAMES),
+                HashMap::new(),
+            )?);
+        }
+        Ok(CableCollector { book, descs })
+    }
+}
+
+impl Collector for CableCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let book = lock(&self.book);
+        let mut connections = Vec::new();
+        let mut per_cable: [Vec<Metric>; 5] = Default::default();
+        for (cable, v) in &book.cables {
+            let labels = cable.values();
+            if let Some(status) = v.status {
+                let mut with_status = labels_of(&CABLE_LABEL_NAMES, &labels);
+                with_status.push((STATUS_LABEL, status));
+                connections.push(gauge(&with_status, 1.0));
+            }
+            let values = [
+                v.established,
+                v.rx_bytes,
+                v.tx_bytes,
+                v.latency,
+                v.last_handshake_age,
+            ];
+            for (family, value) in per_cable.iter_mut().zip(values) {
+                if let Some(value) = value {
+                    family.push(gauge(&labels_of(&CABLE_LABEL_NAMES, &labels), value));
+                }
+            }
+        }
+        let short = book
+            .short_counts
+            .iter()
+            .map(|((driver, status), n)| {
+                gauge(
+                    &[("cable_driver", driver.as_str()), (STATUS_LABEL, status)],
+                    f64::from(*n),
+                )
+            })
+            .collect();
+        let requested = book
+            .requested_counts
+            .iter()
+            .map(|(key, n)| {
+                gauge(
+                    &labels_of(&REQUESTED_LABEL_NAMES, &requested_values(key)),
+                    f64::from(*n),
+                )
+            })
+            .collect();
+        let mut families = vec![
+            family(names::CONNECTIONS, CONNECTIONS_HELP, connections),
+            family(names::CONNECTIONS_SHORT, CONNECTIONS_SHORT_HELP, short),
+            family(names::REQUESTED_CONNECTIONS, REQUESTED_HELP, requested),
+        ];
+        for ((name, help), metrics) in CABLE_FAMILIES.into_iter().zip(per_cable) {
+            families.push(family(name, help, metrics));
+        }
+        // Empty families are not exported, as a `GaugeVec` without series is not.
+        families.retain(|f| !f.get_metric().is_empty());
+        families
+    }
+}
+
+fn labels_of<'a>(names: &[&'a str], values: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    names.iter().copied().zip(values.iter().copied()).collect()
+}
+
+/// A gauge sample; its label pairs sorted by name, as prometheus's own vectors sort them.
+fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
+    let mut pairs: Vec<LabelPair> = labels
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name((*name).to_owned());
+            pair.set_value((*value).to_owned());
+            pair
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut g = prometheus::proto::Gauge::default();
+    g.set_value(value);
+    let mut metric = Metric::from_gauge(g);
+    metric.set_label(pairs);
+    metric
+}
+
+fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(MetricType::GAUGE);
+    f.set_metric(metrics);
+    f
+}
+
+fn lock(book: &Mutex<Book>) -> MutexGuard<'_, Book> {
+    // A panic while the lock was held cannot leave the book half-written in a way that matters
+    // more than losing metrics altogether, so carry on with what is there.
+    book.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What one status poll learned about one cable, for [`GatewayMetrics::record_poll`].
@@ -205,13 +388,6 @@ pub struct CablePoll {
 #[derive(Debug)]
 pub struct GatewayMetrics {
     registry: Registry,
-    connections: GaugeVec,
-    connections_short: GaugeVec,
-    established: GaugeVec,
-    rx_bytes: GaugeVec,
-    tx_bytes: GaugeVec,
-    latency: GaugeVec,
-    last_handshake_age: GaugeVec,
     reconciles: IntCounter,
     reconcile_errors: IntCounter,
     repairs: IntCounterVec,
@@ -224,54 +400,24 @@ pub struct GatewayMetrics {
     gateways: prometheus::Gauge,
     gateway_creation: GaugeVec,
     sync_iterations: IntCounter,
-    requested_connections: GaugeVec,
-    book: Mutex<Book>,
+    book: Arc<Mutex<Book>>,
+    /// Held by a scrape and by the info metrics' reset-and-set, so a scrape never sees one
+    /// of them missing.
+    scrape: Mutex<()>,
 }
 
 impl GatewayMetrics {
     /// Creates every metric family in a fresh registry.
     pub fn new() -> Result<Self, Error> {
         let registry = Registry::new();
-        let status_labels: Vec<&str> = CABLE_LABEL_NAMES
-            .iter()
-            .copied()
-            .chain([STATUS_LABEL])
-            .collect();
-        let cable_gauge = |name, help| gauge_vec(&registry, name, help, &CABLE_LABEL_NAMES);
+        let book = Arc::new(Mutex::new(Book::default()));
+        register(
+            &registry,
+            names::CONNECTIONS,
+            CableCollector::new(book.clone()),
+        )?;
 
         Ok(Self {
-            connections: gauge_vec(
-                &registry,
-                names::CONNECTIONS,
-                "Number of connections and corresponding status (by cable driver and cable)",
-                &status_labels,
-            )?,
-            connections_short: gauge_vec(
-                &registry,
-                names::CONNECTIONS_SHORT,
-                "Summary of connections and corresponding status without cable information",
-                &["cable_driver", STATUS_LABEL],
-            )?,
-            established: cable_gauge(
-                names::CONNECTION_ESTABLISHED_TIMESTAMP,
-                "Timestamp of last successful connection established (by cable driver and cable)",
-            )?,
-            rx_bytes: cable_gauge(
-                names::GATEWAY_RX_BYTES,
-                "Count of bytes received (by cable driver and cable)",
-            )?,
-            tx_bytes: cable_gauge(
-                names::GATEWAY_TX_BYTES,
-                "Count of bytes transmitted (by cable driver and cable)",
-            )?,
-            latency: cable_gauge(
-                names::CONNECTION_LATENCY_SECONDS,
-                "Connection latency in seconds (last RTT, by cable driver and cable)",
-            )?,
-            last_handshake_age: cable_gauge(
-                names::CONNECTION_LAST_HANDSHAKE_AGE_SECONDS,
-                "Seconds since the latest WireGuard handshake (by cable driver and cable)",
-            )?,
             reconciles: register(
                 &registry,
                 names::RECONCILES_TOTAL,
@@ -378,14 +524,9 @@ impl GatewayMetrics {
                     "Gateway synchronization iterations",
                 ),
             )?,
-            requested_connections: gauge_vec(
-                &registry,
-                names::REQUESTED_CONNECTIONS,
-                "Number of connections (by endpoint and status)",
-                &REQUESTED_LABEL_NAMES,
-            )?,
             registry,
-            book: Mutex::new(Book::default()),
+            book,
+            scrape: Mutex::new(()),
         }
         .with_known_counters())
     }
@@ -405,56 +546,30 @@ impl GatewayMetrics {
 
     /// The registry holding every metric of this instance.
     ///
-    /// Gathering through it directly skips the lock [`Self::encode_text`] takes, so such a scrape
-    /// may catch a status transition half-way; prefer `encode_text`.
+    /// The cable series are consistent however they are gathered (their collector renders them
+    /// under the book's lock); gathering directly skips only the lock [`Self::encode_text`]
+    /// takes for the info metrics' reset-and-set, so prefer `encode_text`.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
     /// Records everything a status poll learned about a cable, under one lock and with one
-    /// lookup of the cable's series: the same as [`Self::set_connection_status`],
+    /// lookup of the cable: the same as [`Self::set_connection_status`],
     /// [`Self::set_traffic`], [`Self::set_established`] and [`Self::set_last_handshake_age`].
     pub fn record_poll(&self, cable: &CableLabels, poll: &CablePoll) {
         let mut book = self.book();
-        if !book.handles.contains_key(cable) {
-            let values = cable.values();
-            let handles = CableHandles {
-                rx_bytes: self.rx_bytes.with_label_values(&values),
-                tx_bytes: self.tx_bytes.with_label_values(&values),
-                established: None,
-                last_handshake_age: None,
-            };
-            book.handles.insert(cable.clone(), handles);
+        let values = entry(&mut book, cable);
+        // Byte counts above 2^53 lose precision as f64; Prometheus stores every sample as f64.
+        values.rx_bytes = Some(poll.rx_bytes as f64);
+        values.tx_bytes = Some(poll.tx_bytes as f64);
+        if let Some(t) = poll.established {
+            values.established = Some(t);
         }
-        if let Some(h) = book.handles.get_mut(cable) {
-            h.rx_bytes.set(poll.rx_bytes as f64);
-            h.tx_bytes.set(poll.tx_bytes as f64);
-            if let Some(t) = poll.established {
-                h.established
-                    .get_or_insert_with(|| self.established.with_label_values(&cable.values()))
-                    .set(t);
-            }
-            if let Some(age) = poll.last_handshake_age {
-                h.last_handshake_age
-                    .get_or_insert_with(|| {
-                        self.last_handshake_age.with_label_values(&cable.values())
-                    })
-                    .set(age);
-            }
+        if let Some(age) = poll.last_handshake_age {
+            values.last_handshake_age = Some(age);
         }
         let status = poll.status.as_str();
-        if book.statuses.get(cable) == Some(&status) {
-            return;
-        }
-        self.connections
-            .with_label_values(&cable.values_with_status(status))
-            .set(1.0);
-        let previous = book.statuses.insert(cable.clone(), status);
-        if let Some(previous) = previous {
-            let _ = self
-                .connections
-                .remove_label_values(&cable.values_with_status(previous));
-        }
+        let previous = values.status.replace(status);
         self.count_transition(&mut book, cable, previous, Some(status));
     }
 
@@ -463,78 +578,38 @@ impl GatewayMetrics {
     pub fn set_connection_status(&self, cable: &CableLabels, status: ConnectionStatus) {
         let status = status.as_str();
         let mut book = self.book();
-        // The new series goes in before the old one goes out, and both under the book lock, so no
-        // scrape through `encode_text` sees the cable missing or doubled.
-        self.connections
-            .with_label_values(&cable.values_with_status(status))
-            .set(1.0);
-        let previous = book.statuses.insert(cable.clone(), status);
-        if previous == Some(status) {
-            return;
-        }
-        if let Some(previous) = previous {
-            // Cannot fail: the series was created when `previous` was recorded.
-            let _ = self
-                .connections
-                .remove_label_values(&cable.values_with_status(previous));
-        }
+        let previous = entry(&mut book, cable).status.replace(status);
         self.count_transition(&mut book, cable, previous, Some(status));
     }
 
     /// Records the bytes received and transmitted over a cable (WireGuard's counters).
     pub fn set_traffic(&self, cable: &CableLabels, rx_bytes: u64, tx_bytes: u64) {
-        let values = cable.values();
-        // Byte counts above 2^53 lose precision as f64; Prometheus stores every sample as f64.
-        self.rx_bytes
-            .with_label_values(&values)
-            .set(rx_bytes as f64);
-        self.tx_bytes
-            .with_label_values(&values)
-            .set(tx_bytes as f64);
+        let mut book = self.book();
+        let values = entry(&mut book, cable);
+        values.rx_bytes = Some(rx_bytes as f64);
+        values.tx_bytes = Some(tx_bytes as f64);
     }
 
     /// Records the unix time (seconds) of the first handshake of the cable's current connection.
     pub fn set_established(&self, cable: &CableLabels, unix_seconds: f64) {
-        self.established
-            .with_label_values(&cable.values())
-            .set(unix_seconds);
+        entry(&mut self.book(), cable).established = Some(unix_seconds);
     }
 
     /// Records the latest round-trip time over the cable.
     pub fn set_latency(&self, cable: &CableLabels, seconds: f64) {
-        self.latency.with_label_values(&cable.values()).set(seconds);
+        entry(&mut self.book(), cable).latency = Some(seconds);
     }
 
     /// Records how long ago the cable's latest WireGuard handshake was.
     pub fn set_last_handshake_age(&self, cable: &CableLabels, seconds: f64) {
-        self.last_handshake_age
-            .with_label_values(&cable.values())
-            .set(seconds);
+        entry(&mut self.book(), cable).last_handshake_age = Some(seconds);
     }
 
     /// Removes every series of a cable and recounts `submariner_connections_short`.
     pub fn remove_cable(&self, cable: &CableLabels) {
         let mut book = self.book();
-        let values = cable.values();
-        // Removal fails only for a series that does not exist, which is the goal anyway; every
-        // status is tried so that nothing is left behind whatever was recorded.
-        for status in ConnectionStatus::ALL {
-            let _ = self
-                .connections
-                .remove_label_values(&cable.values_with_status(status.as_str()));
-        }
-        for gauge in [
-            &self.established,
-            &self.rx_bytes,
-            &self.tx_bytes,
-            &self.latency,
-            &self.last_handshake_age,
-        ] {
-            let _ = gauge.remove_label_values(&values);
-        }
-        book.handles.remove(cable);
-        if let Some(previous) = book.statuses.remove(cable) {
-            self.count_transition(&mut book, cable, Some(previous), None);
+        if let Some(values) = book.cables.remove(cable) {
+            self.count_transition(&mut book, cable, values.status, None);
         }
     }
 
@@ -603,7 +678,7 @@ impl GatewayMetrics {
 
     /// Records the WireGuard backend in use ("kernel" or "userspace"); only the latest is exported.
     pub fn set_backend(&self, backend: &str) {
-        let _book = self.book();
+        let _scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         self.backend.reset();
         self.backend
             .with_label_values(&[fixed_word(backend)])
@@ -613,7 +688,7 @@ impl GatewayMetrics {
     /// Records the running binary's version and git commit (`wgcable_build_info`); only the
     /// latest is exported. Values other than short version-like text are exported as "other".
     pub fn set_build_info(&self, version: &str, git_commit: &str) {
-        let _book = self.book();
+        let _scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         self.build_info.reset();
         self.build_info
             .with_label_values(&[version_text(version), version_text(git_commit)])
@@ -652,7 +727,7 @@ impl GatewayMetrics {
     /// Gathers every metric and writes it in the Prometheus text format.
     pub fn encode_text(&self) -> Result<String, Error> {
         let families = {
-            let _book = self.book();
+            let _scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
             self.registry.gather()
         };
         let mut text = String::new();
@@ -663,9 +738,7 @@ impl GatewayMetrics {
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
-        // A panic while the lock was held cannot leave the book half-written in a way that matters
-        // more than losing metrics altogether, so carry on with what is there.
-        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.book)
     }
 
     /// A cable's status went from `previous` to `status` (`None`: the cable is new, or gone):
@@ -695,45 +768,24 @@ impl GatewayMetrics {
             )
         };
         if let Some(p) = previous {
-            let key = short(p);
-            let values = [key.0.as_str(), key.1];
-            match decrement(&mut book.short_counts, &key) {
-                Some(n) => self
-                    .connections_short
-                    .with_label_values(&values)
-                    .set(f64::from(n)),
-                None => {
-                    let _ = self.connections_short.remove_label_values(&values);
-                }
-            }
-            let key = requested(p);
-            match decrement(&mut book.requested_counts, &key) {
-                Some(n) => self
-                    .requested_connections
-                    .with_label_values(&requested_values(&key))
-                    .set(f64::from(n)),
-                None => {
-                    let _ = self
-                        .requested_connections
-                        .remove_label_values(&requested_values(&key));
-                }
-            }
+            decrement(&mut book.short_counts, &short(p));
+            decrement(&mut book.requested_counts, &requested(p));
         }
         if let Some(s) = status {
-            let key = short(s);
-            let n = book.short_counts.entry(key.clone()).or_default();
-            *n += 1;
-            self.connections_short
-                .with_label_values(&[key.0.as_str(), key.1])
-                .set(f64::from(*n));
-            let key = requested(s);
-            let n = book.requested_counts.entry(key.clone()).or_default();
-            *n += 1;
-            self.requested_connections
-                .with_label_values(&requested_values(&key))
-                .set(f64::from(*n));
+            *book.short_counts.entry(short(s)).or_default() += 1;
+            *book.requested_counts.entry(requested(s)).or_default() += 1;
         }
     }
+}
+
+/// The values of `cable`, a new record if it had none.
+fn entry<'a>(book: &'a mut Book, cable: &CableLabels) -> &'a mut CableValues {
+    // Looked up before inserting: a status poll finds every cable known, and cloning the
+    // labels for the lookup each time would cost seven allocations a cable.
+    if !book.cables.contains_key(cable) {
+        book.cables.insert(cable.clone(), CableValues::default());
+    }
+    book.cables.get_mut(cable).expect("inserted above")
 }
 
 /// Counts one fewer under `key`: the count left, or `None` when it reached zero (and the key
