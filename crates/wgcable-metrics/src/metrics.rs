@@ -219,9 +219,8 @@ const REQUESTED_HELP: &str = "Number of connections (by endpoint and status)";
 
 /// Renders the cable families from the [`Book`] at each scrape, under its lock: a scrape sees
 /// every cable in exactly one status, and the counts agreeing with them, whatever changes
-/// meanwhile. (prometheus's `GaugeVec` keeps a series object per label set; this is what a
-/// custom `Collector` is for, in the crate's own words "for metrics whose values are held
-/// elsewhere".)
+/// meanwhile. Written by hand over prometheus's `Collector` trait because its `GaugeVec`
+/// keeps a series object, with its own copy of every label, per label set.
 #[derive(Clone)]
 struct CableCollector {
     book: Arc<Mutex<Book>>,
