@@ -787,17 +787,12 @@ fn entry<'a>(book: &'a mut Book, cable: &CableLabels) -> &'a mut CableValues {
     book.cables.get_mut(cable).expect("inserted above")
 }
 
-/// Counts one fewer under `key`: the count left, or `None` when it reached zero (and the key
-/// is gone).
-fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: &K) -> Option<u32> {
+/// Counts one fewer under `key`; a count that reaches zero is removed (its series with it).
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: &K) {
     match counts.get_mut(key) {
-        Some(n) if *n > 1 => {
-            *n -= 1;
-            Some(*n)
-        }
+        Some(n) if *n > 1 => *n -= 1,
         _ => {
             counts.remove(key);
-            None
         }
     }
 }
