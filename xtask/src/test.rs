@@ -5,8 +5,10 @@
 //! status is non-zero if any step failed. Without root, e2e is skipped with one line, except
 //! under CI, where that is a failure. Then `vm test` and `vm e2e` (kernel WireGuard in qemu)
 //! when the VM can run; when it cannot (not root, packages missing) one line says so, and
-//! under CI that is a failure.
+//! under CI that is a failure. The last line also says how much disk the builds took: a CI
+//! machine once ran out of it mid-build, so a run starts with a warning when little is free.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -23,6 +25,17 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if !args.is_empty() {
         bail!("usage: cargo xtask test");
+    }
+    let target = crate::bench::target_dir();
+    let free_at_start = free_bytes(&target);
+    if let Some(free) = free_at_start.filter(|free| *free < LOW_DISK) {
+        println!(
+            "warning: only {} free where the builds go ({}); a clean run writes about {} \
+             (free some space, or set CARGO_TARGET_DIR to a roomier disk)",
+            gib(free),
+            target.display(),
+            gib(LOW_DISK),
+        );
     }
     let mut results: Vec<(&str, Result<()>, Duration)> = Vec::new();
     // Each step timed, so a run (CI's too) ends with where its time went.
@@ -136,9 +149,57 @@ pub fn run(args: &[String]) -> Result<()> {
             )
         })
         .collect();
-    eprintln!("\ncargo xtask test: {}", line.join(", "));
+    let fuzz_target = crate::topology::workspace_root().join("fuzz/target");
+    let disk = match (dir_bytes(&[&target, &fuzz_target]), free_bytes(&target)) {
+        (Some(used), Some(free)) => format!("; builds {} on disk, {} free", gib(used), gib(free)),
+        _ => String::new(),
+    };
+    eprintln!("\ncargo xtask test: {}{disk}", line.join(", "));
     if !failed.is_empty() {
         bail!("failed steps: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// What a clean run writes, rounded up (target/ plus fuzz/target, measured at about 3 GiB with
+/// the workspace's debuginfo settings; 11 GiB before them).
+const LOW_DISK: u64 = 5 << 30;
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+/// Free space for an unprivileged writer on the file system holding `path` (or its nearest
+/// existing ancestor: target/ does not exist before the first build).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let stat = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(stat.blocks_available() * stat.fragment_size())
+}
+
+/// Bytes allocated under the directories that exist of `paths`, each hard-linked file once
+/// (cargo links its outputs into several places), symbolic links not followed
+/// (`DirEntry::metadata` does not): `du -s`, a dozen lines here and not worth a crate.
+fn dir_bytes(paths: &[&Path]) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut pending: Vec<_> = paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .map(|p| p.to_path_buf())
+        .collect();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.nlink() < 2 || seen.insert((meta.dev(), meta.ino())) {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    Some(total)
 }
