@@ -106,8 +106,12 @@ pub(super) fn public_key_in(yaml: &str) -> Option<String> {
 /// The endpoint IP cluster `i` has for `remote` (from the Endpoint its broker delivered, as
 /// `/connections` shows it; WireGuard's own endpoint may have roamed already).
 pub(super) fn remote_ip(topo: &Topology, i: usize, remote: &str) -> Result<Option<String>> {
-    let json = crate::state::http(topo, i, "/connections")?;
-    let conns: Vec<serde_json::Value> = serde_json::from_str(&json).context("/connections")?;
+    remote_ip_in(&crate::state::http(topo, i, "/connections")?, remote)
+}
+
+/// [`remote_ip`] read from a `/connections` body.
+pub(super) fn remote_ip_in(json: &str, remote: &str) -> Result<Option<String>> {
+    let conns: Vec<serde_json::Value> = serde_json::from_str(json).context("/connections")?;
     Ok(conns
         .iter()
         .find(|c| c.pointer("/endpoint/cluster_id").and_then(|v| v.as_str()) == Some(remote))
@@ -175,9 +179,10 @@ impl Pinger {
             .len()
     }
 
-    /// Stops the ping; returns (sent, lost). The last second's pings, still in flight, are
-    /// not counted.
-    pub(super) fn stop(mut self) -> Result<(u64, u64)> {
+    /// Stops the ping; returns (sent, lost, the runs of lost pings as "seq 12-157 (1.1-15.6 s
+    /// in)": when they were lost in the scenario says what lost them). The last second's pings,
+    /// still in flight, are not counted.
+    pub(super) fn stop(mut self) -> Result<(u64, u64, String)> {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).context("pid")?);
         let _ = kill(pid, Signal::SIGINT);
         self.child.wait()?;
@@ -190,8 +195,24 @@ impl Pinger {
         let (sent, _) = crate::state::parse_ping(&lines.join("\n"))?;
         let counted = sent.saturating_sub(10);
         let seqs = self.seqs.lock().expect("no panics while holding the lock");
-        let lost = (1..=counted).filter(|s| !seqs.contains(s)).count() as u64;
-        Ok((counted, lost))
+        let missing: Vec<u64> = (1..=counted).filter(|s| !seqs.contains(s)).collect();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &s in &missing {
+            match runs.last_mut() {
+                Some((_, end)) if *end + 1 == s => *end = s,
+                _ => runs.push((s, s)),
+            }
+        }
+        let gaps = runs
+            .iter()
+            .map(|(a, b)| {
+                // ping -i 0.1 numbers from 1, one every 100 ms.
+                let at = |s: u64| (s - 1) as f64 / 10.0;
+                format!("seq {a}-{b} ({:.1}-{:.1} s in)", at(*a), at(*b))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok((counted, missing.len() as u64, gaps))
     }
 
     pub(super) fn what(&self) -> &str {
@@ -222,10 +243,10 @@ pub(super) fn stop_all(pingers: Vec<Pinger>) -> Result<Vec<String>> {
     let mut failures = Vec::new();
     for p in pingers {
         let what = p.what().to_string();
-        let (sent, lost) = p.stop()?;
+        let (sent, lost, gaps) = p.stop()?;
         out.push(format!("{what}: {sent} sent, {lost} lost"));
         if lost > 0 {
-            failures.push(format!("{what}: {lost} of {sent} lost"));
+            failures.push(format!("{what}: {lost} of {sent} lost: {gaps}"));
         }
     }
     ensure!(failures.is_empty(), "pings lost: {}", failures.join("; "));
