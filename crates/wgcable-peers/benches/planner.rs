@@ -13,10 +13,13 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
+use std::sync::Arc;
 use wgcable_api::{Endpoint, EndpointSpec, NatEndpointInfo, BACKEND_WIREGUARD};
 use wgcable_keys::{PresharedKey, PublicKey};
+
 use wgcable_peers::{
-    desired_peers, desired_peers_validated, plan, DeviceStatus, LocalPeerConfig, PeerStatus,
+    desired_peers, desired_peers_validated, plan, DesiredPeer, DeviceStatus, LocalPeerConfig,
+    PeerBook, PeerCandidate, PeerStatus,
 };
 
 /// A distinct, valid-looking public key per cluster (planning never does curve arithmetic,
@@ -131,7 +134,37 @@ fn planner(c: &mut Criterion) {
                 plan(&desired.peers, black_box(Some(&f.observed)))
             })
         });
-        // What the engine runs at every reconcile: endpoints are validated once, on arrival.
+        // The engine's first snapshot (and a source's relist): every endpoint validated once,
+        // on arrival, its candidate handed to the peer book, which decides them all again;
+        // then the book's peers planned against the device. A resync plans the book's peers
+        // without deciding anything (the first half of this is what a resync does not do).
+        let candidates: Vec<(u64, PeerCandidate)> = moved
+            .iter()
+            .enumerate()
+            .map(|(i, info)| {
+                let spec = Arc::new(info.endpoint.spec.validate().expect("valid fixture"));
+                let candidate = PeerCandidate::from_nat_info(info, spec).expect("valid fixture");
+                (i as u64, candidate)
+            })
+            .collect();
+        let mut book = PeerBook::new(local.clone());
+        group.bench_with_input(BenchmarkId::new("book_replace_all+plan", n), &n, |b, _| {
+            b.iter(|| {
+                // The engine hands the book a fresh candidate a remote (`Remote::candidate`:
+                // two strings and the shared spec), as this clone does.
+                book.replace_all(black_box(candidates.clone()));
+                let peers: Vec<DesiredPeer> = book.peers().into_iter().cloned().collect();
+                plan(&peers, black_box(Some(&f.observed)))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("book_peers+plan", n), &n, |b, _| {
+            b.iter(|| {
+                let peers: Vec<DesiredPeer> = book.peers().into_iter().cloned().collect();
+                plan(&peers, black_box(Some(&f.observed)))
+            })
+        });
+        // The reference planner over validated endpoints (the engine used it before the
+        // peer book; kept as the book's yardstick).
         let validated: Vec<_> = moved
             .iter()
             .map(|i| i.endpoint.spec.validate().expect("valid fixture"))

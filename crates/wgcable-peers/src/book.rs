@@ -444,11 +444,11 @@ impl PeerBook {
             if let Ok(peer) = &decision {
                 self.held.take(peer);
             }
-            let was = before.get(&cluster).cloned().flatten();
-            if was.as_ref() != Some(&decision) {
+            let was = before.get(&cluster).and_then(Option::as_ref);
+            if was != Some(&decision) {
                 deltas.push(PeerDelta {
                     cluster_id: cluster.clone(),
-                    before: was.and_then(Result::ok),
+                    before: was.and_then(|w| w.as_ref().ok()).cloned(),
                     after: decision.as_ref().ok().cloned(),
                     refused: decision.as_ref().err().cloned(),
                 });

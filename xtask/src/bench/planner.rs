@@ -7,11 +7,15 @@ use super::*;
 use crate::cmd::{self};
 use crate::topology::{self};
 
-pub(super) const PLANNER_BENCHES: [&str; 4] = [
+pub(super) const PLANNER_BENCHES: [&str; 6] = [
     "plan-nothing-to-change/10000",
     "plan-one-endpoint-moved/10000",
     "desired_peers+plan/10000",
-    // What the engine runs at every reconcile (endpoints validated once, on arrival).
+    // The engine's paths: a first snapshot or relist (the peer book decides every candidate
+    // again), and a resync (the book's peers planned, nothing decided).
+    "book_replace_all+plan/10000",
+    "book_peers+plan/10000",
+    // The reference planner over endpoints validated once, on arrival (issue 8's measure).
     "desired_peers_validated+plan/10000",
 ];
 
