@@ -10,13 +10,12 @@
 //! Run with `cargo bench -p wgcable-peers --bench planner`; `cargo xtask bench` runs it and
 //! reads the medians from `target/criterion/planner/*/new/estimates.json`. No I/O, no root.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
-use std::sync::Arc;
 use wgcable_api::{Endpoint, EndpointSpec, NatEndpointInfo, BACKEND_WIREGUARD};
 use wgcable_keys::{PresharedKey, PublicKey};
-
 use wgcable_peers::{
     desired_peers, desired_peers_validated, plan, DesiredPeer, DeviceStatus, LocalPeerConfig,
     PeerBook, PeerCandidate, PeerStatus,
